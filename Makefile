@@ -1,0 +1,49 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs vqtok with constraints.txt, which pins
+# torch==2.13.0 (the CPU build) so that no later install pulls a CUDA build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
+STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: install test test-all demo bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP_INSTALL) -e ".[dev]"
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e ".[dev,bench]"
+	touch $@
+
+install: $(STAMP)
+
+## test: the default suite (slow tests excluded), what .ci/run calls
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## test-all: also the tests marked slow
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+## demo: train the default photo tokenizer briefly, export it, round-trip a held-out photo
+demo: $(STAMP)
+	$(PY) -m vqtok.demo
+
+## bench: quantizer benchmarks against vector-quantize-pytorch, writes benchmarks/RESULTS.md
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/quantizers.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check vqtok tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

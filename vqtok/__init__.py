@@ -1,0 +1,1 @@
+"""vqtok: image tokenizers."""

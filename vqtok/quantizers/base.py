@@ -1,0 +1,108 @@
+"""The one contract every quantizer follows (DESIGN.md section 2).
+
+A quantizer takes a channel-first feature map ``(B, D, *spatial)`` with one, two or three
+spatial dims and returns a :class:`QuantizerOutput`. It always computes in float32, also
+under bf16/fp16 autocast: low-precision rounding halves FSQ usage (a known anchor bug).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer returns, whatever its algorithm."""
+
+    z_q: Tensor
+    """``(B, D, *spatial)``, same shape and dtype as the input: what the decoder sees."""
+    indices: Tensor
+    """``(B, *spatial)`` int64 code ids in ``[0, codebook_size)``."""
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    """Named, already weighted scalar auxiliary losses; ``{}`` when there are none."""
+
+
+class Quantizer(nn.Module, ABC):
+    """Base class: input checks, float32 computation and the channel-last reshapes.
+
+    Subclasses implement :meth:`quantize_rows` on ``(N, D)`` float32 rows and
+    :meth:`indices_to_codes`.
+    """
+
+    codebook_size: int
+    dim: int
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        self.check_input(z)
+        spatial = z.shape[2:]
+        with float32_compute(z):
+            rows = rearrange(z.float(), "b d ... -> (b ...) d")  # (N, D)
+            z_q_rows, idx, losses = self.quantize_rows(rows)
+        z_q = rows_to_map(z_q_rows, z.shape[0], spatial).to(z.dtype)
+        indices = idx.reshape(z.shape[0], *spatial)
+        return QuantizerOutput(z_q=z_q, indices=indices, losses=losses)
+
+    @abstractmethod
+    def quantize_rows(self, rows: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Quantize float32 rows ``(N, D)``: returns ``(z_q rows (N, D), ids (N,), losses)``."""
+
+    @abstractmethod
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """``(B, *spatial)`` ids -> ``(B, D, *spatial)`` float32 codes: exactly the ``z_q``
+        that ``forward`` produced for those ids in eval mode."""
+
+    # ---- checks shared by every quantizer -------------------------------------------
+    def check_input(self, z: Tensor) -> None:
+        if not isinstance(z, Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise ValueError(f"expected a floating-point feature map, got dtype {z.dtype}")
+        if z.ndim not in (3, 4, 5):
+            raise ValueError(
+                f"expected a channel-first map (B, D, *spatial) with 1 to 3 spatial dims, "
+                f"got shape {tuple(z.shape)}"
+            )
+        if z.shape[1] != self.dim:
+            raise ValueError(
+                f"expected {self.dim} channels in dim 1, got shape {tuple(z.shape)} "
+                f"({z.shape[1]} channels)"
+            )
+        if not torch.isfinite(z).all():
+            bad = int((~torch.isfinite(z)).sum())
+            raise ValueError(f"feature map holds {bad} non-finite values (NaN or inf)")
+
+    def check_indices(self, indices: Tensor) -> None:
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"expected a torch.Tensor of ids, got {type(indices).__name__}")
+        if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"expected integer ids (int64), got dtype {indices.dtype}")
+        if indices.ndim < 2 or indices.ndim > 4:
+            raise ValueError(
+                f"expected ids of shape (B, *spatial) with 1 to 3 spatial dims, "
+                f"got shape {tuple(indices.shape)}"
+            )
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(
+                f"ids must lie in [0, {self.codebook_size}), got values in "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
+
+    def extra_repr(self) -> str:
+        return f"codebook_size={self.codebook_size}, dim={self.dim}"
+
+
+def float32_compute(z: Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast for the tensor's device so the quantizer maths stays in float32."""
+    device_type = z.device.type if z.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def rows_to_map(rows: Tensor, batch: int, spatial: tuple[int, ...] | torch.Size) -> Tensor:
+    """``(B * prod(spatial), D)`` rows back to a channel-first ``(B, D, *spatial)`` map."""
+    return rows.reshape(batch, *spatial, rows.shape[-1]).movedim(-1, 1).contiguous()
