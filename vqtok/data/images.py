@@ -1,0 +1,224 @@
+"""Datasets of RGB photos: random patches of a few large photos, or a folder of images.
+
+Both return ``(image, 0)`` with ``image`` float32 ``(3, H, W)`` in [-1, 1]
+(pixel / 127.5 - 1). Images are decoded once at construction and kept in memory as
+uint8 (``3 * H * W`` bytes each).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
+"""The embedded photos: ``train/`` (15) and ``test/`` (2, held out); see PROVENANCE.md."""
+
+
+def image_files(root: Path) -> list[Path]:
+    """Files under ``root`` (recursive, sorted) whose extension Pillow can read; names
+    starting with a dot are ignored."""
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image -> RGB: EXIF rotation applied, transparency composited over white,
+    16-bit grey scaled to 8 bits, grey copied to three channels."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode.startswith("I;16"):
+        grey = (np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def to_uint8_tensor(image: Image.Image) -> Tensor:
+    """RGB Pillow image -> ``(3, H, W)`` uint8 tensor."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def to_unit_range(pixels: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking), then
+    cut the central ``size x size`` square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[Tensor],
+                                                             list[Path]]:
+    """Decode each file (resized by :func:`resize_center_crop` when ``size`` is given).
+
+    Returns ``(loaded files, (3, H, W) uint8 tensors, skipped files)``; a file that fails
+    to decode is logged with its path and the reason, not raised.
+    """
+    loaded, tensors, skipped = [], [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                if size is not None:
+                    image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
+                rgb = to_rgb(image)
+                if size is not None:
+                    rgb = resize_center_crop(rgb, size)
+                tensors.append(to_uint8_tensor(rgb))
+            loaded.append(path)
+        except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
+            log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)
+            skipped.append(path)
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {shown}{more}",
+                      stacklevel=3)
+    return loaded, tensors, skipped
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (recursive), as ``(3, size, size)`` RGB in [-1, 1].
+
+    Rule: a file is taken when its extension is one Pillow knows (``.png``, ``.jpg``,
+    ``.webp``, ``.bmp``, ``.tif``, ...) and its name does not start with a dot; it is
+    converted by :func:`to_rgb`, scaled so the shorter side is ``size`` and centre-cropped
+    to ``size x size``. Files that fail to decode are skipped, logged with their path and
+    listed in :attr:`skipped`; a folder without one readable image raises ValueError.
+    Labels are always 0. All images are decoded here and held in memory.
+    """
+
+    in_channels = 3
+
+    def __init__(self, root: str | os.PathLike, size: int = 64) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root.resolve()} does not exist")
+        self.size = size
+        candidates = image_files(self.root)
+        self.files, tensors, self.skipped = load_images(candidates, size)
+        if not tensors:
+            raise ValueError(
+                f"no readable image in {self.root.resolve()}: {len(candidates)} file(s) with an "
+                f"image extension, {len(self.skipped)} failed to decode"
+            )
+        self.images = torch.stack(tensors)  # (N, 3, size, size) uint8
+
+    @property
+    def image_size(self) -> int:
+        return self.size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return to_unit_range(self.images[index]), 0
+
+
+class PhotoPatches(Dataset):
+    """``num_patches`` square crops of a few photos, as ``(3, patch_size, patch_size)``.
+
+    Photos come from ``root / split`` (``root`` defaults to the embedded set, whose
+    ``train/`` and ``test/`` are disjoint; ``split=None`` reads ``root`` itself). Each crop
+    picks a photo uniformly, then a position uniformly inside it.
+
+    Args:
+        root: folder of photos; ``None`` for :data:`PHOTOS_DIR`.
+        split: subfolder to read, or ``None``.
+        patch_size: side of each crop; photos smaller than it are skipped with a warning.
+        num_patches: length of the dataset (crops per epoch).
+        seed: fixes the deterministic crops.
+        random_crops: draw a fresh crop (and a random horizontal flip) at every access,
+            from torch's global generator, which Lightning seeds per worker; otherwise
+            crop ``i`` is fixed by ``seed``. Defaults to ``split == "train"``.
+    """
+
+    in_channels = 3
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str | None = "train",
+                 patch_size: int = 64, num_patches: int = 1024, seed: int = 0,
+                 random_crops: bool | None = None) -> None:
+        for name, value in (("patch_size", patch_size), ("num_patches", num_patches)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        folder = Path(root) if root is not None else PHOTOS_DIR
+        if split is not None:
+            folder = folder / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"photo folder {folder.resolve()} does not exist")
+        self.folder, self.patch_size, self.num_patches = folder, patch_size, num_patches
+        self.random_crops = split == "train" if random_crops is None else bool(random_crops)
+
+        files, photos, self.skipped = load_images(image_files(folder), size=None)
+        small = [f for f, p in zip(files, photos) if min(p.shape[1:]) < patch_size]
+        for path in small:
+            log.warning("skipping %s: smaller than patch_size=%d", path, patch_size)
+        if small:
+            warnings.warn(f"skipped {len(small)} photo(s) smaller than patch_size={patch_size}: "
+                          f"{', '.join(str(p) for p in small)}", stacklevel=2)
+        keep = [i for i, f in enumerate(files) if f not in small]
+        self.files = [files[i] for i in keep]
+        self.photos = [photos[i] for i in keep]  # each (3, H, W) uint8
+        self.skipped += small
+        if not self.photos:
+            raise ValueError(f"no readable photo of at least {patch_size}x{patch_size} pixels "
+                             f"in {folder.resolve()}")
+        self.crops = None if self.random_crops else self._fixed_crops(seed)
+
+    def _fixed_crops(self, seed: int) -> np.ndarray:
+        """``(num_patches, 3)`` rows of (photo, top, left), fixed by ``seed``."""
+        rng = np.random.default_rng(seed)
+        photo = rng.integers(len(self.photos), size=self.num_patches)
+        heights = np.array([p.shape[1] for p in self.photos])[photo]
+        widths = np.array([p.shape[2] for p in self.photos])[photo]
+        top = rng.integers(heights - self.patch_size + 1)
+        left = rng.integers(widths - self.patch_size + 1)
+        return np.stack([photo, top, left], axis=1)
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_size
+
+    def __len__(self) -> int:
+        return self.num_patches
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not -self.num_patches <= index < self.num_patches:
+            raise IndexError(f"index {index} out of range for {self.num_patches} patches")
+        p = self.patch_size
+        flip = False
+        if self.crops is None:
+            photo = self.photos[int(torch.randint(len(self.photos), ()))]
+            top = int(torch.randint(photo.shape[1] - p + 1, ()))
+            left = int(torch.randint(photo.shape[2] - p + 1, ()))
+            flip = bool(torch.randint(2, ()))
+        else:
+            k, top, left = (int(v) for v in self.crops[index])
+            photo = self.photos[k]
+        patch = photo[:, top:top + p, left:left + p]  # (3, p, p)
+        if flip:
+            patch = patch.flip(-1)
+        return to_unit_range(patch), 0

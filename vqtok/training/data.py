@@ -1,0 +1,232 @@
+"""LightningDataModules for tokenizer training, and the datasets they wrap.
+
+Every batch is ``(images, labels)``: images float32 ``(B, C, H, W)`` in [-1, 1], labels
+int64 ``(B,)`` (zeros when a dataset has none). Each module exposes ``in_channels`` and
+``image_size`` so a config can size the encoder from the data.
+"""
+
+from __future__ import annotations
+
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vqtok.data import (
+    FASHION_MNIST_CLASSES,
+    PHOTOS_DIR,
+    DownloadError,
+    FashionMNIST,
+    ImageFolder,
+    PhotoPatches,
+    download_fashion_mnist,
+    read_idx,
+)
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "PHOTOS_DIR",
+    "DownloadError",
+    "FashionMNIST",
+    "FashionMNISTDataModule",
+    "ImageFolder",
+    "ImageFolderDataModule",
+    "PhotoDataModule",
+    "PhotoPatches",
+    "download_fashion_mnist",
+    "read_idx",
+]
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
+    """Random disjoint (train, val) index lists of sizes ``n - n_val`` and ``n_val``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+class _LoaderMixin:
+    """The DataLoader settings shared by the three modules."""
+
+    batch_size: int
+    num_workers: int
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+
+class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
+    """Random patches of the ``train/`` photos; validation (and test) on fixed crops of
+    the held-out ``test/`` photos.
+
+    Args:
+        root: folder with ``train/`` and ``test/`` photo subfolders; ``None`` for the
+            photos embedded in vqtok.
+        patch_size: side of each square RGB patch.
+        train_patches: patches per training epoch (fresh random crops and flips each time).
+        val_patches: validation patches, the same crops every epoch (fixed by ``seed``).
+        batch_size: patches per batch.
+        num_workers: DataLoader worker processes.
+        seed: fixes the validation crops.
+    """
+
+    in_channels = 3
+
+    def __init__(self, root: str | None = None, patch_size: int = 64,
+                 train_patches: int = 8192, val_patches: int = 512, batch_size: int = 32,
+                 num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        _check_positive(patch_size=patch_size, train_patches=train_patches,
+                        val_patches=val_patches, batch_size=batch_size)
+        self.save_hyperparameters()
+        self.root, self.patch_size, self.seed = root, patch_size, seed
+        self.train_patches, self.val_patches = train_patches, val_patches
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: PhotoPatches | None = None
+        self.val_set: PhotoPatches | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = PhotoPatches(self.root, "train", self.patch_size,
+                                          self.train_patches, seed=self.seed, random_crops=True)
+        if self.val_set is None:
+            self.val_set = PhotoPatches(self.root, "test", self.patch_size, self.val_patches,
+                                        seed=self.seed, random_crops=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=False)  # every access is a fresh crop
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
+    """Fashion-MNIST, grey ``(1, 32, 32)``: train on the train split minus ``val_size``
+    held-out images (a random choice fixed by ``seed``), validate on those, test on the
+    10,000 test images.
+
+    Args:
+        root: folder with the four IDX files (gzipped or not); the project's copy is at
+            ``../shared/data/fashion-mnist`` relative to the repository root.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        val_size: images of the train split held out for validation.
+        limit_train: keep only the first this-many training images (None: all).
+        pad_to: side after zero padding; 32 suits factors 4, 8 and 16.
+        seed: fixes the train/val split.
+        download: fetch the files in ``prepare_data`` when they are missing (needs a
+            network; otherwise copy them in by hand).
+    """
+
+    in_channels = 1
+
+    def __init__(self, root: str = "../shared/data/fashion-mnist", batch_size: int = 128,
+                 num_workers: int = 0, val_size: int = 2000, limit_train: int | None = None,
+                 pad_to: int = 32, seed: int = 0, download: bool = False) -> None:
+        super().__init__()
+        _check_positive(batch_size=batch_size, val_size=val_size, pad_to=pad_to)
+        if limit_train is not None:
+            _check_positive(limit_train=limit_train)
+        self.save_hyperparameters()
+        self.root, self.pad_to, self.seed, self.download = root, pad_to, seed, download
+        self.val_size, self.limit_train = val_size, limit_train
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: FashionMNIST | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.pad_to
+
+    def prepare_data(self) -> None:
+        if self.download:
+            download_fashion_mnist(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit", "validate"):
+            full = FashionMNIST(self.root, "train", pad_to=self.pad_to)
+            if self.val_size >= len(full):
+                raise ValueError(f"val_size must be below the {len(full)} training images, "
+                                 f"got {self.val_size}")
+            train_idx, val_idx = _split(len(full), self.val_size, self.seed)
+            if self.limit_train is not None:
+                train_idx = train_idx[: self.limit_train]
+            self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
+        if self.test_set is None and stage in (None, "test", "predict"):
+            self.test_set = FashionMNIST(self.root, "test", pad_to=self.pad_to)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
+    """Any folder of images (see :class:`~vqtok.data.ImageFolder` for the rule), split
+    into train and validation at random (fixed by ``seed``).
+
+    Args:
+        root: folder searched recursively.
+        size: images are scaled (shorter side) and centre-cropped to ``size x size``.
+        batch_size: images per batch.
+        val_fraction: share of the images held out for validation (at least one image
+            when positive).
+        num_workers: DataLoader worker processes.
+        seed: fixes the split.
+    """
+
+    in_channels = 3
+
+    def __init__(self, root: str, size: int = 64, batch_size: int = 32,
+                 val_fraction: float = 0.1, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        _check_positive(size=size, batch_size=batch_size)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+        self.save_hyperparameters()
+        self.root, self.size, self.val_fraction, self.seed = root, size, val_fraction, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.size
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        full = ImageFolder(self.root, self.size)
+        n_val = max(1, round(len(full) * self.val_fraction)) if self.val_fraction > 0 else 0
+        if n_val >= len(full):
+            raise ValueError(
+                f"val_fraction={self.val_fraction} leaves no training image out of "
+                f"{len(full)} in {self.root}"
+            )
+        train_idx, val_idx = _split(len(full), n_val, self.seed)
+        self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
