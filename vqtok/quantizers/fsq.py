@@ -1,3 +1,107 @@
-# placeholder: being written
-class FSQ:
-    pass
+"""FSQ: finite scalar quantization, an implicit codebook with no collapse to fight.
+
+Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple": each of d channels
+is bounded and rounded to one of L_i levels (section 3), so the codebook is the grid of
+prod L_i points and every code is reachable by construction. A linear projection maps the
+encoder width to d = len(levels) and back when they differ. No auxiliary loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vqtok.quantizers import functional as Fq
+from vqtok.quantizers.base import Quantizer, float32_compute, rows_to_map
+from vqtok.registry import register
+
+# Mentzer et al. 2023, Table 1: recommended levels per target codebook size.
+PRESETS: dict[int, list[int]] = {
+    2**8: [8, 6, 5],
+    2**10: [8, 5, 5, 5],
+    2**12: [7, 5, 5, 5, 5],
+    2**14: [8, 8, 8, 6, 5],
+    2**16: [8, 8, 8, 5, 5, 5],
+}
+
+
+def _preset_list() -> str:
+    return "; ".join(f"{size} (2^{size.bit_length() - 1}): {lv}" for size, lv in PRESETS.items())
+
+
+@register
+class FSQ(Quantizer):
+    """Finite scalar quantizer.
+
+    Args:
+        levels: number of levels per channel, each an int >= 2. Exactly one of ``levels``
+            and ``codebook_size`` must be given.
+        codebook_size: one of the paper's presets (2^8, 2^10, 2^12, 2^14, 2^16), which
+            picks ``levels``. The preset's grid only approximates its target: the
+            resulting ``self.codebook_size`` is prod(levels) (240, 1000, 4375, 15360,
+            64000).
+        dim: channel width of the feature maps; defaults to ``len(levels)``. Otherwise
+            linear maps ``project_in`` (dim -> len(levels)) and ``project_out`` (back)
+            surround the rounding.
+    """
+
+    def __init__(
+        self,
+        levels: list[int] | None = None,
+        *,
+        codebook_size: int | None = None,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if (levels is None) == (codebook_size is None):
+            raise ValueError(
+                f"give exactly one of levels and codebook_size, got levels={levels!r}, "
+                f"codebook_size={codebook_size!r}"
+            )
+        if codebook_size is not None:
+            if isinstance(codebook_size, bool) or codebook_size not in PRESETS:
+                raise ValueError(
+                    f"codebook_size must be one of the FSQ presets {_preset_list()}; got "
+                    f"{codebook_size!r} (pass levels=[...] for other sizes)"
+                )
+            levels = PRESETS[codebook_size]
+        levels = list(levels)  # type: ignore[arg-type]
+        if not levels or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in levels
+        ):
+            raise ValueError(f"levels must be a non-empty list of ints >= 2, got {levels!r}")
+        n_channels = len(levels)
+        if dim is None:
+            dim = n_channels
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+
+        self.levels_list = levels
+        self.codebook_size = math.prod(levels)
+        self.dim = dim
+        # A buffer so that .to(device) moves it; rebuilt from init args, not saved.
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.long), persistent=False)
+        needs_projection = dim != n_channels
+        self.project_in = nn.Linear(dim, n_channels) if needs_projection else nn.Identity()
+        self.project_out = nn.Linear(n_channels, dim) if needs_projection else nn.Identity()
+
+    def quantize_rows(self, rows: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        h = self.project_in(rows)  # (N, len(levels))
+        # Mentzer et al. 2023, section 3 / App. A.1: bound, round (STE), normalise.
+        codes = Fq.fsq_quantize(h, self.levels)  # (N, len(levels)) in [-1, 1]
+        ids = Fq.fsq_codes_to_indices(codes.detach(), self.levels)  # (N,)
+        return self.project_out(codes), ids, {}
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        self.check_indices(indices)
+        flat = rearrange(indices.long(), "b ... -> (b ...)")  # (N,)
+        with float32_compute(indices):
+            codes = Fq.fsq_indices_to_codes(flat, self.levels)  # (N, len(levels))
+            rows = self.project_out(codes)  # (N, dim)
+        return rows_to_map(rows, indices.shape[0], indices.shape[1:])
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels_list}, codebook_size={self.codebook_size}, dim={self.dim}"
