@@ -1,1 +1,8 @@
-"""vqtok: image tokenizers."""
+"""vqtok: image tokenizers (VQ-VAE, rotation trick, SimVQ, FSQ) that stay fast with huge
+codebooks, report codebook collapse, and run end to end: train, export, tokenize."""
+
+from vqtok.io import TokenizerFormatError, load_tokenizer_dir, save_tokenizer_dir
+from vqtok.tokenizer import ImageTokenizer
+
+__version__ = "0.1.0"
+__all__ = ["ImageTokenizer", "TokenizerFormatError", "load_tokenizer_dir", "save_tokenizer_dir"]

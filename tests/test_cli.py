@@ -1,0 +1,109 @@
+"""The `vqtok` command end to end on tiny data: export, encode, decode, and errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from vqtok.cli import main
+from vqtok.models import Decoder, Encoder
+from vqtok.quantizers import FSQ
+from vqtok.tokenizer import ImageTokenizer
+from vqtok.training.module import TokenizerModule
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    enc = Encoder(in_channels=3, channels=8, channel_mult=(1, 2), num_res_blocks=1, dim=6)
+    dec = Decoder(out_channels=3, channels=8, channel_mult=(1, 2), num_res_blocks=1, dim=6)
+    module = TokenizerModule(enc, FSQ([4, 4, 4], dim=6), dec)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    data = DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long)), batch_size=4)
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp, accelerator="cpu",
+    )
+    trainer.fit(module, data)
+    path = tmp / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def write_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(16, 16), (20, 12), (16, 24)]):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_export_encode_decode_round_trip(checkpoint: Path, tmp_path: Path) -> None:
+    tok_dir = tmp_path / "tok"
+    assert main(["export", str(checkpoint), str(tok_dir)]) == 0
+    assert (tok_dir / "config.json").is_file() and (tok_dir / "model.safetensors").is_file()
+
+    images = write_images(tmp_path / "images")
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    npz = tmp_path / "tokens.npz"
+    status = main(["encode", str(tmp_path / "images"), "--tokenizer", str(tok_dir),
+                   "--out", str(npz), "--quiet"])
+    assert status == 1  # partial failure is signalled, the other files are kept
+    assert npz.is_file()
+
+    out_dir = tmp_path / "decoded"
+    assert main(["decode", str(npz), "--tokenizer", str(tok_dir), "--out", str(out_dir)]) == 0
+    decoded = sorted(out_dir.glob("*.png"))
+    assert len(decoded) == len(images)  # the broken file is reported, the others survive
+    tok = ImageTokenizer.from_pretrained(tok_dir)
+    for src in images:
+        match = [d for d in decoded if d.stem.startswith(src.stem)]
+        assert len(match) == 1
+        img = Image.open(src)
+        got = Image.open(match[0])
+        assert got.size == img.size  # padding cropped back
+        ids = tok.encode(img)
+        expected = tok.decode(ids, sizes=[(img.height, img.width)])[0]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_export_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(b"garbage")
+    assert main(["export", str(bad), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "garbage.ckpt" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_replaces_existing_tokenizer_atomically(checkpoint: Path, tmp_path: Path) -> None:
+    tok_dir = tmp_path / "tok"
+    assert main(["export", str(checkpoint), str(tok_dir)]) == 0
+    first = load_file(tok_dir / "model.safetensors")
+    assert main(["export", str(checkpoint), str(tok_dir)]) == 0
+    second = load_file(tok_dir / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp dirs left
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("vqtok", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for sub in ("fit", "encode", "decode", "export"):
+        assert sub in out

@@ -1,0 +1,65 @@
+"""Every config in experiments/ parses and trains two steps on tiny data, then exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqtok.cli import run_lightning
+from vqtok.tokenizer import ImageTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
+FASHION = ROOT.parent / "shared" / "data" / "fashion-mnist"
+
+TINY_DATA = {
+    "PhotoDataModule": [
+        "--data.init_args.train_patches=4",
+        "--data.init_args.val_patches=2",
+        "--data.init_args.batch_size=2",
+    ],
+    "FashionMNISTDataModule": [
+        f"--data.init_args.root={FASHION}",
+        "--data.init_args.limit_train=8",
+        "--data.init_args.val_size=4",
+        "--data.init_args.batch_size=4",
+    ],
+}
+
+
+def test_there_is_a_config_per_quantizer_and_dataset() -> None:
+    names = {p.stem for p in CONFIGS}
+    for data in ("photos", "fmnist"):
+        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "fsq"):
+            assert f"{data}_{q}" in names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> None:
+    text = config.read_text()
+    data_args = next(args for name, args in TINY_DATA.items() if name in text)
+    if "FashionMNIST" in text and not FASHION.is_dir():
+        pytest.skip(f"Fashion-MNIST files not found at {FASHION}")
+    export = tmp_path / "tokenizer"
+    cli = run_lightning(
+        [
+            "fit",
+            f"--config={config}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--export_dir={export}",
+            *data_args,
+        ]
+    )
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert "val/usage" in cli.trainer.callback_metrics
+    tok = ImageTokenizer.from_pretrained(export)
+    assert tok.codebook_size == cli.model.quantizer.codebook_size

@@ -1,0 +1,399 @@
+"""The on-disk tokenizer format (DESIGN.md section 5): a directory, never a pickle.
+
+::
+
+    tokenizer/
+      config.json        what to build: class paths + init args, image constraints
+      model.safetensors  the VQAutoencoder state_dict (safetensors, no code inside)
+
+``config.json`` holds exactly these keys::
+
+    {"format": "vqtok.tokenizer", "format_version": 1, "vqtok_version": "0.1.0",
+     "encoder": {"class_path": ..., "init_args": {...}}, "quantizer": {...}, "decoder": {...},
+     "image": {"channels": 3, "downsample_factor": 4, "min_size": 4},
+     "normalization": {"mean": 0.5, "std": 0.5}, "codebook_size": 1000,
+     "extra": {...}}                    # optional, free JSON metadata, not interpreted
+
+Loading reads JSON and safetensors only (no ``pickle``, no ``torch.load``) and rebuilds
+modules through :func:`vqtok.registry.build`, so a tokenizer directory cannot make vqtok
+import or run code. Saving writes a temporary sibling directory and renames it into place
+(on Linux an atomic exchange with an existing tokenizer), so a crash leaves the old
+tokenizer or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+
+from vqtok import registry
+from vqtok.models.autoencoder import VQAutoencoder
+
+FORMAT = "vqtok.tokenizer"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming our format
+_ROLES = ("encoder", "quantizer", "decoder")
+_REQUIRED_KEYS = frozenset(
+    {"format", "format_version", "vqtok_version", *_ROLES, "image", "normalization",
+     "codebook_size"}
+)
+_OPTIONAL_KEYS = frozenset({"extra"})
+_IMAGE_KEYS = frozenset({"channels", "downsample_factor", "min_size"})
+_NORMALIZATION_KEYS = frozenset({"mean", "std"})
+
+
+class TokenizerFormatError(ValueError):
+    """A tokenizer directory that cannot be loaded; the message names the file and why."""
+
+
+def vqtok_version() -> str:
+    """The installed vqtok version, or ``"unknown"`` when run from an uninstalled tree."""
+    try:
+        return importlib_metadata.version("vqtok")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ---- config ---------------------------------------------------------------------------
+
+
+def build_config(
+    model: VQAutoencoder,
+    *,
+    mean: float = 0.5,
+    std: float = 0.5,
+    min_size: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
+    if not isinstance(model, VQAutoencoder):
+        raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vqtok_version": vqtok_version(),
+    }
+    for role in _ROLES:
+        spec = registry.spec_of(getattr(model, role))
+        # Tuples become lists, as they will be after a JSON round trip.
+        config[role] = json.loads(_dumps(spec, f"{role} init_args"))
+    factor = model.downsample_factor
+    config["image"] = {
+        "channels": model.in_channels,
+        "downsample_factor": factor,
+        "min_size": factor if min_size is None else min_size,
+    }
+    config["normalization"] = {"mean": mean, "std": std}
+    config["codebook_size"] = model.codebook_size
+    if extra is not None:
+        config["extra"] = json.loads(_dumps(extra, "extra"))
+    validate_config(config, Path(CONFIG_NAME))
+    return config
+
+
+def validate_config(config: Any, path: Path) -> None:
+    """Raise :class:`TokenizerFormatError` (naming ``path``) unless ``config`` follows the
+    format: known format and version, exactly the known keys, well-typed values."""
+
+    def fail(problem: str) -> TokenizerFormatError:
+        return TokenizerFormatError(f"{path}: {problem}")
+
+    if not isinstance(config, dict):
+        raise fail(f"expected a JSON object, got {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise fail(f"'format' must be {FORMAT!r}, got {config.get('format')!r}")
+    version = config.get("format_version")
+    if not _is_int(version) or version != FORMAT_VERSION:
+        hint = " (written by a newer vqtok? upgrade vqtok)" if _is_int(version) else ""
+        raise fail(f"unsupported format_version {version!r}; this vqtok reads "
+                   f"{FORMAT_VERSION}{hint}")
+    _check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
+    if not isinstance(config["vqtok_version"], str):
+        raise fail(f"'vqtok_version' must be a string, got {config['vqtok_version']!r}")
+    for role in _ROLES:
+        spec = config[role]
+        if not isinstance(spec, dict):
+            raise fail(f"{role!r} must be an object with class_path and init_args, got {spec!r}")
+        _check_keys(spec, {"class_path", "init_args"}, set(), role, fail)
+        if not isinstance(spec["class_path"], str):
+            raise fail(f"{role}.class_path must be a string, got {spec['class_path']!r}")
+        if not isinstance(spec["init_args"], dict):
+            raise fail(f"{role}.init_args must be an object, got {spec['init_args']!r}")
+    image = config["image"]
+    if not isinstance(image, dict):
+        raise fail(f"'image' must be an object, got {image!r}")
+    _check_keys(image, _IMAGE_KEYS, set(), "image", fail)
+    for key in sorted(_IMAGE_KEYS):
+        if not _is_int(image[key]) or image[key] < 1:
+            raise fail(f"image.{key} must be a positive integer, got {image[key]!r}")
+    norm = config["normalization"]
+    if not isinstance(norm, dict):
+        raise fail(f"'normalization' must be an object, got {norm!r}")
+    _check_keys(norm, _NORMALIZATION_KEYS, set(), "normalization", fail)
+    for key in ("mean", "std"):
+        value = norm[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
+            value
+        ):
+            raise fail(f"normalization.{key} must be a finite number, got {value!r}")
+    if norm["std"] <= 0:
+        raise fail(f"normalization.std must be > 0, got {norm['std']!r}")
+    if not _is_int(config["codebook_size"]) or config["codebook_size"] < 1:
+        raise fail(f"'codebook_size' must be a positive integer, got {config['codebook_size']!r}")
+    if "extra" in config and not isinstance(config["extra"], dict):
+        raise fail(f"'extra' must be an object, got {config['extra']!r}")
+
+
+def _check_keys(obj: dict, required: set | frozenset, optional: set | frozenset, where: str,
+                fail: Any) -> None:
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise fail(f"unknown keys {unknown} in {where}; expected {sorted(required | optional)}")
+    missing = sorted(set(required) - set(obj))
+    if missing:
+        raise fail(f"missing keys {missing} in {where}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dumps(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be JSON-serialisable (finite numbers), got {err}") from err
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise ValueError(f"duplicate keys {duplicated}")
+    return dict(pairs)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not valid JSON")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Parse and validate ``config.json``."""
+    if not path.is_file():
+        raise TokenizerFormatError(f"{path}: missing {CONFIG_NAME}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        config = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise TokenizerFormatError(f"{path}: not valid JSON ({err})") from err
+    validate_config(config, path)
+    return config
+
+
+# ---- save -----------------------------------------------------------------------------
+
+
+def save_tokenizer_dir(
+    model: VQAutoencoder,
+    out_dir: str | os.PathLike[str],
+    *,
+    mean: float = 0.5,
+    std: float = 0.5,
+    min_size: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a tokenizer directory at ``out_dir``; returns its path.
+
+    ``extra`` is free JSON metadata stored under ``"extra"`` (training run, metrics).
+    An existing tokenizer at ``out_dir`` is replaced; a directory holding anything other
+    than ``config.json`` and ``model.safetensors`` is refused rather than deleted.
+    """
+    target = Path(out_dir)
+    config = build_config(model, mean=mean, std=std, min_size=min_size, extra=extra)
+    if target.exists() or target.is_symlink():
+        _check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_config(config, tmp / CONFIG_NAME)
+        _write_weights(model, tmp / WEIGHTS_NAME)
+        _fsync_dir(tmp)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.is_symlink() or not target.is_dir():
+        raise ValueError(f"{target} exists and is not a directory; refusing to replace it")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
+    if foreign:
+        raise ValueError(
+            f"{target} exists and holds files that are not part of a tokenizer {foreign}; "
+            f"refusing to replace it (choose an empty or new directory)"
+        )
+
+
+def _write_config(config: dict[str, Any], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(_dumps(config, "config") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_weights(model: VQAutoencoder, path: Path) -> None:
+    # save_model drops aliases of shared tensors (recording them in the metadata) and
+    # makes every tensor contiguous; load_model restores the aliases.
+    save_model(model, str(path), metadata={_WEIGHTS_MARKER: FORMAT, "format": "pt"},
+               force_contiguous=True)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is swapped out, then deleted."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if _exchange(tmp, target):  # tmp now holds the old tokenizer
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # No atomic exchange: move the old one aside, the new one in, restore on failure.
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False when the
+    system or file system does not support it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# ---- load -----------------------------------------------------------------------------
+
+
+def load_tokenizer_dir(
+    path: str | os.PathLike[str], device: str = "cpu"
+) -> tuple[VQAutoencoder, dict[str, Any]]:
+    """Rebuild the model of a tokenizer directory: ``(model in eval mode, config)``.
+
+    Raises :class:`TokenizerFormatError` naming the file for a missing directory or file,
+    invalid JSON, an unknown format version or key, an unknown class, corrupt or foreign
+    weights, or weights that do not match the model exactly (strict loading).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise TokenizerFormatError(f"{root}: not a tokenizer directory (it does not exist "
+                                   f"or is not a directory)")
+    config_path = root / CONFIG_NAME
+    config = read_config(config_path)
+    parts = {}
+    for role in _ROLES:
+        try:
+            parts[role] = registry.build(config[role])
+        except (ValueError, TypeError) as err:
+            raise TokenizerFormatError(f"{config_path}: cannot build the {role}: {err}") from err
+    try:
+        model = VQAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"])
+    except (ValueError, TypeError) as err:
+        raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
+    _check_model_matches(model, config, config_path)
+    _read_weights(model, root / WEIGHTS_NAME)
+    return model.to(device).eval(), config
+
+
+def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Path) -> None:
+    stated = {
+        "image.channels": (config["image"]["channels"], model.in_channels),
+        "image.downsample_factor": (config["image"]["downsample_factor"],
+                                    model.downsample_factor),
+        "codebook_size": (config["codebook_size"], model.codebook_size),
+    }
+    for key, (written, built) in stated.items():
+        if written != built:
+            raise TokenizerFormatError(
+                f"{path}: {key} is {written} but the modules it describes give {built}"
+            )
+
+
+def _read_weights(model: VQAutoencoder, path: Path) -> None:
+    if not path.is_file():
+        raise TokenizerFormatError(f"{path}: missing {WEIGHTS_NAME}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            marker = (f.metadata() or {}).get(_WEIGHTS_MARKER)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TokenizerFormatError(f"{path}: not a readable safetensors file ({err})") from err
+    if marker != FORMAT:
+        raise TokenizerFormatError(
+            f"{path}: a safetensors file not written by vqtok (metadata "
+            f"{_WEIGHTS_MARKER!r} is {marker!r}, expected {FORMAT!r})"
+        )
+    try:
+        load_model(model, str(path), strict=True, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise TokenizerFormatError(f"{path}: corrupt or truncated weights ({err})") from err
+    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors
+        raise TokenizerFormatError(f"{path}: weights do not match the model: {err}") from err
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "TokenizerFormatError",
+    "build_config",
+    "load_tokenizer_dir",
+    "read_config",
+    "save_tokenizer_dir",
+    "validate_config",
+]
