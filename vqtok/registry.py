@@ -94,7 +94,7 @@ def _import_builtin_modules() -> None:
     # Registration happens at import; make sure vqtok's own building blocks are known.
     import importlib
 
-    for module in ("vqtok.quantizers", "vqtok.models"):
+    for module in ("vqtok.quantizers", "vqtok.models", "vqtok.multimodal"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:  # a layer not built yet
