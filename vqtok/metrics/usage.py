@@ -1,0 +1,128 @@
+"""Codebook utilisation from code ids alone (DESIGN.md section 4).
+
+The state is one length-K count vector, summed across processes, so the metric works for
+every quantizer and under DDP. Usage must be read from counts accumulated over many
+batches: one batch of N ids cannot show more than N/K usage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["CodebookUsage", "usage_stats"]
+
+
+def usage_stats(counts: Tensor) -> dict[str, Tensor]:
+    """Utilisation statistics of a codebook from its per-code counts.
+
+    With n_k the number of ids equal to k, K = len(counts) and p = n / sum(n):
+
+    - ``usage`` = #{k: n_k > 0} / K, in [1/K, 1];
+    - ``perplexity`` = exp(-sum_k p_k log p_k) with 0 log 0 = 0, in [1, K]: the number of
+      equally used codes that would give the same entropy;
+    - ``dead_codes`` = K - #{k: n_k > 0};
+    - ``normalized_entropy`` = log(perplexity) / log K, in [0, 1]; defined as 1 when K = 1
+      (a single code is trivially used uniformly).
+
+    Args:
+        counts: ``(K,)`` non-negative counts (any real or integer dtype), K >= 1.
+
+    Returns:
+        A dict of 0-dim tensors on ``counts.device``: ``usage``, ``perplexity`` and
+        ``normalized_entropy`` in float64, ``dead_codes`` in int64.
+
+    Raises:
+        ValueError: if ``counts`` is not a non-empty 1-D tensor of finite non-negative
+            values, or if it sums to zero (no id was counted, so p is undefined).
+    """
+    if not isinstance(counts, Tensor) or counts.ndim != 1 or counts.numel() == 0:
+        shape = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+        raise ValueError(f"expected a non-empty 1-D tensor of per-code counts, got {shape}")
+    n = counts.to(torch.float64)
+    if not torch.isfinite(n).all() or (n < 0).any():
+        raise ValueError(
+            f"per-code counts must be finite and >= 0, got values in "
+            f"[{float(n.min())}, {float(n.max())}]"
+        )
+    total = n.sum()
+    if total <= 0:
+        raise ValueError(
+            "counts sum to 0: no code id was counted, so usage statistics are undefined; "
+            "update the metric with at least one id before compute()"
+        )
+    k = n.numel()
+    used = (n > 0).sum()
+    p = n / total
+    entropy = -torch.xlogy(p, p).sum()  # xlogy(0, 0) == 0, i.e. 0 log 0 = 0
+    normalized = entropy / math.log(k) if k > 1 else torch.ones((), dtype=torch.float64,
+                                                                 device=n.device)
+    return {
+        "usage": used.to(torch.float64) / k,
+        "perplexity": entropy.exp(),
+        "dead_codes": (k - used).to(torch.int64),
+        "normalized_entropy": normalized,
+    }
+
+
+class CodebookUsage(Metric):
+    """Per-code counts of the ids a quantizer emitted, and the utilisation they imply.
+
+    ``update(indices)`` accepts integer ids of any shape with values in
+    ``[0, codebook_size)``; ``compute()`` returns :func:`usage_stats` of the accumulated
+    counts (``usage``, ``perplexity``, ``dead_codes``, ``normalized_entropy``).
+    ``compute()`` before any id was counted raises ``ValueError``; ids that are not
+    integers or lie outside ``[0, codebook_size)`` raise ``ValueError`` (a non-tensor
+    ``TypeError``) and leave the counts untouched.
+
+    Args:
+        codebook_size: K, the number of codes.
+
+    Example:
+        >>> metric = CodebookUsage(codebook_size=4)
+        >>> metric.update(torch.tensor([[0, 1], [1, 1]]))
+        >>> metric.compute()["usage"]
+        tensor(0.5000, dtype=torch.float64)
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    counts: Tensor
+
+    def __init__(self, codebook_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or (
+            codebook_size < 1
+        ):
+            raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+        self.codebook_size = codebook_size
+        self.add_state(
+            "counts",
+            default=torch.zeros(codebook_size, dtype=torch.int64),
+            dist_reduce_fx="sum",
+        )
+
+    def update(self, indices: Tensor) -> None:
+        """Count integer code ids of any shape, e.g. ``(B, *spatial)``."""
+        if not isinstance(indices, Tensor):
+            raise TypeError(f"expected a tensor of integer code ids, got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise ValueError(f"expected integer code ids, got dtype {indices.dtype}")
+        if indices.numel() == 0:
+            return
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= self.codebook_size:
+            raise ValueError(
+                f"code ids must lie in [0, {self.codebook_size}), got values in [{low}, {high}]"
+            )
+        ids = indices.reshape(-1).to(device=self.counts.device, dtype=torch.int64)
+        self.counts += torch.bincount(ids, minlength=self.codebook_size)
+
+    def compute(self) -> dict[str, Tensor]:
+        """Utilisation statistics of the accumulated counts (see :func:`usage_stats`)."""
+        return usage_stats(self.counts)
