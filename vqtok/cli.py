@@ -3,7 +3,8 @@
 ``vqtok fit|validate|test --config experiments/NAME.yaml`` is a LightningCLI over
 :class:`~vqtok.training.module.TokenizerModule` and any LightningDataModule; at the end of
 ``fit`` the tokenizer is exported to ``<run dir>/tokenizer/``. The plain subcommands
-(``encode``, ``decode``, ``export``) work on exported tokenizers and checkpoints.
+(``encode``, ``decode``, ``export``) work on exported tokenizers and checkpoints;
+``report`` writes codebook-collapse reports (:mod:`vqtok.report`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def run_lightning(argv: Sequence[str]) -> object:
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
+    from vqtok.training.callbacks import CodebookHistory
     from vqtok.training.module import TokenizerModule
 
     class TokenizerCLI(LightningCLI):
@@ -35,6 +37,20 @@ def run_lightning(argv: Sequence[str]) -> object:
                 default=None,
                 help="Where `fit` exports the trained tokenizer (default: <run dir>/tokenizer).",
             )
+            # On by default: codebook usage history into the run directory for `vqtok
+            # report`; `--codebook_history null` (or `codebook_history: null`) turns it off.
+            parser.add_lightning_class_args(
+                CodebookHistory, "codebook_history", subclass_mode=True, required=False
+            )
+            parser.set_defaults({"codebook_history": {
+                "class_path": f"{CodebookHistory.__module__}.{CodebookHistory.__qualname__}",
+                "init_args": {"every_n_steps": 50},
+            }})
+
+        def instantiate_trainer(self, **kwargs: object) -> pl.Trainer:
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks = [c for c in trainer.callbacks if c is not None]  # null: off
+            return trainer
 
         def after_fit(self) -> None:
             if not self.trainer.is_global_zero:
@@ -102,6 +118,18 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vqtok.report import build_report
+
+    html, json_path = build_report(
+        args.run_dirs, args.out, tokenizers=args.tokenizer, data=args.data,
+        same_codebook=args.same_codebook, image_size=args.image_size,
+        max_images=args.max_images, samples=args.samples, device=args.device,
+    )
+    print(f"wrote {html} and {json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqtok", description="Train image tokenizers and turn images into tokens and back."
@@ -130,6 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("report", help="codebook-collapse report (HTML + report.json) of "
+                       "training runs, or of exported tokenizers measured on data")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories with a codebook history (written by `vqtok fit`)")
+    p.add_argument("--out", default="report.html",
+                   help="HTML file to write; report.json is written beside it")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="DIR",
+                   help="an exported tokenizer to measure on --data (repeatable)")
+    p.add_argument("--data", default=None, help="image folder or DataModule config YAML: what "
+                   "--tokenizer is measured on and the images every run reconstructs "
+                   "(default: the embedded held-out photos)")
+    p.add_argument("--image-size", type=int, default=64, help="side of photo/folder crops")
+    p.add_argument("--max-images", type=int, default=None, help="measure on at most N images")
+    p.add_argument("--samples", type=int, default=6, help="images reconstructed per run")
+    p.add_argument("--same-codebook", action="store_true",
+                   help="refuse runs whose codebook sizes differ")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -101,6 +101,8 @@ class TokenizerModule(pl.LightningModule):
         out = self.model(x)
         terms = self.compute_losses(x, out)
         loss = terms.pop("loss")
+        # A reference, no copy: CodebookHistory reads it for its per-batch usage curve.
+        self.last_train_indices = out.quant.indices.detach()
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -136,7 +138,10 @@ class TokenizerModule(pl.LightningModule):
         self.log(f"{stage}/perplexity", stats["perplexity"])
         self.log(f"{stage}/dead_codes", stats["dead_codes"].float())
         self.log(f"{stage}/normalized_entropy", stats["normalized_entropy"])
-        self.last_usage_counts = self.val_usage.counts.detach().clone()
+        # Inside the metric's sync so the counts are summed over ranks (torchmetrics
+        # restores the local counts after compute()); CodebookHistory records them.
+        with self.val_usage.sync_context(dist_sync_fn=self.val_usage.dist_sync_fn):
+            self.last_usage_counts = self.val_usage.counts.detach().clone()
         for metric in (self.val_psnr, self.val_ssim, self.val_usage):
             metric.reset()
 

@@ -1,0 +1,262 @@
+"""``CodebookHistory``: record codebook usage while a tokenizer trains.
+
+The callback writes two files into the run directory (``trainer.log_dir``, the logger's
+version folder, else ``default_root_dir``), which ``vqtok report`` reads. Only global rank 0
+writes; each file is replaced atomically (temporary sibling, fsync, rename) after every
+validation run and at the end of training::
+
+    codebook_history.json
+      {"format": "vqtok.codebook_history", "format_version": 1,
+       "codebook_size": K,                         # int >= 1
+       "quantizer": "vqtok.quantizers.fsq.FSQ",    # class path of the quantizer
+       "quantizer_config": "levels=[8, 5, 5, 5], codebook_size=1000, dim=16",
+       "counts_file": "codebook_history.npz",
+       "every_n_steps": 50,
+       "validations": [                            # one per validation run, in order
+         {"step": int, "epoch": int, "usage": float, "perplexity": float,
+          "dead_codes": int, "normalized_entropy": float,
+          "psnr": float | null, "ssim": float | null, "total_ids": int}],
+       "train": [                                  # the first step, then every N steps
+         {"step": int, "epoch": int, "batch_usage": float, "batch_perplexity": float,
+          "batch_ids": int}]}
+
+    codebook_history.npz (numpy, no pickled objects)
+      counts  (V, K) int64   row v: per-code counts over the whole validation set at
+                             validation run v, summed over all ranks
+      steps   (V,)   int64   the global step of each row
+
+Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts (DESIGN.md
+section 4); PSNR/SSIM are the values the module logged (``val/psnr``, ``val/ssim``).
+The train curve is cheap and *per batch*: the usage and perplexity of the ids of one
+training batch (on rank 0), which can never exceed ``batch_ids / K``; read collapse from
+the validation counts. The ``.npz`` is written before the ``.json``, so a crash between
+the two leaves an ``.npz`` with one extra row, which readers ignore.
+
+The module must expose ``quantizer`` (for K), ``last_usage_counts`` (the validation
+counts, as :class:`~vqtok.training.module.TokenizerModule` keeps them) and, for the train
+curve, ``last_train_indices`` (the last training batch's ids).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqtok.metrics import usage_stats
+
+__all__ = [
+    "HISTORY_COUNTS",
+    "HISTORY_FORMAT",
+    "HISTORY_JSON",
+    "HISTORY_VERSION",
+    "CodebookHistory",
+    "atomic_write_bytes",
+]
+
+HISTORY_FORMAT = "vqtok.codebook_history"
+HISTORY_VERSION = 1
+HISTORY_JSON = "codebook_history.json"
+HISTORY_COUNTS = "codebook_history.npz"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling renamed into place, so a
+    reader sees the old file or the new one, never half of one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # "xb" creates a fresh file with the usual permissions (umask), unlike mkstemp's 0600.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _scalar(value: Any) -> float | None:
+    """A logged metric as a float; None when absent or not finite."""
+    if value is None:
+        return None
+    number = float(value.detach().cpu()) if isinstance(value, Tensor) else float(value)
+    return number if np.isfinite(number) else None
+
+
+class CodebookHistory(pl.Callback):
+    """Per-validation code counts and metrics, plus a per-batch train-time usage curve.
+
+    Args:
+        every_n_steps: record the usage of the last training batch at the first optimizer
+            step and then every this many steps.
+        dirpath: where to write the history; default: the run directory
+            (``trainer.log_dir``, else ``trainer.default_root_dir``).
+    """
+
+    def __init__(self, every_n_steps: int = 50, dirpath: str | None = None) -> None:
+        super().__init__()
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or (
+            every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps must be an int >= 1, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self.dirpath = dirpath
+        self.codebook_size: int | None = None
+        self.validations: list[dict[str, Any]] = []
+        self.counts: list[Tensor] = []  # each (K,) int64 on the CPU
+        self.train: list[dict[str, Any]] = []
+        self._quantizer_name = ""
+        self._quantizer_config = ""
+        self._dir: Path | None = None
+        self._last_train_step = -1
+        self._warned_no_train_ids = False
+
+    # ---- where and what -----------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts rank 0's answer: every rank must ask, not rank 0 only.
+        log_dir = trainer.log_dir
+        self._dir = Path(self.dirpath or log_dir or trainer.default_root_dir)
+        quantizer = getattr(pl_module, "quantizer", None)
+        size = getattr(quantizer, "codebook_size", None)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"CodebookHistory needs a LightningModule with a vqtok `quantizer` (an int "
+                f"codebook_size >= 1), got {type(pl_module).__name__} whose quantizer is "
+                f"{type(quantizer).__name__}"
+            )
+        if self.codebook_size is not None and size != self.codebook_size:
+            raise ValueError(f"the history holds counts for {self.codebook_size} codes but the "
+                             f"module's quantizer has {size}")
+        self.codebook_size = size
+        self._quantizer_name = f"{type(quantizer).__module__}.{type(quantizer).__qualname__}"
+        self._quantizer_config = quantizer.extra_repr() if hasattr(quantizer, "extra_repr") else ""
+
+    # ---- train-time curve (per batch) ---------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._last_train_step:
+            return  # rank 0 only; one record per optimizer step under gradient accumulation
+        if self.train and step % self.every_n_steps != 0:
+            return
+        ids = getattr(pl_module, "last_train_indices", None)
+        if not isinstance(ids, Tensor) or ids.numel() == 0:
+            if not self._warned_no_train_ids:
+                warnings.warn(f"{type(pl_module).__name__} keeps no `last_train_indices`; "
+                              f"CodebookHistory records no train-time usage curve", stacklevel=2)
+                self._warned_no_train_ids = True
+            return
+        self._last_train_step = step
+        counts = torch.bincount(ids.detach().reshape(-1), minlength=self.codebook_size)
+        stats = usage_stats(counts)  # one batch: usage <= batch_ids / K
+        self.train.append({
+            "step": int(step),
+            "epoch": int(trainer.current_epoch),
+            "batch_usage": float(stats["usage"]),
+            "batch_perplexity": float(stats["perplexity"]),
+            "batch_ids": int(ids.numel()),
+        })
+
+    # ---- validation runs ----------------------------------------------------------------
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the module's on_validation_epoch_end, so its metrics are logged and
+        # last_usage_counts holds this run's counts (summed over ranks).
+        if trainer.sanity_checking:
+            return
+        counts = getattr(pl_module, "last_usage_counts", None)
+        if not isinstance(counts, Tensor) or counts.shape != (self.codebook_size,):
+            shape = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+            raise ValueError(
+                f"CodebookHistory needs the module to keep `last_usage_counts` of shape "
+                f"({self.codebook_size},) after each validation run, got {shape}"
+            )
+        counts = counts.detach().to("cpu", torch.int64).clone()
+        total = int(counts.sum())
+        if total == 0:
+            warnings.warn("validation counted no code ids; nothing recorded", stacklevel=2)
+            return
+        stats = usage_stats(counts)
+        logged = trainer.callback_metrics
+        self.validations.append({
+            "step": int(trainer.global_step),
+            "epoch": int(trainer.current_epoch),
+            "usage": float(stats["usage"]),
+            "perplexity": float(stats["perplexity"]),
+            "dead_codes": int(stats["dead_codes"]),
+            "normalized_entropy": float(stats["normalized_entropy"]),
+            "psnr": _scalar(logged.get("val/psnr")),
+            "ssim": _scalar(logged.get("val/ssim")),
+            "total_ids": total,
+        })
+        self.counts.append(counts)
+        self.write(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)  # the train curve recorded after the last validation run
+
+    # ---- files --------------------------------------------------------------------------
+    def history(self) -> dict[str, Any]:
+        """The JSON document (module docstring)."""
+        return {
+            "format": HISTORY_FORMAT,
+            "format_version": HISTORY_VERSION,
+            "codebook_size": self.codebook_size,
+            "quantizer": self._quantizer_name,
+            "quantizer_config": self._quantizer_config,
+            "counts_file": HISTORY_COUNTS,
+            "every_n_steps": self.every_n_steps,
+            "validations": list(self.validations),
+            "train": list(self.train),
+        }
+
+    def write(self, trainer: pl.Trainer) -> None:
+        """Write both files (rank 0 only); a no-op before the first validation run."""
+        if not trainer.is_global_zero or self._dir is None or not self.validations:
+            return
+        counts = torch.stack(self.counts).numpy()  # (V, K) int64
+        steps = np.array([v["step"] for v in self.validations], dtype=np.int64)  # (V,)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, counts=counts, steps=steps)
+        atomic_write_bytes(self._dir / HISTORY_COUNTS, buffer.getvalue())
+        text = json.dumps(self.history(), indent=1, allow_nan=False) + "\n"
+        atomic_write_bytes(self._dir / HISTORY_JSON, text.encode("utf-8"))
+
+    # ---- checkpoints: a resumed run keeps its history -----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        k = self.codebook_size or 0
+        stacked = torch.stack(self.counts) if self.counts else torch.zeros(0, k, dtype=torch.int64)
+        return {"format_version": HISTORY_VERSION, "codebook_size": self.codebook_size,
+                "validations": list(self.validations), "train": list(self.train),
+                "counts": stacked}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("format_version")
+        if version != HISTORY_VERSION:
+            raise ValueError(f"CodebookHistory state has format_version {version!r}, this "
+                             f"vqtok reads {HISTORY_VERSION}")
+        counts = state_dict["counts"]
+        if counts.shape[0] != len(state_dict["validations"]):
+            raise ValueError(f"CodebookHistory state holds {counts.shape[0]} count rows for "
+                             f"{len(state_dict['validations'])} validation runs")
+        size = state_dict["codebook_size"]
+        if self.codebook_size is not None and size is not None and size != self.codebook_size:
+            raise ValueError(f"CodebookHistory state holds counts for {size} codes but the "
+                             f"module's quantizer has {self.codebook_size}")
+        self.codebook_size = size if size is not None else self.codebook_size
+        self.validations = list(state_dict["validations"])
+        self.train = list(state_dict["train"])
+        self.counts = [row.to(torch.int64).clone() for row in counts]
+        self._last_train_step = self.train[-1]["step"] if self.train else -1
