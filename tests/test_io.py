@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import vqtok.atomic
 import vqtok.io as vio
 from vqtok.io import TokenizerFormatError, load_tokenizer_dir, save_tokenizer_dir
 from vqtok.models import Decoder, Encoder, VQAutoencoder
@@ -251,7 +252,7 @@ def test_save_replaces_existing_tokenizer(
 ) -> None:
     old_model, path = saved
     if not exchange:
-        monkeypatch.setattr(vio, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(vqtok.atomic, "_exchange", lambda a, b: False)
     new_model = tiny_model(seed=5)
     save_tokenizer_dir(new_model, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["tok"]
@@ -279,3 +280,18 @@ def test_save_into_empty_existing_directory(tmp_path: Path) -> None:
     save_tokenizer_dir(model, tmp_path / "tok")
     loaded, _ = load_tokenizer_dir(tmp_path / "tok")
     assert torch.equal(outputs(loaded)[0], outputs(model)[0])
+
+
+def test_saved_tokenizer_has_the_usual_permissions(tmp_path: Path) -> None:
+    # tempfile makes 0700/0600 entries; a tokenizer shared by a team must follow the umask.
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = save_tokenizer_dir(tiny_model(seed=1), tmp_path / "tok")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o644

@@ -23,14 +23,9 @@ tokenizer or the new one, never half of one.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import math
 import os
-import shutil
-import sys
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -39,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from vqtok import registry
+from vqtok.atomic import atomic_directory
 from vqtok.models.autoencoder import VQAutoencoder
 
 FORMAT = "vqtok.tokenizer"
@@ -228,17 +224,9 @@ def save_tokenizer_dir(
     config = build_config(model, mean=mean, std=std, min_size=min_size, extra=extra)
     if target.exists() or target.is_symlink():
         _check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         _write_config(config, tmp / CONFIG_NAME)
         _write_weights(model, tmp / WEIGHTS_NAME)
-        _fsync_dir(tmp)
-        _move_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(target.parent)
     return target
 
 
@@ -256,8 +244,6 @@ def _check_replaceable(target: Path) -> None:
 def _write_config(config: dict[str, Any], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(_dumps(config, "config") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _write_weights(model: VQAutoencoder, path: Path) -> None:
@@ -265,56 +251,6 @@ def _write_weights(model: VQAutoencoder, path: Path) -> None:
     # makes every tensor contiguous; load_model restores the aliases.
     save_model(model, str(path), metadata={_WEIGHTS_MARKER: FORMAT, "format": "pt"},
                force_contiguous=True)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is swapped out, then deleted."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    if _exchange(tmp, target):  # tmp now holds the old tokenizer
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    # No atomic exchange: move the old one aside, the new one in, restore on failure.
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False when the
-    system or file system does not support it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
 
 
 # ---- load -----------------------------------------------------------------------------

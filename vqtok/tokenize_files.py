@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from vqtok.atomic import atomic_write
 from vqtok.io import FORMAT_VERSION as TOKENIZER_FORMAT_VERSION
 from vqtok.tokenizer import ImageTokenizer
 
@@ -172,7 +171,7 @@ def encode_files(
         "failed_reasons": np.array([r for _, r in failed], dtype=str),
     }
     out = Path(out_npz)
-    _write_atomically(out, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(out, lambda f: np.savez_compressed(f, **arrays))
     return EncodeSummary(out_path=out, encoded=len(names), tokens=int(arrays["ids"].size),
                          failed=failed)
 
@@ -263,7 +262,7 @@ def decode_file(
                 images = tokenizer.decode(ids, [tokens.sizes[i] for i in batch], batch_size)
                 for i, image in zip(batch, images):
                     targets[i].parent.mkdir(parents=True, exist_ok=True)
-                    _write_atomically(targets[i], lambda f, im=image: im.save(f, format="PNG"))
+                    atomic_write(targets[i], lambda f, im=image: im.save(f, format="PNG"))
                 bar.update(len(batch))
     return targets
 
@@ -283,21 +282,3 @@ def _output_paths(names: list[str], out: Path, source: str) -> list[Path]:
         used.add(target)
         targets.append(target)
     return targets
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-__all__ = ["EncodeSummary", "TokenFile", "decode_file", "encode_files", "find_images",
-           "load_image", "read_tokens"]

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from vqtok.cli import run_lightning
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ
-from vqtok.training.callbacks import CodebookHistory, atomic_write_bytes
+from vqtok.atomic import atomic_write_bytes
+from vqtok.training.callbacks import CodebookHistory
 from vqtok.training.module import TokenizerModule
 
 K = 64  # FSQ [4, 4, 4]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vqtok.atomic import atomic_write
 from vqtok.data.idx import read_idx
 
 log = logging.getLogger(__name__)
@@ -153,16 +153,16 @@ def download(root: str | os.PathLike, base_url: str = BASE_URL, timeout: float =
             continue
         url = f"{base_url.rstrip('/')}/{name}.gz"
         target = root / f"{name}.gz"
-        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-        tmp = Path(tmp_name)
+        def fetch(out, url=url):
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+            out.flush()
+            read_idx(Path(out.name))  # reject an HTML error page or a cut-off transfer
+
         try:
             log.info("downloading %s to %s", url, target)
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
-            read_idx(tmp)  # reject an HTML error page or a cut-off transfer
-            os.replace(tmp, target)
+            atomic_write(target, fetch)
         except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts are OSErrors
-            tmp.unlink(missing_ok=True)
             raise DownloadError(
                 f"could not download {url}: {err}. Without network access, fetch the four "
                 f"files {_all_names()} from {base_url} on another machine and copy them "

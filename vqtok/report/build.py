@@ -33,7 +33,7 @@ from vqtok.report.html import Figure, render_html
 from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct, to_model_input
 from vqtok.report.schema import REPORT_FORMAT, REPORT_VERSION, validate_report
 from vqtok.tokenizer import ImageTokenizer
-from vqtok.training.callbacks import atomic_write_bytes
+from vqtok.atomic import atomic_write_bytes
 
 __all__ = ["analyse_run", "build_report"]
 

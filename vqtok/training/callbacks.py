@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqtok.atomic import atomic_write_bytes
 from vqtok.metrics import usage_stats
 
 __all__ = [
@@ -60,32 +59,12 @@ __all__ = [
     "HISTORY_JSON",
     "HISTORY_VERSION",
     "CodebookHistory",
-    "atomic_write_bytes",
 ]
 
 HISTORY_FORMAT = "vqtok.codebook_history"
 HISTORY_VERSION = 1
 HISTORY_JSON = "codebook_history.json"
 HISTORY_COUNTS = "codebook_history.npz"
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling renamed into place, so a
-    reader sees the old file or the new one, never half of one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # "xb" creates a fresh file with the usual permissions (umask), unlike mkstemp's 0600.
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _scalar(value: Any) -> float | None:
