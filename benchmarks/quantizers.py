@@ -1,0 +1,523 @@
+"""Quantizer benchmarks: vqtok against vector-quantize-pytorch 1.32, side by side.
+
+Run with ``make bench`` (installs the ``bench`` extra); writes ``benchmarks/RESULTS.md``.
+Not part of the test suite. Only this script imports ``vector_quantize_pytorch``.
+
+Protocol. N = 16,384 rows of dim 32, given as a (16, 32, 32, 32) channel-first feature map
+that requires grad, quantizer in training mode; one step = forward + backward of
+``z_q.sum() + auxiliary loss``. Every configuration runs in its own fresh subprocess with
+``torch.set_num_threads(2)`` and an address-space limit (``RLIMIT_AS``), so a
+configuration that needs too much memory fails cleanly with an allocation error instead of
+meeting the OOM killer. In that process: warm-up steps (which also trigger any
+data-dependent init), then at least 5 timed steps; we report the median time and the
+process's peak RSS (``ru_maxrss``). The time reference is a bare ``x @ C.T`` of the same
+shape ((N, 32) x (32, K)), written into a preallocated output so that it times the
+arithmetic only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+N_ROWS = 16_384
+DIM = 32
+MAP_SHAPE = (16, DIM, 32, 32)  # (B, D, H, W): B * H * W = N_ROWS rows of dim D
+THREADS = 2
+MIN_RUNS = 5
+MAX_RUNS = 11
+RUN_BUDGET_S = 10.0  # keep timing past MIN_RUNS while the runs so far took less than this
+WARMUP = 1
+DEFAULT_LIMIT_GIB = 20.0
+GIB = 2**30
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+# ---- what each configuration builds (runs inside the child process) --------------------
+
+
+def _feature_map():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(*MAP_SHAPE, generator=gen).requires_grad_(True)
+
+
+def _step_for(module, unpack: Callable) -> Callable[[], None]:
+    """One forward + backward of ``module`` on a fresh leaf feature map each step."""
+    z = _feature_map()
+
+    def step() -> None:
+        z.grad = None
+        module.zero_grad(set_to_none=True)
+        out, aux = unpack(module(z))
+        (out.sum() + aux).backward()
+
+    return step
+
+
+def _vqtok_unpack(out):
+    return out.z_q, sum(out.losses.values(), start=out.z_q.new_zeros(()))
+
+
+def build_matmul(k: int) -> Callable[[], None]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N_ROWS, DIM, generator=gen)
+    codebook_t = torch.randn(k, DIM, generator=gen).t()
+    # At most 4 GiB of output: K = 262,144 (16 GiB) is done in row blocks, same FLOPs.
+    rows = min(N_ROWS, max(1, 4 * GIB // (4 * k)))
+    out = torch.empty(rows, k)
+
+    def step() -> None:
+        for start in range(0, N_ROWS, rows):
+            torch.mm(x[start : start + rows], codebook_t, out=out)
+
+    return step
+
+
+def build_vqtok_vq(k: int, estimator: str, ema: bool = False) -> Callable[[], None]:
+    from vqtok.quantizers import VectorQuantizer
+
+    # init="data" (codes drawn from the first batch, in the warm-up step): the default
+    # k-means init would spend 10 extra searches of the warm-up step; the timed steps are
+    # the same whichever init ran.
+    module = VectorQuantizer(k, DIM, grad_estimator=estimator, init="data",
+                             ema_decay=0.99 if ema else None)
+    return _step_for(module.train(), _vqtok_unpack)
+
+
+def build_reference_vq(k: int, rotation: bool, ema: bool = False) -> Callable[[], None]:
+    from vector_quantize_pytorch import VectorQuantize
+
+    if ema:
+        # The library's default: EMA codebook (decay set to vqtok's 0.99), no codebook loss.
+        module = VectorQuantize(
+            dim=DIM, codebook_size=k, accept_image_fmap=True, decay=0.99,
+            rotation_trick=rotation, commitment_weight=0.25,
+        )
+    else:
+        # Gradient-trained codebook like vqtok's default: learnable_codebook=True with
+        # ema_update=False; its single loss mse(q, z) (weight 1) trains codes and encoder.
+        module = VectorQuantize(
+            dim=DIM, codebook_size=k, accept_image_fmap=True, learnable_codebook=True,
+            ema_update=False, rotation_trick=rotation, commitment_weight=1.0,
+        )
+    return _step_for(module.train(), lambda out: (out[0], out[2]))
+
+
+def build_vqtok_simvq(k: int, estimator: str) -> Callable[[], None]:
+    from vqtok.quantizers import SimVQ
+
+    return _step_for(SimVQ(k, DIM, grad_estimator=estimator).train(), _vqtok_unpack)
+
+
+def build_reference_simvq(k: int, rotation: bool) -> Callable[[], None]:
+    from vector_quantize_pytorch import SimVQ
+
+    module = SimVQ(dim=DIM, codebook_size=k, channel_first=True, rotation_trick=rotation)
+    return _step_for(module.train(), lambda out: (out[0], out[2]))
+
+
+def build_vqtok_fsq(levels: list[int]) -> Callable[[], None]:
+    from vqtok.quantizers import FSQ
+
+    module = FSQ(levels=levels, dim=DIM)
+    return _step_for(module.train(), _vqtok_unpack)
+
+
+def build_reference_fsq(levels: list[int]) -> Callable[[], None]:
+    import torch
+    from vector_quantize_pytorch import FSQ
+
+    module = FSQ(levels=levels, dim=DIM, channel_first=True)
+    return _step_for(module.train(), lambda out: (out[0], torch.zeros(())))
+
+
+def build_baseline() -> Callable[[], None]:
+    """Only the imports and the input map: the RSS every configuration starts from."""
+    import vqtok.quantizers  # noqa: F401
+
+    _feature_map()
+    return lambda: None
+
+
+FSQ_LEVELS = [8, 8, 8, 5, 5, 5]  # Mentzer et al. 2023 preset for 2^16 codes
+
+BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
+    "baseline": build_baseline,
+    **{f"matmul-{k}": (lambda k=k: build_matmul(k)) for k in (1024, 8192, 65536, 262144)},
+    **{
+        f"vqtok-vq-{est}-{k}": (lambda k=k, est=est: build_vqtok_vq(k, est))
+        for k in (1024, 8192, 65536)
+        for est in ("ste", "rotation")
+    },
+    **{
+        f"ref-vq-{est}-{k}": (lambda k=k, est=est: build_reference_vq(k, est == "rotation"))
+        for k in (1024, 8192, 65536)
+        for est in ("ste", "rotation")
+    },
+    "vqtok-vq-ste-262144": lambda: build_vqtok_vq(262144, "ste"),
+    "vqtok-vq-ema-rotation-8192": lambda: build_vqtok_vq(8192, "rotation", ema=True),
+    "ref-vq-ema-rotation-8192": lambda: build_reference_vq(8192, True, ema=True),
+    "vqtok-simvq-rotation-65536": lambda: build_vqtok_simvq(65536, "rotation"),
+    "ref-simvq-rotation-65536": lambda: build_reference_simvq(65536, True),
+    "vqtok-fsq-65536": lambda: build_vqtok_fsq(FSQ_LEVELS),
+    "ref-fsq-65536": lambda: build_reference_fsq(FSQ_LEVELS),
+}
+
+
+def child(case: str, limit_bytes: int) -> None:
+    """Run one configuration and print one JSON line: median time, runs, peak RSS."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    result: dict = {"case": case}
+    try:
+        step = BUILDERS[case]()
+        for _ in range(WARMUP):
+            step()
+        times: list[float] = []
+        while len(times) < MIN_RUNS or (len(times) < MAX_RUNS and sum(times) < RUN_BUDGET_S):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        result.update(ok=True, median_s=statistics.median(times), times_s=times)
+    except (RuntimeError, MemoryError) as err:
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        wanted = re.search(r"allocate (\d+) bytes", str(err))
+        result.update(ok=False, error=message[:300],
+                      failed_alloc_bytes=int(wanted.group(1)) if wanted else None)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+# ---- the parent: one subprocess per configuration, then the report --------------------
+
+
+@dataclass
+class Row:
+    label: str
+    case: str
+    k: int
+    matmul: str | None = None
+    reference: str | None = None
+    target: str = "info"
+    check: Callable[[dict, dict], bool | None] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _t(results: dict, case: str | None) -> float | None:
+    res = results.get(case) if case else None
+    return res["median_s"] if res and res.get("ok") else None
+
+
+def _rss(results: dict, case: str | None) -> int | None:
+    res = results.get(case) if case else None
+    return res["peak_rss_bytes"] if res and res.get("ok") else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def vq_target(max_rss_gib: float, max_matmul_ratio: float | None):
+    def check(row_result: dict, results: dict) -> bool | None:
+        if not row_result.get("ok"):
+            return False
+        ok = row_result["peak_rss_bytes"] < max_rss_gib * GIB
+        if max_matmul_ratio is not None:
+            ratio = _ratio(row_result["median_s"], _t(results, row_result["matmul"]))
+            ok = ok and ratio is not None and ratio <= max_matmul_ratio
+        return ok
+
+    return check
+
+
+def vs_reference_target(max_time_ratio: float, max_rss_ratio: float | None):
+    def check(row_result: dict, results: dict) -> bool | None:
+        if not row_result.get("ok"):
+            return False
+        ref = results.get(row_result["reference"], {})
+        if not ref.get("ok"):
+            return True  # vqtok ran within the limit under which the reference failed
+        ok = row_result["median_s"] <= max_time_ratio * ref["median_s"]
+        if max_rss_ratio is not None:
+            ok = ok and row_result["peak_rss_bytes"] <= max_rss_ratio * ref["peak_rss_bytes"]
+        return ok
+
+    return check
+
+
+ROWS: list[Row] = [
+    *[
+        Row(f"vqtok VectorQuantizer {est.upper() if est == 'ste' else est}",
+            f"vqtok-vq-{est}-{k}", k, f"matmul-{k}", f"ref-vq-{est}-{k}")
+        for k in (1024, 8192)
+        for est in ("ste", "rotation")
+    ],
+    Row("vqtok VectorQuantizer EMA + rotation", "vqtok-vq-ema-rotation-8192", 8192,
+        "matmul-8192", "ref-vq-ema-rotation-8192"),
+    *[
+        Row(f"vqtok VectorQuantizer {est.upper() if est == 'ste' else est}",
+            f"vqtok-vq-{est}-65536", 65536, "matmul-65536", f"ref-vq-{est}-65536",
+            "peak RSS < 1.5 GiB and <= 2.0x matmul", vq_target(1.5, 2.0))
+        for est in ("ste", "rotation")
+    ],
+    Row("vqtok VectorQuantizer STE", "vqtok-vq-ste-262144", 262144, "matmul-262144", None,
+        "bounded memory: peak RSS < 1.5 GiB", vq_target(1.5, None)),
+    Row("vqtok SimVQ rotation", "vqtok-simvq-rotation-65536", 65536, "matmul-65536",
+        "ref-simvq-rotation-65536", "<= 0.5x reference time and <= 1/3 its peak RSS",
+        vs_reference_target(0.5, 1 / 3)),
+    Row(f"vqtok FSQ levels {FSQ_LEVELS}, dim 32 (projection)", "vqtok-fsq-65536", 65536,
+        None, "ref-fsq-65536", "<= 1.0x reference time (no slower)",
+        vs_reference_target(1.0, None)),
+]
+
+REFERENCE_LABELS = {
+    "ref-vq-ste": "VectorQuantize, learnable codebook, rotation_trick=False (STE)",
+    "ref-vq-rotation": "VectorQuantize, learnable codebook, rotation_trick=True",
+    "ref-vq-ema-rotation": "VectorQuantize, EMA decay 0.99, rotation_trick=True (its default)",
+    "ref-simvq-rotation": "SimVQ, rotation_trick=True (its default)",
+    "ref-fsq": f"FSQ levels {FSQ_LEVELS}, dim 32 (projection)",
+}
+
+
+def run_case(case: str, limit_bytes: int) -> dict:
+    command = [sys.executable, __file__, "--case", case, "--limit-bytes", str(limit_bytes)]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1]
+    )
+    wall = time.perf_counter() - started
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        result = {"case": case, "ok": False,
+                  "error": f"exit {proc.returncode}: {tail[:300]}", "peak_rss_bytes": None}
+    else:
+        result = json.loads(lines[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def _mem_available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> dict[str, str]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        vqp = version("vector-quantize-pytorch")
+    except Exception:  # noqa: BLE001 - report, do not fail, when it is missing
+        vqp = "not installed"
+    return {
+        "cpu": cpu,
+        "logical_cpus": str(os.cpu_count()),
+        "threads": str(THREADS),
+        "torch": torch.__version__,
+        "vector_quantize_pytorch": vqp,
+        "python": platform.python_version(),
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _fmt_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _fmt_gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def _fail_text(res: dict, limit_bytes: int) -> str:
+    if not res:
+        return "not run"
+    alloc, rss = res.get("failed_alloc_bytes"), res.get("peak_rss_bytes")
+    if alloc and rss:
+        return (f"fails (needs > {(alloc + rss) / GIB:.1f} GiB: at {rss / GIB:.1f} GiB RSS "
+                f"a further {alloc / GIB:.1f} GiB allocation was refused under the "
+                f"{limit_bytes / GIB:.1f} GiB limit)")
+    return f"fails (needs > {limit_bytes / GIB:.1f} GiB of address space: {res.get('error')})"
+
+
+MODES_MATCHED = (
+    "Modes matched. vqtok VectorQuantizer defaults (gradient-trained codebook, codebook "
+    "loss weight 1 and commitment loss weight 0.25) except `init='data'` (codes drawn from "
+    "the warm-up batch, to keep k-means out of the run), against VectorQuantize with "
+    "`learnable_codebook=True, ema_update=False` (gradient-trained codebook; its single "
+    "loss mse(q, z), weight 1, trains both codes and encoder; no k-means init), "
+    "`rotation_trick=False` for the STE rows and `True` for the rotation rows. The EMA row: "
+    "`ema_decay=0.99` against the library's default EMA codebook with `decay=0.99`. "
+    "SimVQ: both with the rotation trick (the reference's default), a frozen Gaussian "
+    "codebook and a d x d linear map without bias. FSQ: the same levels and a dim-32 "
+    "projection on both sides."
+)
+
+
+def header(info: dict, limit_bytes: int, load: tuple, total_s: float) -> list[str]:
+    cpus = info["logical_cpus"]
+    return [
+        "# Quantizer benchmarks",
+        "",
+        (f"Written by `make bench` (`benchmarks/quantizers.py`): vqtok against "
+         f"vector-quantize-pytorch {info['vector_quantize_pytorch']}, side by side in one run."),
+        "",
+        (f"- Machine: {info['cpu']}, {cpus} logical CPUs; "
+         f"`torch.set_num_threads({info['threads']})`."),
+        (f"- torch {info['torch']}, Python {info['python']}; run on {info['date']}, "
+         f"{total_s / 60:.1f} min in all."),
+        (f"- Load average at start / end: {load[0]:.2f} / {load[1]:.2f}. A load above the "
+         f"{cpus} CPUs means other processes shared the machine and the times are noisy; "
+         "ratios within one run are more reliable than absolute times."),
+        (f"- N = {N_ROWS:,} rows (a {MAP_SHAPE} channel-first map), dim {DIM}, training "
+         "mode; one step = forward + backward of `z_q.sum() + aux loss`; median of at least "
+         f"{MIN_RUNS} timed steps after {WARMUP} warm-up step (which also runs any "
+         "data-dependent init)."),
+        ("- Each configuration runs in its own fresh subprocess; peak RSS is that process's "
+         "`ru_maxrss` (imports and input included: see the baseline row). Address space "
+         f"limited to {limit_bytes / GIB:.1f} GiB (`RLIMIT_AS`), so that a configuration "
+         "needing more fails with an allocation error."),
+        ("- Matmul: a bare `x @ C.T`, (N, 32) x (32, K), into a preallocated output "
+         "(arithmetic only; at K = 262,144 in 4 GiB row blocks, same FLOPs)."),
+        "",
+        ("| Configuration | K | median s | x matmul | reference | ref median s | "
+         "time vs ref | peak RSS | ref peak RSS | target | result |"),
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+
+
+def table_row(row: Row, results: dict, limit_bytes: int) -> str:
+    res = dict(results.get(row.case, {}))
+    res.update(matmul=row.matmul, reference=row.reference)
+    t, t_ref = _t(results, row.case), _t(results, row.reference)
+    if row.reference is None:
+        ref_label, ref_time = "-", "-"
+    else:
+        ref = results.get(row.reference, {})
+        ref_label = REFERENCE_LABELS.get(row.reference.rsplit("-", 1)[0], row.reference)
+        ref_time = _fmt_s(t_ref) if ref.get("ok") else _fail_text(ref, limit_bytes)
+    if row.check is None:
+        verdict = "info"
+    elif row.case not in results:
+        verdict = "not run"
+    else:
+        verdict = "PASS" if row.check(res, results) else "FAIL"
+    time_cell = _fmt_s(t) if res.get("ok") else _fail_text(results.get(row.case, {}),
+                                                           limit_bytes)
+    return (
+        f"| {row.label} | {row.k:,} | {time_cell} | "
+        f"{_fmt_x(_ratio(t, _t(results, row.matmul)))} | {ref_label} | {ref_time} | "
+        f"{_fmt_x(_ratio(t, t_ref))} | {_fmt_gib(_rss(results, row.case))} | "
+        f"{_fmt_gib(_rss(results, row.reference))} | {row.target} | {verdict} |"
+    )
+
+
+def report(results: dict, limit_bytes: int, info: dict, load: tuple, total_s: float) -> str:
+    lines = header(info, limit_bytes, load, total_s)
+    lines += [table_row(row, results, limit_bytes) for row in ROWS]
+    lines += ["", "Reference times (bare matmul) and the process baseline:", "",
+              "| Case | median s | peak RSS |", "|---|---:|---:|"]
+    for case in ("baseline", "matmul-1024", "matmul-8192", "matmul-65536", "matmul-262144"):
+        res = results.get(case, {})
+        median = _fmt_s(_t(results, case)) if case != "baseline" else "-"
+        lines.append(f"| {case} | {median} | {_fmt_gib(res.get('peak_rss_bytes'))} |")
+    lines += ["", MODES_MATCHED, "", "Every run (seconds per step):", ""]
+    for case, res in results.items():
+        if res.get("ok"):
+            runs = ", ".join(f"{t:.3f}" for t in res["times_s"])
+            lines.append(f"- `{case}`: {runs}")
+        else:
+            lines.append(f"- `{case}`: {res.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-bytes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-gib", type=float, default=DEFAULT_LIMIT_GIB,
+                        help="address-space limit per configuration (default 20)")
+    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--raw", type=Path, help="also save the raw results as JSON here")
+    parser.add_argument("--render", type=Path,
+                        help="no runs: rewrite the report from raw results saved by --raw")
+    args = parser.parse_args()
+    if args.case:
+        child(args.case, args.limit_bytes)
+        return
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        text = report(saved["results"], saved["limit_bytes"], saved["machine"],
+                      tuple(saved["load"]), saved["total_s"])
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+        return
+
+    limit_bytes = int(args.limit_gib * GIB)
+    available = _mem_available_bytes()
+    if available is not None and limit_bytes > 0.8 * available:
+        # Stay clear of the OOM killer (and of other processes) on a smaller machine.
+        limit_bytes = int(0.8 * available)
+        print(f"address-space limit lowered to {limit_bytes / GIB:.1f} GiB "
+              f"(80% of the {available / GIB:.1f} GiB available)", flush=True)
+    wanted = [s for s in args.only.split(",") if s]
+    cases = [c for c in BUILDERS if not wanted or any(s in c for s in wanted)]
+    load_start = os.getloadavg()[0]
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    for case in cases:
+        results[case] = run_case(case, limit_bytes)
+        res = results[case]
+        summary = (f"{res['median_s']:.3f} s" if res.get("ok") else res.get("error", "?"))
+        print(f"{case:32s} {summary}  peak RSS {_fmt_gib(res.get('peak_rss_bytes'))}  "
+              f"({res['wall_s']:.0f} s)", flush=True)
+    total = time.perf_counter() - started
+    info, load = machine(), (load_start, os.getloadavg()[0])
+    if args.raw:
+        args.raw.write_text(json.dumps({"results": results, "limit_bytes": limit_bytes,
+                                        "machine": info, "load": load, "total_s": total}))
+    text = report(results, limit_bytes, info, load, total)
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
