@@ -1,7 +1,7 @@
 """The main job, run by ``make demo``: train, export, tokenize a held-out photo, report.
 
 1. Trains the default photo tokenizer config (``experiments/photos_fsq.yaml``) for a short
-   schedule on the photos embedded in the package.
+   schedule (at most 4 minutes by default) on the photos embedded in the package.
 2. Exports it to ``<run dir>/tokenizer/`` (config.json + model.safetensors).
 3. Loads it with :class:`vqtok.ImageTokenizer`, encodes a held-out photo at full resolution,
    decodes it, and prints the token grid shape, the round trip's PSNR and codebook usage.
@@ -27,10 +27,18 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+def max_time(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for a number of minutes."""
+    seconds = max(1, int(round(minutes * 60)))
+    return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vqtok.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (YAML)")
-    parser.add_argument("--max-steps", type=int, default=600, help="training steps (short schedule)")
+    parser.add_argument("--max-steps", type=int, default=3000, help="at most this many steps")
+    parser.add_argument("--max-minutes", type=float, default=4.0,
+                        help="and at most this much training time (the schedule is short)")
     parser.add_argument("--photo", default=str(HELD_OUT_PHOTO), help="held-out photo to round-trip")
     args = parser.parse_args(argv)
     if not Path(args.config).is_file():
@@ -44,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             "fit",
             f"--config={args.config}",
             f"--trainer.max_steps={args.max_steps}",
-            f"--trainer.val_check_interval={args.max_steps}",
+            f"--trainer.max_time={max_time(args.max_minutes)}",
+            # no validation during the short schedule; one full validation after it
+            f"--trainer.val_check_interval={args.max_steps + 1}",
             "--trainer.logger.init_args.name=demo",
             "--trainer.enable_model_summary=false",
         ]
     )
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     run = Path(run_dir(cli.trainer))
     tokenizer = ImageTokenizer.from_pretrained(run / "tokenizer")
 
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     photo_codes = int(np.unique(ids.numpy()).size)
     lines = [
         f"run directory         {run}",
+        f"training              {cli.trainer.global_step} steps in at most "
+        f"{args.max_minutes:g} minutes",
         f"tokenizer             {run / 'tokenizer'} ({k} codes, "
         f"{tokenizer.downsample_factor}x downsampling)",
         f"held-out photo        {Path(args.photo).name} {photo.width}x{photo.height}",
