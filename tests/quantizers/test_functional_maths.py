@@ -321,3 +321,37 @@ def test_spherical_kmeans_gives_unit_codes() -> None:
     torch.manual_seed(3)
     codes = Fq.kmeans(rows, 5, iters=4, cosine=True)
     assert torch.allclose(codes.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_nearest_code_reuses_its_scratch_across_modes_and_threads() -> None:
+    """The per-thread CPU score buffer must not leak between inference mode and autograd
+    mode, nor between threads searching at the same time."""
+    import threading
+
+    gen = torch.Generator().manual_seed(8)
+    cases = [(torch.randn(300, 6, generator=gen), torch.randn(k, 6, generator=gen))
+             for k in (50, 200, 7)]
+    expected = [torch.cdist(x.double(), c.double()).argmin(dim=1) for x, c in cases]
+    for x, c in cases:  # warm the scratch up in inference mode, then use it outside
+        with torch.inference_mode():
+            Fq.nearest_code(x, c)
+    for (x, c), want in zip(cases, expected):
+        assert torch.equal(Fq.nearest_code(x, c), want)
+        with torch.inference_mode():
+            assert torch.equal(Fq.nearest_code(x, c, chunk_rows=64), want)
+
+    failures: list[int] = []
+
+    def search(i: int) -> None:
+        x, c = cases[i % 3]
+        for _ in range(20):
+            if not torch.equal(Fq.nearest_code(x, c, chunk_rows=32), expected[i % 3]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+

@@ -8,6 +8,7 @@ chunks under ``no_grad`` and winners are gathered, never picked with a one-hot m
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -23,6 +24,31 @@ SEARCH_BLOCK_BYTES = 64 * 2**20
 def search_chunk_rows(codebook_size: int, block_bytes: int = SEARCH_BLOCK_BYTES) -> int:
     """Rows per chunk so that one ``(rows, K)`` float32 score block fits in ``block_bytes``."""
     return max(1, block_bytes // (4 * codebook_size))
+
+
+# The only cache in this module: one CPU score buffer per thread, reused by every search.
+# A freshly allocated 64 MiB block is mapped anew by the OS on each call, and those page
+# faults cost about a third of the search at K = 1,024 (less at larger K). Never larger
+# than SEARCH_BLOCK_BYTES; per thread, so concurrent searches never share it.
+_SCRATCH = threading.local()
+
+
+def _score_buffer(rows: int, k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A ``(rows, K)`` scratch block for the nearest-code scores."""
+    need = rows * k
+    if device.type != "cpu" or need * torch.finfo(dtype).bits // 8 > SEARCH_BLOCK_BYTES:
+        return torch.empty(rows, k, dtype=dtype, device=device)
+    buffer = getattr(_SCRATCH, "buffer", None)
+    # An inference-mode tensor cannot be written outside inference mode: match the mode.
+    if (
+        buffer is None
+        or buffer.dtype != dtype
+        or buffer.numel() < need
+        or buffer.is_inference() != torch.is_inference_mode_enabled()
+    ):
+        buffer = torch.empty(need, dtype=dtype)
+        _SCRATCH.buffer = buffer
+    return buffer[:need].view(rows, k)
 
 
 @torch.no_grad()
@@ -45,9 +71,9 @@ def nearest_code(x: Tensor, codebook: Tensor, chunk_rows: int | None = None) -> 
     neg_sq_norm = -codebook.pow(2).sum(dim=1)  # (K,)
     codebook_t = codebook.t()  # (D, K)
     ids = torch.empty(n, dtype=torch.long, device=x.device)
-    # One score buffer reused by every chunk: a fresh 32-64 MiB block per chunk costs page
-    # faults that made the search ~1.5x slower than reusing it (K = 65,536, CPU).
-    buffer = torch.empty(min(chunk, n), k, dtype=torch.result_type(x, codebook), device=x.device)
+    # One score buffer reused by every chunk (and, on CPU, by later calls): a fresh 32-64 MiB
+    # block per chunk costs page faults that made the search ~1.5x slower (K = 65,536, CPU).
+    buffer = _score_buffer(min(chunk, n), k, torch.result_type(x, codebook), x.device)
     for start in range(0, n, chunk):
         block = x[start : start + chunk]
         scores = buffer[: block.shape[0]]  # (rows, K)
