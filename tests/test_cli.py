@@ -105,5 +105,5 @@ def test_console_script_is_installed() -> None:
     exe = shutil.which("vqtok", path=str(Path(sys.executable).parent))
     assert exe is not None
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for sub in ("fit", "encode", "decode", "export"):
+    for sub in ("fit", "decoder", "generate", "encode", "decode", "export", "report"):
         assert sub in out

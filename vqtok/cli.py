@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)", add_help=False)
 
+    sub.add_parser("decoder", add_help=False, help="LightningCLI fit/validate/test of the "
+                   "multimodal decoder (see `vqtok decoder fit --help`)")
+    from vqtok.multimodal.commands import add_generate_parser
+
+    add_generate_parser(sub)
+
     p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory")
     p.add_argument("checkpoint", help="a .ckpt written by `vqtok fit`")
     p.add_argument("out_dir", help="tokenizer directory to write (replaced atomically)")
@@ -185,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         run_lightning(argv)
+        return 0
+    if argv and argv[0] == "decoder" and len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS:
+        from vqtok.multimodal.commands import run_decoder_lightning
+
+        run_decoder_lightning(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
