@@ -279,3 +279,15 @@ def test_invalid_configuration_raises(kwargs: dict) -> None:
 def test_unknown_codebook_size_lists_the_presets() -> None:
     with pytest.raises(ValueError, match=r"256.*\[8, 6, 5\].*65536.*\[8, 8, 8, 5, 5, 5\]"):
         FSQ(codebook_size=4096 + 1)
+
+
+def test_finite_map_whose_sum_overflows_is_accepted() -> None:
+    # The input check sums the map first; an overflowing sum of finite values must fall
+    # back to the exact check instead of being reported as non-finite.
+    z = torch.full((1, 4, 64, 64), 3e38)
+    assert not torch.isfinite(z.sum())
+    out = FSQ([8, 5, 5, 5])(z)
+    assert torch.isfinite(out.z_q).all()
+    z[0, 2, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match="1 non-finite"):
+        FSQ([8, 5, 5, 5])(z)

@@ -73,7 +73,9 @@ class Quantizer(nn.Module, ABC):
                 f"expected {self.dim} channels in dim 1, got shape {tuple(z.shape)} "
                 f"({z.shape[1]} channels)"
             )
-        if not torch.isfinite(z).all():
+        # One cheap pass: a NaN or inf anywhere makes the sum non-finite. Only then run the
+        # exact check (a finite map can also overflow the sum); it was 12% of an FSQ step.
+        if not torch.isfinite(z.detach().sum()) and not torch.isfinite(z).all():
             bad = int((~torch.isfinite(z)).sum())
             raise ValueError(f"feature map holds {bad} non-finite values (NaN or inf)")
 
