@@ -130,6 +130,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from vqtok.multimodal.commands import write_generated
+
+    print(write_generated(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vqtok.demo import run_demo
+
+    print("\n".join(["", "vqtok demo", *run_demo(args)]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqtok", description="Train image tokenizers and turn images into tokens and back."
@@ -142,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "multimodal decoder (see `vqtok decoder fit --help`)")
     from vqtok.multimodal.commands import add_generate_parser
 
-    add_generate_parser(sub)
+    add_generate_parser(sub).set_defaults(func=cmd_generate)
+    from vqtok.demo import add_demo_arguments
+
+    p = sub.add_parser("demo", help="train the default photo tokenizer briefly, export it and "
+                       "round-trip a held-out photo (what `make demo` runs)")
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory")
     p.add_argument("checkpoint", help="a .ckpt written by `vqtok fit`")

@@ -33,16 +33,19 @@ def max_time(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vqtok.demo", description=__doc__.split("\n")[0])
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, on the ``vqtok demo`` subcommand."""
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (YAML)")
     parser.add_argument("--max-steps", type=int, default=3000, help="at most this many steps")
     parser.add_argument("--max-minutes", type=float, default=4.0,
                         help="and at most this much training time (the schedule is short)")
     parser.add_argument("--photo", default=str(HELD_OUT_PHOTO), help="held-out photo to round-trip")
-    args = parser.parse_args(argv)
+
+
+def run_demo(args: argparse.Namespace) -> list[str]:
+    """Train, export, round-trip the photo; returns the summary lines the CLI prints."""
     if not Path(args.config).is_file():
-        parser.error(f"config {args.config} not found; run from the repository root")
+        raise FileNotFoundError(f"config {args.config} not found; run from the repository root")
 
     from vqtok.cli import run_dir, run_lightning
     from vqtok.tokenizer import ImageTokenizer
@@ -89,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         f"perplexity {float(metrics['val/perplexity']):.1f}",
         f"codes in this photo   {photo_codes} of {k}",
     ]
-    print("\n".join(["", "vqtok demo", *lines]))
-    return 0
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vqtok.demo [options]``: the same as ``vqtok demo [options]``."""
+    from vqtok.cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

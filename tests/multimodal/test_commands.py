@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from tests.multimodal.test_training import FASHION, tiny_tokenizer_dir
+from vqtok.cli import build_parser
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_image
 from vqtok.multimodal.commands import (
-    add_generate_parser,
     expand_prompt,
     output_paths,
     run_decoder_lightning,
@@ -26,9 +26,7 @@ TEMPLATE = "a photo of a {label}"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vqtok")
-    add_generate_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)  # the real `vqtok` parser
 
 
 @pytest.fixture(scope="module")

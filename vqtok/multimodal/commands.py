@@ -160,7 +160,8 @@ def output_paths(out: str | Path, num: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i:03d}{out.suffix or '.png'}") for i in range(num)]
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def write_generated(args: argparse.Namespace) -> str:
+    """Generate for ``vqtok generate``'s arguments, write the PNGs; returns a summary."""
     images, caption = generate_from_prompt(
         args.decoder, args.tokenizer, args.prompt, num=args.num, temperature=args.temperature,
         top_k=args.top_k, seed=args.seed, raw_prompt=args.raw, device=args.device)
@@ -168,12 +169,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
         image.save(path, format="PNG")
-    print(f"prompt {caption!r}: wrote {len(paths)} image(s): {', '.join(map(str, paths))}")
-    return 0
+    return f"prompt {caption!r}: wrote {len(paths)} image(s): {', '.join(map(str, paths))}"
 
 
 def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vqtok generate`` on ``subparsers``; its handler is ``args.func``."""
+    """Register ``vqtok generate`` on ``subparsers``; :mod:`vqtok.cli` sets its handler."""
     p = subparsers.add_parser(
         "generate", help="generate images from a text prompt with a trained decoder",
         description="Text to image: the decoder writes one token grid per image after the "
@@ -192,13 +192,12 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--raw", action="store_true",
                    help="feed the prompt as is, without the caption template")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_generate)
     return p
 
 
 __all__ = [
     "add_generate_parser",
-    "cmd_generate",
+    "write_generated",
     "expand_prompt",
     "export_trained",
     "generate_from_prompt",
