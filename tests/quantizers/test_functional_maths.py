@@ -148,14 +148,17 @@ def _sq_dist_f64(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     k=st.integers(1, 50),
     d=st.integers(1, 9),
     chunk_rows=st.one_of(st.none(), st.integers(1, 23)),
+    chunk_codes=st.one_of(st.none(), st.integers(1, 23)),
     scale=st.sampled_from([1e-2, 1.0, 30.0]),
     seed=st.integers(0, 2**16),
 )
-def test_nearest_code_matches_float64_brute_force(n, k, d, chunk_rows, scale, seed) -> None:
+def test_nearest_code_matches_float64_brute_force(
+    n, k, d, chunk_rows, chunk_codes, scale, seed
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     x = scale * torch.randn(n, d, generator=gen)
     codebook = scale * torch.randn(k, d, generator=gen)
-    ids = Fq.nearest_code(x, codebook, chunk_rows=chunk_rows)
+    ids = Fq.nearest_code(x, codebook, chunk_rows=chunk_rows, chunk_codes=chunk_codes)
     assert ids.shape == (n,) and ids.dtype == torch.int64
     assert int(ids.min()) >= 0 and int(ids.max()) < k
     dist = _sq_dist_f64(x, codebook)  # (N, K)
@@ -175,10 +178,16 @@ def test_nearest_code_matches_float64_brute_force(n, k, d, chunk_rows, scale, se
 def test_nearest_code_is_the_same_for_every_chunk_size() -> None:
     gen = torch.Generator().manual_seed(5)
     x, codebook = torch.randn(103, 6, generator=gen), torch.randn(37, 6, generator=gen)
-    ref = Fq.nearest_code(x, codebook, chunk_rows=103)
+    ref = Fq.nearest_code(x, codebook, chunk_rows=103, chunk_codes=37)
     for chunk in (1, 2, 7, 10, 64, 102, 500):  # most do not divide 103
         assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=chunk), ref)
+    for codes in (1, 2, 5, 36, 37, 100):  # tiles over the codes, merged by a running max
+        assert torch.equal(Fq.nearest_code(x, codebook, chunk_codes=codes), ref)
+        assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=10, chunk_codes=codes), ref)
     assert torch.equal(Fq.nearest_code(x, codebook), ref)
+    # float64 rows take the same path; its ids agree with argmin of float64 distances
+    want = _sq_dist_f64(x, codebook).argmin(dim=1)
+    assert torch.equal(Fq.nearest_code(x.double(), codebook.double(), chunk_codes=5), want)
 
 
 def test_nearest_code_exact_ties_go_to_the_lowest_index() -> None:
@@ -190,14 +199,44 @@ def test_nearest_code_exact_ties_go_to_the_lowest_index() -> None:
     codebook = torch.cat([base, far, base, base.flip(0), far[:3]])  # (93, 4)
     x = base[torch.tensor([0, 1, 2, 3, 4, 4, 2])] + 1e-3 * torch.randn(7, 4, generator=gen)
     for chunk in (None, 1, 3):
-        ids = Fq.nearest_code(x, codebook, chunk_rows=chunk)
-        assert ids.tolist() == [0, 1, 2, 3, 4, 4, 2]
+        for codes in (None, 1, 4, 5, 7, 45):  # duplicates inside one tile and across tiles
+            ids = Fq.nearest_code(x, codebook, chunk_rows=chunk, chunk_codes=codes)
+            assert ids.tolist() == [0, 1, 2, 3, 4, 4, 2]
     # a row exactly halfway between two codes: equal float scores, lowest index wins
     codebook = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.0]])
     x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # equidistant from {0, 1, 2} and from {0, 2}
     assert Fq.nearest_code(x, codebook).tolist() == [0, 0]
     codebook = codebook.flip(0)  # now [0, 2], [-2, 0], [2, 0]
     assert Fq.nearest_code(x, codebook).tolist() == [0, 0]
+    for codes in (1, 2):
+        assert Fq.nearest_code(x, codebook, chunk_codes=codes).tolist() == [0, 0]
+
+
+def test_row_max_first_index_matches_argmax_on_every_path() -> None:
+    """The ramp trick (CPU float32/float64) and the argmax fallback (other dtypes) both
+    give each row's maximum and the first index holding it."""
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.randint(-3, 4, (200, 37), generator=gen).float()  # many exact ties
+    want_idx = torch.tensor([row.tolist().index(max(row.tolist())) for row in scores])
+    want_max = torch.tensor([max(row.tolist()) for row in scores])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        ramp = Fq._descending_ramp(37, dtype, scores.device)
+        assert (ramp is None) == (dtype == torch.bfloat16)
+        best, idx = Fq._row_max(scores.to(dtype).clone(), ramp)
+        assert torch.equal(idx, want_idx), dtype
+        assert torch.equal(best.float(), want_max), dtype
+        # a narrower last tile uses the ramp's tail (width, ..., 1)
+        wide_ramp = Fq._descending_ramp(50, dtype, scores.device)
+        best, idx = Fq._row_max(scores.to(dtype).clone(), wide_ramp)
+        assert torch.equal(idx, want_idx), dtype
+
+
+def test_nearest_code_with_a_nan_code_returns_ids_in_range() -> None:
+    """A diverged codebook must not produce ids that index out of it."""
+    codebook = torch.randn(10, 3)
+    codebook[4] = float("nan")
+    ids = Fq.nearest_code(torch.randn(50, 3), codebook, chunk_codes=4)
+    assert int(ids.min()) >= 0 and int(ids.max()) < 10
 
 
 def _peak_rss_bytes() -> int:
@@ -217,7 +256,7 @@ def test_nearest_code_memory_does_not_grow_with_n_times_k() -> None:
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter (Linux)
         f.write("5")
     before = _peak_rss_bytes()
-    ids = Fq.nearest_code(x, codebook, chunk_rows=32)  # one 32 x K block = 8 MiB
+    ids = Fq.nearest_code(x, codebook)  # default tiles: 8 MiB of scores at a time
     grown = _peak_rss_bytes() - before
     assert grown < 128 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
     # and the answer is right on a sample of rows
