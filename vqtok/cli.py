@@ -31,7 +31,7 @@ def run_lightning(argv: Sequence[str]) -> object:
     from vqtok.training.module import TokenizerModule
 
     class TokenizerCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse)
+        def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
                 "--export_dir",
                 default=None,

@@ -29,7 +29,7 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 def max_time(minutes: float) -> str:
     """Lightning's ``DD:HH:MM:SS`` for a number of minutes."""
-    seconds = max(1, int(round(minutes * 60)))
+    seconds = max(1, round(minutes * 60))
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -80,16 +80,16 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     photo_codes = int(np.unique(ids.numpy()).size)
     lines = [
         f"run directory         {run}",
-        f"training              {cli.trainer.global_step} steps in at most "
-        f"{args.max_minutes:g} minutes",
-        f"tokenizer             {run / 'tokenizer'} ({k} codes, "
-        f"{tokenizer.downsample_factor}x downsampling)",
+        (f"training              {cli.trainer.global_step} steps in at most "
+        f"{args.max_minutes:g} minutes"),
+        (f"tokenizer             {run / 'tokenizer'} ({k} codes, "
+        f"{tokenizer.downsample_factor}x downsampling)"),
         f"held-out photo        {Path(args.photo).name} {photo.width}x{photo.height}",
         f"token grid            {tuple(ids.shape[1:])} = {ids[0].numel()} tokens",
         f"round-trip PSNR       {psnr:.2f} dB  (side by side: {run / 'demo_roundtrip.png'})",
         f"validation PSNR       {float(metrics['val/psnr']):.2f} dB on held-out crops",
-        f"codebook usage (val)  {100 * float(metrics['val/usage']):.1f}% of {k} codes, "
-        f"perplexity {float(metrics['val/perplexity']):.1f}",
+        (f"codebook usage (val)  {100 * float(metrics['val/usage']):.1f}% of {k} codes, "
+        f"perplexity {float(metrics['val/perplexity']):.1f}"),
         f"codes in this photo   {photo_codes} of {k}",
     ]
     return lines

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from vqtok.atomic import atomic_write_bytes
 from vqtok.cli import run_lightning
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ
-from vqtok.atomic import atomic_write_bytes
 from vqtok.training.callbacks import CodebookHistory
 from vqtok.training.module import TokenizerModule
 

@@ -197,10 +197,10 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 __all__ = [
     "add_generate_parser",
-    "write_generated",
     "expand_prompt",
     "export_trained",
     "generate_from_prompt",
     "output_paths",
     "run_decoder_lightning",
+    "write_generated",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vqtok.atomic import atomic_write_bytes
 from vqtok.report import plots
 from vqtok.report.analysis import comparison_notes, final_metrics, thresholds, verdict
 from vqtok.report.codebook import (
@@ -33,7 +34,6 @@ from vqtok.report.html import Figure, render_html
 from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct, to_model_input
 from vqtok.report.schema import REPORT_FORMAT, REPORT_VERSION, validate_report
 from vqtok.tokenizer import ImageTokenizer
-from vqtok.atomic import atomic_write_bytes
 
 __all__ = ["analyse_run", "build_report"]
 

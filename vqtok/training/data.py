@@ -7,7 +7,6 @@ int64 ``(B,)`` (zeros when a dataset has none). Each module exposes ``in_channel
 
 from __future__ import annotations
 
-
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
