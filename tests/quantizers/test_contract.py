@@ -124,6 +124,9 @@ def test_indices_to_codes_reproduces_z_q_in_eval(name: str, rank: int, precision
     assert codes.dtype == torch.float32
     assert codes.shape == out.z_q.shape
     assert torch.equal(codes.to(out.z_q.dtype), out.z_q)
+    # the same memory layout too: a decoder's kernels may round differently by layout, and
+    # decode_indices must reproduce decode(z_q) bit for bit
+    assert codes.stride() == out.z_q.stride()
 
 
 @config_names

@@ -31,8 +31,9 @@ class QuantizerOutput:
 class Quantizer(nn.Module, ABC):
     """Base class: input checks, float32 computation and the channel-last reshapes.
 
-    Subclasses implement :meth:`quantize_rows` on ``(N, D)`` float32 rows and
-    :meth:`indices_to_codes`.
+    Subclasses implement :meth:`indices_to_codes` and either :meth:`quantize_rows` on
+    ``(N, D)`` float32 rows (the search-based quantizers) or, when the maths can stay
+    channel-first and skip the layout copies, :meth:`quantize_map` (FSQ).
     """
 
     codebook_size: int
@@ -40,17 +41,22 @@ class Quantizer(nn.Module, ABC):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         self.check_input(z)
-        spatial = z.shape[2:]
         with float32_compute(z):
-            rows = rearrange(z.float(), "b d ... -> (b ...) d")  # (N, D)
-            z_q_rows, idx, losses = self.quantize_rows(rows)
-        z_q = rows_to_map(z_q_rows, z.shape[0], spatial).to(z.dtype)
-        indices = idx.reshape(z.shape[0], *spatial)
-        return QuantizerOutput(z_q=z_q, indices=indices, losses=losses)
+            z_q, indices, losses = self.quantize_map(z.float())
+        return QuantizerOutput(z_q=z_q.to(z.dtype), indices=indices, losses=losses)
 
-    @abstractmethod
+    def quantize_map(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Quantize a float32 map ``(B, D, *spatial)``: returns ``(z_q (B, D, *spatial),
+        ids (B, *spatial), losses)``. By default through :meth:`quantize_rows`."""
+        batch, spatial = z.shape[0], z.shape[2:]
+        rows = rearrange(z, "b d ... -> (b ...) d")  # (N, D)
+        z_q_rows, idx, losses = self.quantize_rows(rows)
+        return rows_to_map(z_q_rows, batch, spatial), idx.reshape(batch, *spatial), losses
+
     def quantize_rows(self, rows: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Quantize float32 rows ``(N, D)``: returns ``(z_q rows (N, D), ids (N,), losses)``."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither quantize_rows "
+                                  "nor quantize_map")
 
     @abstractmethod
     def indices_to_codes(self, indices: Tensor) -> Tensor:

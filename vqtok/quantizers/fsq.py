@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.quantizers import functional as Fq
-from vqtok.quantizers.base import Quantizer, float32_compute, rows_to_map
+from vqtok.quantizers.base import Quantizer, float32_compute
 from vqtok.registry import register
 
 # Mentzer et al. 2023, Table 1: recommended levels per target codebook size.
@@ -88,20 +87,42 @@ class FSQ(Quantizer):
         self.project_in = nn.Linear(dim, n_channels) if needs_projection else nn.Identity()
         self.project_out = nn.Linear(n_channels, dim) if needs_projection else nn.Identity()
 
-    def quantize_rows(self, rows: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        h = self.project_in(rows)  # (N, len(levels))
+    def quantize_map(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        # Channel-first throughout: the projections are batched matmuls over (B, C, S), and
+        # the per-channel maths runs on a transposed view, so no layout copy is made in
+        # either pass (those copies made FSQ as slow as the reference library's).
+        batch, spatial = z.shape[0], z.shape[2:]
+        h = _pointwise(self.project_in, z.reshape(batch, self.dim, -1))  # (B, d, S)
         # Mentzer et al. 2023, section 3 / App. A.1: bound, round (STE), normalise.
-        codes = Fq.fsq_quantize(h, self.levels)  # (N, len(levels)) in [-1, 1]
-        ids = Fq.fsq_codes_to_indices(codes.detach(), self.levels)  # (N,)
-        return self.project_out(codes), ids, {}
+        codes = Fq.fsq_quantize(h.transpose(1, 2), self.levels)  # (B, S, d) in [-1, 1]
+        ids = Fq.fsq_codes_to_indices(codes.detach(), self.levels)  # (B, S)
+        z_q = self._codes_to_map(codes)  # (B, dim, S)
+        return z_q.reshape(batch, self.dim, *spatial), ids.reshape(batch, *spatial), {}
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         self.check_indices(indices)
-        flat = rearrange(indices.long(), "b ... -> (b ...)")  # (N,)
+        batch, spatial = indices.shape[0], indices.shape[1:]
         with float32_compute(indices):
-            codes = Fq.fsq_indices_to_codes(flat, self.levels)  # (N, len(levels))
-            rows = self.project_out(codes)  # (N, dim)
-        return rows_to_map(rows, indices.shape[0], indices.shape[1:])
+            codes = Fq.fsq_indices_to_codes(indices.long().reshape(batch, -1), self.levels)
+            z_q = self._codes_to_map(codes)  # (B, dim, S)
+        return z_q.reshape(batch, self.dim, *spatial)
+
+    def _codes_to_map(self, codes: Tensor) -> Tensor:
+        """Codes ``(B, S, d)`` -> ``(B, dim, S)``, contiguous whatever layout the codes
+        came in: ``forward`` and ``indices_to_codes`` then feed the projection and the
+        decoder the same layout, and the same layout gives the same result bits."""
+        return _pointwise(self.project_out, codes.transpose(1, 2).contiguous())
 
     def extra_repr(self) -> str:
         return f"levels={self.levels_list}, codebook_size={self.codebook_size}, dim={self.dim}"
+
+
+def _pointwise(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a ``Linear`` (or ``Identity``) to each position of a ``(B, C, S)`` map.
+
+    One ``baddbmm`` per call: about twice as fast, forward and backward, as moving the
+    channels last for ``nn.Linear`` and back."""
+    if isinstance(layer, nn.Identity):
+        return x
+    weight = layer.weight.expand(x.shape[0], -1, -1)  # (B, out, in), no copy
+    return torch.baddbmm(layer.bias[None, :, None], weight, x)
