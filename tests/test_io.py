@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import vqtok.atomic
-import vqtok.io as vio
+from vqtok import model_dir
 from vqtok.io import TokenizerFormatError, load_tokenizer_dir, save_tokenizer_dir
 from vqtok.models import Decoder, Encoder, VQAutoencoder
 from vqtok.quantizers import FSQ, SimVQ, VectorQuantizer
@@ -234,11 +234,11 @@ def test_failed_save_keeps_old_tokenizer_and_leaves_no_temp(
     old_model, path = saved
     new_model = tiny_model(seed=5)
 
-    def crash(model: VQAutoencoder, file: Path) -> None:
-        file.write_bytes(b"half a safetensors file")
+    def crash(model: VQAutoencoder, file: str, **kwargs) -> None:
+        Path(file).write_bytes(b"half a safetensors file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(vio, "_write_weights", crash)
+    monkeypatch.setattr(model_dir, "save_model", crash)
     with pytest.raises(OSError, match="disk full"):
         save_tokenizer_dir(new_model, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["tok"]

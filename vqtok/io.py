@@ -30,18 +30,21 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
-
 from vqtok import registry
-from vqtok.atomic import atomic_directory
+from vqtok.model_dir import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_keys,
+    is_int,
+    load_weights,
+    read_json,
+    save_model_dir,
+    to_json,
+)
 from vqtok.models.autoencoder import VQAutoencoder
 
 FORMAT = "vqtok.tokenizer"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming our format
 _ROLES = ("encoder", "quantizer", "decoder")
 _REQUIRED_KEYS = frozenset(
     {"format", "format_version", "vqtok_version", *_ROLES, "image", "normalization",
@@ -86,7 +89,7 @@ def build_config(
     for role in _ROLES:
         spec = registry.spec_of(getattr(model, role))
         # Tuples become lists, as they will be after a JSON round trip.
-        config[role] = json.loads(_dumps(spec, f"{role} init_args"))
+        config[role] = json.loads(to_json(spec, f"{role} init_args"))
     factor = model.downsample_factor
     config["image"] = {
         "channels": model.in_channels,
@@ -96,7 +99,7 @@ def build_config(
     config["normalization"] = {"mean": mean, "std": std}
     config["codebook_size"] = model.codebook_size
     if extra is not None:
-        config["extra"] = json.loads(_dumps(extra, "extra"))
+        config["extra"] = json.loads(to_json(extra, "extra"))
     validate_config(config, Path(CONFIG_NAME))
     return config
 
@@ -113,18 +116,18 @@ def validate_config(config: Any, path: Path) -> None:
     if config.get("format") != FORMAT:
         raise fail(f"'format' must be {FORMAT!r}, got {config.get('format')!r}")
     version = config.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
-        hint = " (written by a newer vqtok? upgrade vqtok)" if _is_int(version) else ""
+    if not is_int(version) or version != FORMAT_VERSION:
+        hint = " (written by a newer vqtok? upgrade vqtok)" if is_int(version) else ""
         raise fail(f"unsupported format_version {version!r}; this vqtok reads "
                    f"{FORMAT_VERSION}{hint}")
-    _check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
+    check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
     if not isinstance(config["vqtok_version"], str):
         raise fail(f"'vqtok_version' must be a string, got {config['vqtok_version']!r}")
     for role in _ROLES:
         spec = config[role]
         if not isinstance(spec, dict):
             raise fail(f"{role!r} must be an object with class_path and init_args, got {spec!r}")
-        _check_keys(spec, {"class_path", "init_args"}, set(), role, fail)
+        check_keys(spec, {"class_path", "init_args"}, set(), role, fail)
         if not isinstance(spec["class_path"], str):
             raise fail(f"{role}.class_path must be a string, got {spec['class_path']!r}")
         if not isinstance(spec["init_args"], dict):
@@ -132,14 +135,14 @@ def validate_config(config: Any, path: Path) -> None:
     image = config["image"]
     if not isinstance(image, dict):
         raise fail(f"'image' must be an object, got {image!r}")
-    _check_keys(image, _IMAGE_KEYS, set(), "image", fail)
+    check_keys(image, _IMAGE_KEYS, set(), "image", fail)
     for key in sorted(_IMAGE_KEYS):
-        if not _is_int(image[key]) or image[key] < 1:
+        if not is_int(image[key]) or image[key] < 1:
             raise fail(f"image.{key} must be a positive integer, got {image[key]!r}")
     norm = config["normalization"]
     if not isinstance(norm, dict):
         raise fail(f"'normalization' must be an object, got {norm!r}")
-    _check_keys(norm, _NORMALIZATION_KEYS, set(), "normalization", fail)
+    check_keys(norm, _NORMALIZATION_KEYS, set(), "normalization", fail)
     for key in ("mean", "std"):
         value = norm[key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
@@ -148,56 +151,15 @@ def validate_config(config: Any, path: Path) -> None:
             raise fail(f"normalization.{key} must be a finite number, got {value!r}")
     if norm["std"] <= 0:
         raise fail(f"normalization.std must be > 0, got {norm['std']!r}")
-    if not _is_int(config["codebook_size"]) or config["codebook_size"] < 1:
+    if not is_int(config["codebook_size"]) or config["codebook_size"] < 1:
         raise fail(f"'codebook_size' must be a positive integer, got {config['codebook_size']!r}")
     if "extra" in config and not isinstance(config["extra"], dict):
         raise fail(f"'extra' must be an object, got {config['extra']!r}")
 
 
-def _check_keys(obj: dict, required: set | frozenset, optional: set | frozenset, where: str,
-                fail: Any) -> None:
-    unknown = sorted(set(obj) - set(required) - set(optional))
-    if unknown:
-        raise fail(f"unknown keys {unknown} in {where}; expected {sorted(required | optional)}")
-    missing = sorted(set(required) - set(obj))
-    if missing:
-        raise fail(f"missing keys {missing} in {where}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _dumps(obj: Any, what: str) -> str:
-    try:
-        return json.dumps(obj, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} must be JSON-serialisable (finite numbers), got {err}") from err
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise ValueError(f"duplicate keys {duplicated}")
-    return dict(pairs)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not valid JSON")
-
-
 def read_config(path: Path) -> dict[str, Any]:
     """Parse and validate ``config.json``."""
-    if not path.is_file():
-        raise TokenizerFormatError(f"{path}: missing {CONFIG_NAME}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        config = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise TokenizerFormatError(f"{path}: not valid JSON ({err})") from err
+    config = read_json(path, TokenizerFormatError)
     validate_config(config, path)
     return config
 
@@ -220,37 +182,8 @@ def save_tokenizer_dir(
     An existing tokenizer at ``out_dir`` is replaced; a directory holding anything other
     than ``config.json`` and ``model.safetensors`` is refused rather than deleted.
     """
-    target = Path(out_dir)
     config = build_config(model, mean=mean, std=std, min_size=min_size, extra=extra)
-    if target.exists() or target.is_symlink():
-        _check_replaceable(target)
-    with atomic_directory(target) as tmp:
-        _write_config(config, tmp / CONFIG_NAME)
-        _write_weights(model, tmp / WEIGHTS_NAME)
-    return target
-
-
-def _check_replaceable(target: Path) -> None:
-    if target.is_symlink() or not target.is_dir():
-        raise ValueError(f"{target} exists and is not a directory; refusing to replace it")
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
-    if foreign:
-        raise ValueError(
-            f"{target} exists and holds files that are not part of a tokenizer {foreign}; "
-            f"refusing to replace it (choose an empty or new directory)"
-        )
-
-
-def _write_config(config: dict[str, Any], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(_dumps(config, "config") + "\n")
-
-
-def _write_weights(model: VQAutoencoder, path: Path) -> None:
-    # save_model drops aliases of shared tensors (recording them in the metadata) and
-    # makes every tensor contiguous; load_model restores the aliases.
-    save_model(model, str(path), metadata={_WEIGHTS_MARKER: FORMAT, "format": "pt"},
-               force_contiguous=True)
+    return save_model_dir(Path(out_dir), config, model, FORMAT, "tokenizer")
 
 
 # ---- load -----------------------------------------------------------------------------
@@ -282,7 +215,7 @@ def load_tokenizer_dir(
     except (ValueError, TypeError) as err:
         raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
     _check_model_matches(model, config, config_path)
-    _read_weights(model, root / WEIGHTS_NAME)
+    load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError, "tokenizer")
     return model.to(device).eval(), config
 
 
@@ -298,27 +231,6 @@ def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Pat
             raise TokenizerFormatError(
                 f"{path}: {key} is {written} but the modules it describes give {built}"
             )
-
-
-def _read_weights(model: VQAutoencoder, path: Path) -> None:
-    if not path.is_file():
-        raise TokenizerFormatError(f"{path}: missing {WEIGHTS_NAME}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            marker = (f.metadata() or {}).get(_WEIGHTS_MARKER)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise TokenizerFormatError(f"{path}: not a readable safetensors file ({err})") from err
-    if marker != FORMAT:
-        raise TokenizerFormatError(
-            f"{path}: a safetensors file not written by vqtok (metadata "
-            f"{_WEIGHTS_MARKER!r} is {marker!r}, expected {FORMAT!r})"
-        )
-    try:
-        load_model(model, str(path), strict=True, device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise TokenizerFormatError(f"{path}: corrupt or truncated weights ({err})") from err
-    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors
-        raise TokenizerFormatError(f"{path}: weights do not match the model: {err}") from err
 
 
 __all__ = [

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vqtok import model_dir
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, build_stream
-from vqtok.multimodal import export as export_module
 from vqtok.multimodal.export import DecoderFormatError, load_decoder_dir, save_decoder_dir
 
 VOCAB = Vocabulary(image_codebook_size=12)
@@ -161,9 +161,9 @@ def test_foreign_and_mismatched_weights(saved: tuple[MultimodalDecoder, Path]) -
     weights = path / "model.safetensors"
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(weights))  # no vqtok marker
-    expect_error(path, "model.safetensors", "not the weights of a vqtok decoder")
+    expect_error(path, "model.safetensors", "not written by vqtok as a decoder")
     save_file(state, str(weights), metadata={"vqtok.format": "vqtok.tokenizer"})
-    expect_error(path, "model.safetensors", "not the weights of a vqtok decoder")
+    expect_error(path, "model.safetensors", "not written by vqtok as a decoder")
     state["norm.weight"] = torch.ones(17)
     save_file(state, str(weights), metadata={"vqtok.format": "vqtok.decoder"})
     expect_error(path, "model.safetensors", "weights do not match")
@@ -190,7 +190,7 @@ def test_failed_save_keeps_old_decoder_and_leaves_no_temp(
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module, "save_model", crash)
+    monkeypatch.setattr(model_dir, "save_model", crash)
     with pytest.raises(OSError, match="disk full"):
         save_decoder_dir(tiny_decoder(seed=1), VOCAB, path, (2, 3))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

@@ -17,8 +17,8 @@
      "extra": {...}}                  # optional, free JSON metadata, not interpreted
 
 Loading reads JSON and safetensors only and rebuilds the model through
-:func:`vqtok.registry.build`; the directory is written with
-:func:`vqtok.atomic.atomic_directory`, so a crash leaves the old decoder or the new one,
+:func:`vqtok.registry.build`; the directory is written atomically by
+:func:`vqtok.model_dir.save_model_dir`, so a crash leaves the old decoder or the new one,
 never half of one.
 """
 
@@ -29,29 +29,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
-
 from vqtok import registry
-from vqtok.atomic import atomic_directory
-from vqtok.io import (  # the tokenizer format's JSON checks and writers, shared
+from vqtok.io import vqtok_version
+from vqtok.model_dir import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    _check_keys,
-    _check_replaceable,
-    _dumps,
-    _is_int,
-    _reject_constant,
-    _reject_duplicates,
-    _write_config,
-    vqtok_version,
+    check_keys,
+    is_int,
+    load_weights,
+    read_json,
+    save_model_dir,
+    to_json,
 )
 from vqtok.multimodal.decoder import MultimodalDecoder
 from vqtok.multimodal.streams import Vocabulary
 
 FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
-_WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming the format (as vqtok.io)
 _REQUIRED_KEYS = frozenset({"format", "format_version", "vqtok_version", "decoder",
                             "vocabulary", "image_tokens", "caption_template"})
 _OPTIONAL_KEYS = frozenset({"extra"})
@@ -83,13 +77,13 @@ def build_decoder_config(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vqtok_version": vqtok_version(),
-        "decoder": json.loads(_dumps(registry.spec_of(model), "decoder init_args")),
+        "decoder": json.loads(to_json(registry.spec_of(model), "decoder init_args")),
         "vocabulary": vocabulary_spec(vocab),
         "image_tokens": [int(s) for s in image_tokens],
         "caption_template": caption_template,
     }
     if extra is not None:
-        config["extra"] = json.loads(_dumps(extra, "extra"))
+        config["extra"] = json.loads(to_json(extra, "extra"))
     validate_decoder_config(config, Path(CONFIG_NAME))
     vocab_size = config["decoder"]["init_args"]["config"]["vocab_size"]
     if vocab.size != vocab_size:
@@ -111,28 +105,28 @@ def validate_decoder_config(config: Any, path: Path) -> None:
         raise fail(f"'format' must be {FORMAT!r} (a vqtok decoder directory), got "
                    f"{config.get('format')!r}")
     version = config.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
+    if not is_int(version) or version != FORMAT_VERSION:
         raise fail(f"unsupported format_version {version!r}; this vqtok reads {FORMAT_VERSION}")
-    _check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
+    check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
     spec = config["decoder"]
     if not isinstance(spec, dict):
         raise fail(f"'decoder' must be an object with class_path and init_args, got {spec!r}")
-    _check_keys(spec, {"class_path", "init_args"}, set(), "decoder", fail)
+    check_keys(spec, {"class_path", "init_args"}, set(), "decoder", fail)
     args = spec["init_args"]
     if not isinstance(args, dict) or not isinstance(args.get("config"), dict):
         raise fail(f"decoder.init_args must be {{'config': {{...}}}}, got {args!r}")
     vocab = config["vocabulary"]
     if not isinstance(vocab, dict):
         raise fail(f"'vocabulary' must be an object, got {vocab!r}")
-    _check_keys(vocab, _VOCAB_KEYS, set(), "vocabulary", fail)
+    check_keys(vocab, _VOCAB_KEYS, set(), "vocabulary", fail)
     for key in ("text_vocab", "image_codebook_size"):
-        if not _is_int(vocab[key]) or vocab[key] < 1:
+        if not is_int(vocab[key]) or vocab[key] < 1:
             raise fail(f"vocabulary.{key} must be a positive integer, got {vocab[key]!r}")
     if not isinstance(vocab["specials"], list) or not all(
             isinstance(s, str) for s in vocab["specials"]):
         raise fail(f"vocabulary.specials must be a list of strings, got {vocab['specials']!r}")
     grid = config["image_tokens"]
-    if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(s) and s >= 1
+    if not (isinstance(grid, list) and len(grid) == 2 and all(is_int(s) and s >= 1
                                                                for s in grid)):
         raise fail(f"'image_tokens' must be [h, w] with positive integers, got {grid!r}")
     template = config["caption_template"]
@@ -162,17 +156,9 @@ def save_decoder_dir(
     An existing decoder at ``out_dir`` is replaced atomically; a directory holding other
     files is refused rather than deleted.
     """
-    target = Path(out_dir)
     config = build_decoder_config(model, vocab, image_tokens, caption_template=caption_template,
                                   extra=extra)
-    if target.exists() or target.is_symlink():
-        _check_replaceable(target)
-    with atomic_directory(target) as tmp:
-        _write_config(config, tmp / CONFIG_NAME)
-        # save_model records the tied lm_head/embedding alias once; load_model restores it.
-        save_model(model, str(tmp / WEIGHTS_NAME),
-                   metadata={_WEIGHTS_MARKER: FORMAT, "format": "pt"}, force_contiguous=True)
-    return target
+    return save_model_dir(Path(out_dir), config, model, FORMAT, "decoder")
 
 
 # ---- load -----------------------------------------------------------------------------
@@ -180,13 +166,7 @@ def save_decoder_dir(
 
 def read_decoder_config(path: Path) -> dict[str, Any]:
     """Parse and validate a decoder's ``config.json``."""
-    if not path.is_file():
-        raise DecoderFormatError(f"{path}: missing {CONFIG_NAME}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"),
-                            object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DecoderFormatError(f"{path}: not valid JSON ({err})") from err
+    config = read_json(path, DecoderFormatError)
     validate_decoder_config(config, path)
     return config
 
@@ -218,27 +198,8 @@ def load_decoder_dir(
     if vocab.size != model.config.vocab_size:
         raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but the "
                                  f"decoder's vocab_size is {model.config.vocab_size}")
-    _read_weights(model, root / WEIGHTS_NAME)
+    load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError, "decoder")
     return model.to(device).eval(), vocab, config
-
-
-def _read_weights(model: MultimodalDecoder, path: Path) -> None:
-    if not path.is_file():
-        raise DecoderFormatError(f"{path}: missing {WEIGHTS_NAME}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            marker = (f.metadata() or {}).get(_WEIGHTS_MARKER)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise DecoderFormatError(f"{path}: not a readable safetensors file ({err})") from err
-    if marker != FORMAT:
-        raise DecoderFormatError(f"{path}: not the weights of a vqtok decoder (metadata "
-                                 f"{_WEIGHTS_MARKER!r} is {marker!r}, expected {FORMAT!r})")
-    try:
-        load_model(model, str(path), strict=True, device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise DecoderFormatError(f"{path}: corrupt or truncated weights ({err})") from err
-    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors
-        raise DecoderFormatError(f"{path}: weights do not match the decoder: {err}") from err
 
 
 __all__ = [

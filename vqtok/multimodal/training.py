@@ -43,7 +43,7 @@ from vqtok.multimodal.streams import (
     collate,
 )
 from vqtok.tokenizer import ImageTokenizer
-from vqtok.training.data import _split  # the tokenizer DataModule's train/val split, shared
+from vqtok.training.data import train_val_split  # the same split as the tokenizer data
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
             if hp.val_size >= len(full):
                 raise ValueError(f"val_size must be below the {len(full)} training images, "
                                  f"got {hp.val_size}")
-            train_idx, val_idx = _split(len(full), hp.val_size, hp.seed)
+            train_idx, val_idx = train_val_split(len(full), hp.val_size, hp.seed)
             train_idx = train_idx[: hp.limit_train] if hp.limit_train else train_idx
             self.train_set = self._dataset(full, "train", train_idx)
             self.val_set = self._dataset(full, "train", val_idx)

@@ -34,6 +34,7 @@ __all__ = [
     "PhotoPatches",
     "download_fashion_mnist",
     "read_idx",
+    "train_val_split",
 ]
 
 
@@ -43,7 +44,7 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
+def train_val_split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
     """Random disjoint (train, val) index lists of sizes ``n - n_val`` and ``n_val``."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[n_val:]), sorted(perm[:n_val])
@@ -162,7 +163,7 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
             if self.val_size >= len(full):
                 raise ValueError(f"val_size must be below the {len(full)} training images, "
                                  f"got {self.val_size}")
-            train_idx, val_idx = _split(len(full), self.val_size, self.seed)
+            train_idx, val_idx = train_val_split(len(full), self.val_size, self.seed)
             if self.limit_train is not None:
                 train_idx = train_idx[: self.limit_train]
             self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
@@ -221,7 +222,7 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
                 f"val_fraction={self.val_fraction} leaves no training image out of "
                 f"{len(full)} in {self.root}"
             )
-        train_idx, val_idx = _split(len(full), n_val, self.seed)
+        train_idx, val_idx = train_val_split(len(full), n_val, self.seed)
         self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
 
     def train_dataloader(self) -> DataLoader:
