@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vqtok.cli import run_lightning
 from vqtok.tokenizer import ImageTokenizer
@@ -63,3 +64,6 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     assert "val/usage" in cli.trainer.callback_metrics
     tok = ImageTokenizer.from_pretrained(export)
     assert tok.codebook_size == cli.model.quantizer.codebook_size
+    # the run's config sits beside its history: `vqtok report` reads its data section
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["data"]["class_path"].startswith("vqtok.training.data.")

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an exported tokenizer to measure on --data (repeatable)")
     p.add_argument("--data", default=None, help="image folder or DataModule config YAML: what "
                    "--tokenizer is measured on and the images every run reconstructs "
-                   "(default: the embedded held-out photos)")
+                   "(default: each run's own validation data, from the config.yaml in its "
+                   "run directory; failing that, the embedded held-out photos)")
     p.add_argument("--image-size", type=int, default=64, help="side of photo/folder crops")
     p.add_argument("--max-images", type=int, default=None, help="measure on at most N images")
     p.add_argument("--samples", type=int, default=6, help="images reconstructed per run")

@@ -163,3 +163,35 @@ def test_bad_inputs_through_the_cli(run: dict, tmp_path: Path,
     assert main(["report", str(broken), "--out", str(tmp_path / "r.html")]) == 2
     assert "broken/tokenizer/config.json: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_run_reconstructs_its_own_validation_data(run: dict, tmp_path: Path) -> None:
+    """Without --data a run shows the validation split named by the config.yaml that
+    `vqtok fit` saves beside its history; unloadable data falls back to the photos, noted."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    data = {"class_path": "vqtok.training.data.ImageFolderDataModule",
+            "init_args": {"root": str(run["images"]), "size": 16, "val_fraction": 0.4}}
+    (copy / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 0, "data": data}))
+    out = tmp_path / "own.html"
+    assert main(["report", str(copy), "--out", str(out), "--samples", "5"]) == 0
+    (entry,) = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert entry["samples"] == {
+        "source": f"validation images of the run's training data ({copy / 'config.yaml'})",
+        "count": 2,  # the 2 of 5 images in its validation split, not 5 photos
+    }
+    (grid,) = [img for alt, img in check_page(out.read_text())
+               if alt.startswith("held-out images")]
+    names = sorted(run["images"].glob("*.png"))
+    val_pixels = [np.asarray(Image.open(p)) for p in names]
+    scale = grid.height // (2 * 16 + 4)  # the grid is scaled up by a whole factor
+    top_left = np.asarray(grid)[: 16 * scale : scale, : 16 * scale : scale]  # 1st original
+    assert any(np.array_equal(top_left, px) for px in val_pixels)
+
+    data["init_args"]["root"] = str(tmp_path / "moved")  # the data is not here any more
+    (copy / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    assert main(["report", str(copy), "--out", str(out), "--samples", "2"]) == 0
+    (entry,) = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert entry["samples"]["source"].startswith("embedded held-out photos")
+    assert any("run's own data could not be loaded" in n and "moved" in n
+               for n in entry["notes"])

@@ -57,7 +57,9 @@ def build_report(
         out: the HTML file; ``report.json`` is written beside it (same name, ``.json``).
         tokenizers: exported tokenizer directories to measure on ``data`` (no history).
         data: image folder or DataModule YAML: what ``tokenizers`` are measured on, and
-            the images every run reconstructs (default: the embedded held-out photos).
+            the images every run reconstructs (default: each run's own validation data,
+            from the ``config.yaml`` in its run directory; failing that, the embedded
+            held-out photos).
         same_codebook: refuse runs whose codebook sizes differ (otherwise noted).
         image_size: side of the crops of photos or folder images (rounded up to a
             multiple of each tokenizer's downsampling factor).
@@ -158,7 +160,8 @@ def analyse_run(run: RunHistory, *, data: str | Path | None = None, image_size: 
     else:
         book["tokenizer"] = str(run.tokenizer_dir)
         figures += _codebook_figures(run, tokenizer, book, notes)
-        figures.append(_samples_figure(tokenizer, data, image_size, samples, sample_info))
+        figures.append(_samples_figure(tokenizer, run, data, image_size, samples, sample_info,
+                                       notes))
     doc = {
         "name": run.name, "path": str(run.path), "source": run.source,
         "quantizer": run.quantizer, "quantizer_config": run.quantizer_config,
@@ -194,16 +197,32 @@ def _codebook_figures(run: RunHistory, tokenizer: ImageTokenizer, book: dict[str
     return figures
 
 
-def _samples_figure(tokenizer: ImageTokenizer, data: str | Path | None, image_size: int,
-                    samples: int, info: dict[str, Any]) -> Figure:
+def _samples_figure(tokenizer: ImageTokenizer, run: RunHistory, data: str | Path | None,
+                    image_size: int, samples: int, info: dict[str, Any],
+                    notes: list[str]) -> Figure:
+    """Held-out images and their reconstructions. Which images: ``--data`` if given; else
+    the validation split of the data the run trained on (the ``data:`` section of the
+    ``config.yaml`` that ``vqtok fit`` saves in the run directory), so a Fashion-MNIST
+    model is shown Fashion-MNIST; else, or when that data cannot be loaded here, the
+    embedded held-out photos."""
     f = tokenizer.downsample_factor
     size = math.ceil(image_size / f) * f
-    images = held_out_images(data, samples, size)
+    source = str(data) if data is not None else "embedded held-out photos (vqtok/data/photos/test)"
+    run_config = run.path / "config.yaml"
+    images = None
+    if data is None and run.source == "history" and run_config.is_file():
+        try:
+            images = held_out_images(run_config, samples, size)
+            source = f"validation images of the run's training data ({run_config})"
+        except ValueError as err:
+            notes.append(f"reconstructions show the embedded photos: the run's own data "
+                         f"could not be loaded ({err})")
+    if images is None:
+        images = held_out_images(data, samples, size)
     x = to_model_input(images, tokenizer)  # (n, C, H, W) in the model's space and channels
     x_hat, _ = reconstruct(tokenizer, x)
     originals = tokenizer.to_uint8(x).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
     recons = tokenizer.to_uint8(x_hat).permute(0, 2, 3, 1).numpy()
-    source = str(data) if data is not None else "embedded held-out photos (vqtok/data/photos/test)"
     info.update({"source": source, "count": int(images.shape[0])})
     return (f"held-out images (top) and their reconstructions (bottom): {source}",
             plots.image_grid(originals, recons))

@@ -1,7 +1,8 @@
 """Images for a report: held-out samples to reconstruct, and measuring a tokenizer on data.
 
-Which images: by default the embedded held-out photos (``vqtok/data/photos/test``, which
-no photo config trains on), as fixed square crops (``PhotoPatches`` with ``seed=0``);
+Which images (for a run, :mod:`vqtok.report.build` first tries the validation split of the
+data it trained on): by default the embedded held-out photos (``vqtok/data/photos/test``,
+which no photo config trains on), as fixed square crops (``PhotoPatches`` with ``seed=0``);
 with ``--data`` the first images of that data instead: an image folder
 (:class:`~vqtok.data.ImageFolder`, centre crops of ``image_size``) or a YAML config of one
 of vqtok's DataModules (an experiment config's ``data:`` section, or a bare
