@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,14 @@ from vqtok import registry
 from vqtok.model_dir import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    check_header,
     check_keys,
     is_int,
     load_weights,
     read_json,
     save_model_dir,
     to_json,
+    vqtok_version,
 )
 from vqtok.models.autoencoder import VQAutoencoder
 
@@ -57,14 +58,6 @@ _NORMALIZATION_KEYS = frozenset({"mean", "std"})
 
 class TokenizerFormatError(ValueError):
     """A tokenizer directory that cannot be loaded; the message names the file and why."""
-
-
-def vqtok_version() -> str:
-    """The installed vqtok version, or ``"unknown"`` when run from an uninstalled tree."""
-    try:
-        return importlib_metadata.version("vqtok")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 # ---- config ---------------------------------------------------------------------------
@@ -111,18 +104,8 @@ def validate_config(config: Any, path: Path) -> None:
     def fail(problem: str) -> TokenizerFormatError:
         return TokenizerFormatError(f"{path}: {problem}")
 
-    if not isinstance(config, dict):
-        raise fail(f"expected a JSON object, got {type(config).__name__}")
-    if config.get("format") != FORMAT:
-        raise fail(f"'format' must be {FORMAT!r}, got {config.get('format')!r}")
-    version = config.get("format_version")
-    if not is_int(version) or version != FORMAT_VERSION:
-        hint = " (written by a newer vqtok? upgrade vqtok)" if is_int(version) else ""
-        raise fail(f"unsupported format_version {version!r}; this vqtok reads "
-                   f"{FORMAT_VERSION}{hint}")
-    check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
-    if not isinstance(config["vqtok_version"], str):
-        raise fail(f"'vqtok_version' must be a string, got {config['vqtok_version']!r}")
+    check_header(config, FORMAT, FORMAT_VERSION, _REQUIRED_KEYS, _OPTIONAL_KEYS, "tokenizer",
+                 fail)
     for role in _ROLES:
         spec = config[role]
         if not isinstance(spec, dict):

@@ -11,6 +11,7 @@ Nothing here unpickles or imports code named by a file.
 from __future__ import annotations
 
 import json
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ from vqtok.atomic import atomic_directory
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming the directory's format
+
+
+def vqtok_version() -> str:
+    """The installed vqtok version, or ``"unknown"`` when run from an uninstalled tree."""
+    try:
+        return importlib_metadata.version("vqtok")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def is_int(value: Any) -> bool:
@@ -39,6 +48,24 @@ def check_keys(obj: dict, required: set | frozenset, optional: set | frozenset, 
     missing = sorted(set(required) - set(obj))
     if missing:
         raise fail(f"missing keys {missing} in {where}")
+
+
+def check_header(config: Any, fmt: str, version: int, required: frozenset,
+                 optional: frozenset, what: str, fail: Any) -> None:
+    """The checks every ``config.json`` starts with: a JSON object of format ``fmt`` and
+    version ``version`` with exactly the known top-level keys; else ``fail(message)``."""
+    if not isinstance(config, dict):
+        raise fail(f"expected a JSON object, got {type(config).__name__}")
+    if config.get("format") != fmt:
+        raise fail(f"'format' must be {fmt!r} (a vqtok {what} directory), got "
+                   f"{config.get('format')!r}")
+    found = config.get("format_version")
+    if not is_int(found) or found != version:
+        hint = " (written by a newer vqtok? upgrade vqtok)" if is_int(found) else ""
+        raise fail(f"unsupported format_version {found!r}; this vqtok reads {version}{hint}")
+    check_keys(config, required, optional, "config", fail)
+    if not isinstance(config["vqtok_version"], str):
+        raise fail(f"'vqtok_version' must be a string, got {config['vqtok_version']!r}")
 
 
 def to_json(obj: Any, what: str) -> str:
@@ -131,10 +158,12 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_MARKER",
     "WEIGHTS_NAME",
+    "check_header",
     "check_keys",
     "is_int",
     "load_weights",
     "read_json",
     "save_model_dir",
     "to_json",
+    "vqtok_version",
 ]

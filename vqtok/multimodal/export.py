@@ -30,16 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from vqtok import registry
-from vqtok.io import vqtok_version
 from vqtok.model_dir import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    check_header,
     check_keys,
     is_int,
     load_weights,
     read_json,
     save_model_dir,
     to_json,
+    vqtok_version,
 )
 from vqtok.multimodal.decoder import MultimodalDecoder
 from vqtok.multimodal.streams import Vocabulary
@@ -99,15 +100,7 @@ def validate_decoder_config(config: Any, path: Path) -> None:
     def fail(problem: str) -> DecoderFormatError:
         return DecoderFormatError(f"{path}: {problem}")
 
-    if not isinstance(config, dict):
-        raise fail(f"expected a JSON object, got {type(config).__name__}")
-    if config.get("format") != FORMAT:
-        raise fail(f"'format' must be {FORMAT!r} (a vqtok decoder directory), got "
-                   f"{config.get('format')!r}")
-    version = config.get("format_version")
-    if not is_int(version) or version != FORMAT_VERSION:
-        raise fail(f"unsupported format_version {version!r}; this vqtok reads {FORMAT_VERSION}")
-    check_keys(config, _REQUIRED_KEYS, _OPTIONAL_KEYS, "config", fail)
+    check_header(config, FORMAT, FORMAT_VERSION, _REQUIRED_KEYS, _OPTIONAL_KEYS, "decoder", fail)
     spec = config["decoder"]
     if not isinstance(spec, dict):
         raise fail(f"'decoder' must be an object with class_path and init_args, got {spec!r}")
