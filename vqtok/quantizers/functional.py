@@ -1,8 +1,8 @@
 """Pure tensor maths of the quantizers: no state, no nn.Module (DESIGN.md section 3).
 
 Every function takes rows ``(N, D)`` (or ``(N,)`` ids) so that quantizers of any spatial
-rank share them. Memory never grows with N x K: the nearest-code search walks the rows in
-chunks under ``no_grad`` and winners are gathered, never picked with a one-hot matrix.
+rank share them. Memory never grows with N x K: the nearest-code search walks (rows x codes)
+tiles under ``no_grad`` and winners are gathered, never picked with a one-hot matrix.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class SimVQ(Quantizer):
             training mode, identically on every rank. ``"identity"``: W = I, bias 0, no
             data init (SimVQ is then plain VQ on C until W moves). ``"random"``: the
             ``nn.Linear`` default, as in the paper's code.
-        chunk_rows: rows per chunk of the nearest-code search (default: sized by K).
+        chunk_rows: rows per tile of the nearest-code search (default: 8 MiB tiles on CPU).
     """
 
     def __init__(

@@ -68,7 +68,7 @@ class VectorQuantizer(Quantizer):
         grad_estimator: ``"ste"`` (straight-through) or ``"rotation"`` (Fifty et al. 2024).
         cosine: l2-normalise inputs and codes: search, losses and outputs on the unit
             sphere, so ``z_q`` and ``indices_to_codes`` return unit-norm codes.
-        chunk_rows: rows per chunk of the nearest-code search (default: sized by K).
+        chunk_rows: rows per tile of the nearest-code search (default: 8 MiB tiles on CPU).
     """
 
     def __init__(
