@@ -92,7 +92,8 @@ def test_config_content(saved: tuple[VQAutoencoder, Path]) -> None:
     assert config["encoder"]["class_path"] == "vqtok.models.convnet.Encoder"
     assert config["encoder"]["init_args"] == {"in_channels": 3, "channels": 8,
                                               "channel_mult": [1, 2, 2], "num_res_blocks": 1,
-                                              "dim": 4, "attention": False, "num_groups": 4}
+                                              "dim": 4, "attention": False, "num_groups": 4,
+                                              "norm": "group"}
     assert config["decoder"]["init_args"]["out_channels"] == 3
     assert "extra" not in config
 

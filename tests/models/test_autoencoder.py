@@ -92,9 +92,9 @@ def test_attention_adds_parameters_only_when_asked() -> None:
 
 
 def test_self_attention_matches_float64_reference() -> None:
-    from vqtok.models.blocks import SelfAttention
+    from vqtok.models.blocks import SelfAttention, norm_factory
 
-    block = SelfAttention(8, num_groups=4).double()
+    block = SelfAttention(8, norm_factory("group", 4)).double()
     x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
     # independent computation: GroupNorm by hand, one head, softmax(q k^T / sqrt(C)) v
     g = x.reshape(2, 4, -1)
@@ -109,6 +109,47 @@ def test_self_attention_matches_float64_reference() -> None:
     out = att @ block.proj.weight.view(8, 8).T + block.proj.bias
     expected = x + out.transpose(1, 2).reshape_as(x)
     torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_channel_norm_matches_float64_reference() -> None:
+    from vqtok.models.blocks import ChannelNorm
+
+    norm = ChannelNorm(6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 6))
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, 6))
+    x = 3.0 + 2.0 * torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    # by hand: each pixel's 6 channel values to zero mean, unit (biased) variance
+    mean = x.mean(dim=1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-6)
+    expected = expected * norm.weight.view(1, 6, 1, 1) + norm.bias.view(1, 6, 1, 1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["channel", "group"])
+def test_channel_norm_features_do_not_depend_on_the_image_size(norm: str) -> None:
+    """Inside a crop, away from its border, a channel-norm encoder computes the same
+    features as on the whole image; GroupNorm's image-wide statistics change them."""
+    torch.manual_seed(0)
+    encoder = Encoder(in_channels=3, channel_mult=(1, 2), dim=4, norm=norm, **TINY).eval()
+    image = torch.randn(1, 3, 96, 96)
+    image[..., :48] += 2.0  # the two halves differ, so the crop's statistics do too
+    with torch.no_grad():
+        whole = encoder(image)  # (1, 4, 48, 48)
+        crop = encoder(image[..., 24:72, 24:72])  # (1, 4, 24, 24), from cell 12 on
+    margin = 8  # feature cells, beyond the receptive field's reach from the crop border
+    inner_crop = crop[..., margin:-margin, margin:-margin]
+    inner_whole = whole[..., 12 + margin:36 - margin, 12 + margin:36 - margin]
+    if norm == "channel":
+        torch.testing.assert_close(inner_crop, inner_whole, rtol=1e-4, atol=1e-5)
+    else:
+        assert (inner_crop - inner_whole).abs().max() > 1e-2
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"norm must be one of \('group', 'channel'\), got 'batch'"):
+        Encoder(norm="batch")
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
@@ -206,7 +247,7 @@ def test_init_args_recorded_and_rebuild_is_identical(quantizer) -> None:
     model.eval()
     assert model.encoder.init_args == {
         "in_channels": 3, "channels": 8, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 1,
-        "dim": 6, "attention": True, "num_groups": 4,
+        "dim": 6, "attention": True, "num_groups": 4, "norm": "group",
     }
     assert model.decoder.init_args["out_channels"] == 3
     parts = {}

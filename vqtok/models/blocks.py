@@ -4,16 +4,27 @@ The design follows the VQGAN autoencoder (Esser et al. 2021, "Taming Transformer
 section 3.1 and appendix): pre-activation residual blocks (GroupNorm, SiLU, 3x3 conv),
 stride-2 conv downsampling, nearest-neighbour upsampling followed by a conv, and one
 single-head self-attention block at the lowest resolution.
+
+The normalisation is chosen per model: GroupNorm as in VQGAN (``norm="group"``), or
+:class:`ChannelNorm` (``norm="channel"``), whose statistics never span positions.
+GroupNorm's do: a model trained on 32 x 32 crops and then run on a whole 640 x 427 photo
+normalises with statistics of the whole image instead of a crop, and lost 3.5 dB of PSNR
+that way (20.3 dB on 32 x 32 tiles of a held-out photo, 16.8 dB on the photo in one piece).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+NORMS = ("group", "channel")
+NormFactory = Callable[[int], nn.Module]
 
 
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
@@ -22,17 +33,43 @@ def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(num_groups, channels), channels, eps=1e-6)
 
 
+class ChannelNorm(nn.Module):
+    """Normalise each position over its channels: a LayerNorm of the C values at every
+    pixel, then a learned per-channel scale and shift. Resolution-independent: a pixel's
+    output depends on that pixel's features only, never on the size of the image."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels_last = x.movedim(1, -1)  # (B, H, W, C)
+        out = F.layer_norm(channels_last, (x.shape[1],), self.weight, self.bias, self.eps)
+        return out.movedim(-1, 1)
+
+
+def norm_factory(norm: str, num_groups: int) -> NormFactory:
+    """``channels -> normalisation layer`` for ``norm`` in :data:`NORMS`."""
+    if norm == "group":
+        return functools.partial(group_norm, num_groups=num_groups)
+    if norm == "channel":
+        return ChannelNorm
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
 class ResBlock(nn.Module):
-    """Pre-activation residual block: ``x + conv(SiLU(GN(conv(SiLU(GN(x))))))``.
+    """Pre-activation residual block: ``x + conv(SiLU(N(conv(SiLU(N(x))))))``, N the norm.
 
     A 1x1 conv maps the skip path when the width changes.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: NormFactory) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_channels, num_groups)
+        self.norm1 = norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels, num_groups)
+        self.norm2 = norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = (
             nn.Identity() if in_channels == out_channels
@@ -48,9 +85,9 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Single-head self-attention over all positions of a 2D map, with a residual."""
 
-    def __init__(self, channels: int, num_groups: int) -> None:
+    def __init__(self, channels: int, norm: NormFactory) -> None:
         super().__init__()
-        self.norm = group_norm(channels, num_groups)
+        self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -86,11 +123,11 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def middle_blocks(channels: int, attention: bool, num_groups: int) -> list[nn.Module]:
+def middle_blocks(channels: int, attention: bool, norm: NormFactory) -> list[nn.Module]:
     """The lowest-resolution stage: a residual block, then attention + a residual block."""
-    blocks: list[nn.Module] = [ResBlock(channels, channels, num_groups)]
+    blocks: list[nn.Module] = [ResBlock(channels, channels, norm)]
     if attention:
-        blocks += [SelfAttention(channels, num_groups), ResBlock(channels, channels, num_groups)]
+        blocks += [SelfAttention(channels, norm), ResBlock(channels, channels, norm)]
     return blocks
 
 

@@ -18,8 +18,8 @@ from vqtok.models.blocks import (
     Upsample,
     check_feature_map,
     check_widths,
-    group_norm,
     middle_blocks,
+    norm_factory,
 )
 from vqtok.registry import register
 
@@ -36,6 +36,10 @@ class Encoder(nn.Module):
         dim: output channels, the quantizer's input dim.
         attention: add a single-head self-attention block at the lowest resolution.
         num_groups: GroupNorm groups (each norm uses ``gcd(num_groups, width)``).
+        norm: ``"group"`` (GroupNorm, as VQGAN) or ``"channel"`` (per-position
+            normalisation over the channels, :class:`~vqtok.models.blocks.ChannelNorm`:
+            use it when the model trains on crops smaller than the images it will
+            tokenize; see :mod:`vqtok.models.blocks`).
     """
 
     def __init__(
@@ -47,11 +51,13 @@ class Encoder(nn.Module):
         dim: int = 32,
         attention: bool = False,
         num_groups: int = 32,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
         widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
+        make_norm = norm_factory(norm, num_groups)
         self.in_channels = in_channels
         self.dim = dim
         self.downsample_factor = 2 ** (len(widths) - 1)
@@ -60,12 +66,12 @@ class Encoder(nn.Module):
         width = channels
         for level, level_width in enumerate(widths):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(width, level_width, num_groups))
+                layers.append(ResBlock(width, level_width, make_norm))
                 width = level_width
             if level < len(widths) - 1:
                 layers.append(Downsample(width))
-        layers += middle_blocks(width, attention, num_groups)
-        layers += [group_norm(width, num_groups), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1)]
+        layers += middle_blocks(width, attention, make_norm)
+        layers += [make_norm(width), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -91,11 +97,13 @@ class Decoder(nn.Module):
         dim: int = 32,
         attention: bool = False,
         num_groups: int = 32,
+        norm: str = "group",
     ) -> None:
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
         widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
+        make_norm = norm_factory(norm, num_groups)
         self.out_channels = out_channels
         self.dim = dim
         self.downsample_factor = 2 ** (len(widths) - 1)
@@ -103,15 +111,14 @@ class Decoder(nn.Module):
 
         width = widths[-1]
         layers: list[nn.Module] = [nn.Conv2d(dim, width, 3, padding=1)]
-        layers += middle_blocks(width, attention, num_groups)
+        layers += middle_blocks(width, attention, make_norm)
         for level in reversed(range(len(widths))):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(width, widths[level], num_groups))
+                layers.append(ResBlock(width, widths[level], make_norm))
                 width = widths[level]
             if level > 0:
                 layers.append(Upsample(width))
-        layers += [group_norm(width, num_groups), nn.SiLU(),
-                   nn.Conv2d(width, out_channels, 3, padding=1)]
+        layers += [make_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
