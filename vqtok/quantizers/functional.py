@@ -127,9 +127,10 @@ def _row_max(scores: Tensor, ramp: Tensor | None) -> tuple[Tensor, Tensor]:
     vectorised passes: mark the entries equal to the maximum (1 or 0), weight them by a
     descending ramp, and the largest weight is the first maximum's.
     """
-    best = scores.amax(dim=1)  # (rows,)
     if ramp is None:
-        return best, scores.argmax(dim=1)
+        best, idx = scores.max(dim=1)  # one pass; the first maximum on ties
+        return best, idx
+    best = scores.amax(dim=1)  # (rows,)
     width = scores.shape[1]
     # the ramp's last ``width`` entries are width, ..., 1 (a last tile may be narrower)
     weight = scores.ge_(best[:, None]).mul_(ramp[len(ramp) - width :]).amax(dim=1)
