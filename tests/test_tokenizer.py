@@ -27,10 +27,11 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def tiny_model(in_channels: int = 3, seed: int = 0) -> VQAutoencoder:
+def tiny_model(in_channels: int = 3, seed: int = 0, norm: str = "group") -> VQAutoencoder:
     torch.manual_seed(seed)
-    return VQAutoencoder(Encoder(in_channels=in_channels, **TINY), FSQ(levels=[8, 5, 5, 5]),
-                         Decoder(out_channels=in_channels, **TINY))
+    return VQAutoencoder(Encoder(in_channels=in_channels, norm=norm, **TINY),
+                         FSQ(levels=[8, 5, 5, 5]),
+                         Decoder(out_channels=in_channels, norm=norm, **TINY))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,9 @@ def test_encode_decode_equals_model_reconstruction(rgb: ImageTokenizer) -> None:
     assert np.abs(decoded.astype(int) - to_uint8(batched.x_hat).astype(int)).max() <= 1
 
 
-def test_batch_size_independence(rgb: ImageTokenizer) -> None:
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_batch_size_independence(norm: str) -> None:
+    rgb = ImageTokenizer(tiny_model(3, norm=norm))
     sizes = [(16, 16), (13, 16), (16, 16), (20, 12), (9, 9)] * 4  # 20 images, mixed
     images = [Image.fromarray(random_pixels((h, w, 3), seed=i)) for i, (h, w) in
               enumerate(sizes)]
