@@ -45,7 +45,9 @@ def test_decoder_fmnist_writes_the_token_grid_of_fmnist_fsq() -> None:
     assert tuple(config["image_tokens"]) == tokenizer.tokens_shape(32, 32)
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST files not found at {FASHION}")
+@pytest.mark.skipif(not FASHION.is_dir(),
+                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
+                           "data copy beside the repository), which are absent here")
 def test_fmnist_fsq_on_held_out_test_images() -> None:
     """README: 23.9 dB validation PSNR on 32 x 32 padded images, 98% of the codes used.
     Here: the first 500 test images, padded as in training (2 black pixels a side)."""

@@ -42,7 +42,8 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     text = config.read_text()
     data_args = next(args for name, args in TINY_DATA.items() if name in text)
     if "FashionMNIST" in text and not FASHION.is_dir():
-        pytest.skip(f"Fashion-MNIST files not found at {FASHION}")
+        pytest.skip(f"needs the Fashion-MNIST IDX files at {FASHION} (the shared data copy "
+                    "beside the repository), which are absent here")
     export = tmp_path / "tokenizer"
     cli = run_lightning(
         [

@@ -23,7 +23,6 @@ tokenizer or the new one, never half of one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -36,11 +35,11 @@ from vqtok.model_dir import (
     check_header,
     check_keys,
     is_int,
+    json_copy,
     load_weights,
+    new_header,
     read_json,
     save_model_dir,
-    to_json,
-    vqtok_version,
 )
 from vqtok.models.autoencoder import VQAutoencoder
 
@@ -74,15 +73,9 @@ def build_config(
     """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
     if not isinstance(model, VQAutoencoder):
         raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
-    config: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "vqtok_version": vqtok_version(),
-    }
+    config = new_header(FORMAT, FORMAT_VERSION)
     for role in _ROLES:
-        spec = registry.spec_of(getattr(model, role))
-        # Tuples become lists, as they will be after a JSON round trip.
-        config[role] = json.loads(to_json(spec, f"{role} init_args"))
+        config[role] = json_copy(registry.spec_of(getattr(model, role)), f"{role} init_args")
     factor = model.downsample_factor
     config["image"] = {
         "channels": model.in_channels,
@@ -92,7 +85,7 @@ def build_config(
     config["normalization"] = {"mean": mean, "std": std}
     config["codebook_size"] = model.codebook_size
     if extra is not None:
-        config["extra"] = json.loads(to_json(extra, "extra"))
+        config["extra"] = json_copy(extra, "extra")
     validate_config(config, Path(CONFIG_NAME))
     return config
 

@@ -50,6 +50,11 @@ def check_keys(obj: dict, required: set | frozenset, optional: set | frozenset, 
         raise fail(f"missing keys {missing} in {where}")
 
 
+def new_header(fmt: str, version: int) -> dict[str, Any]:
+    """The keys every ``config.json`` starts with (what :func:`check_header` checks)."""
+    return {"format": fmt, "format_version": version, "vqtok_version": vqtok_version()}
+
+
 def check_header(config: Any, fmt: str, version: int, required: frozenset,
                  optional: frozenset, what: str, fail: Any) -> None:
     """The checks every ``config.json`` starts with: a JSON object of format ``fmt`` and
@@ -75,6 +80,12 @@ def to_json(obj: Any, what: str) -> str:
         return json.dumps(obj, indent=2, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{what} must be JSON-serialisable (finite numbers), got {err}") from err
+
+
+def json_copy(obj: Any, what: str) -> Any:
+    """``obj`` as it will read back from JSON (tuples become lists); a ``ValueError``
+    naming ``what`` if JSON cannot hold it."""
+    return json.loads(to_json(obj, what))
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -161,7 +172,9 @@ __all__ = [
     "check_header",
     "check_keys",
     "is_int",
+    "json_copy",
     "load_weights",
+    "new_header",
     "read_json",
     "save_model_dir",
     "to_json",

@@ -115,7 +115,9 @@ def test_decoder_of_another_codebook_is_refused(dirs: tuple[Path, Path], tmp_pat
         generate((tok, dec), tmp_path / "x.png")
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST files not found at {FASHION}")
+@pytest.mark.skipif(not FASHION.is_dir(),
+                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
+                           "data copy beside the repository), which are absent here")
 def test_decoder_fit_exports_a_decoder_that_generates(tmp_path: Path) -> None:
     tok = tiny_tokenizer_dir(tmp_path / "tok")
     export = tmp_path / "decoder"

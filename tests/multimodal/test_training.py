@@ -228,7 +228,9 @@ def test_fingerprint_follows_the_weights_not_the_file_bytes(tmp_path: Path) -> N
     assert tokenizer_fingerprint(first) != tokenizer_fingerprint(tmp_path / "c")
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason=f"Fashion-MNIST files not found at {FASHION}")
+@pytest.mark.skipif(not FASHION.is_dir(),
+                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
+                           "data copy beside the repository), which are absent here")
 def test_datamodule_streams_hold_caption_then_image_tokens(tmp_path: Path) -> None:
     tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
     dm = CaptionImageDataModule(str(tok_dir), data_root=str(FASHION), limit_train=8, val_size=6,

@@ -24,7 +24,6 @@ never half of one.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,11 @@ from vqtok.model_dir import (
     check_header,
     check_keys,
     is_int,
+    json_copy,
     load_weights,
+    new_header,
     read_json,
     save_model_dir,
-    to_json,
-    vqtok_version,
 )
 from vqtok.multimodal.decoder import MultimodalDecoder
 from vqtok.multimodal.streams import Vocabulary
@@ -74,17 +73,15 @@ def build_decoder_config(
     """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
     if not isinstance(model, MultimodalDecoder):
         raise TypeError(f"expected a MultimodalDecoder, got {type(model).__name__}")
-    config: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "vqtok_version": vqtok_version(),
-        "decoder": json.loads(to_json(registry.spec_of(model), "decoder init_args")),
+    config = {
+        **new_header(FORMAT, FORMAT_VERSION),
+        "decoder": json_copy(registry.spec_of(model), "decoder init_args"),
         "vocabulary": vocabulary_spec(vocab),
         "image_tokens": [int(s) for s in image_tokens],
         "caption_template": caption_template,
     }
     if extra is not None:
-        config["extra"] = json.loads(to_json(extra, "extra"))
+        config["extra"] = json_copy(extra, "extra")
     validate_decoder_config(config, Path(CONFIG_NAME))
     vocab_size = config["decoder"]["init_args"]["config"]["vocab_size"]
     if vocab.size != vocab_size:

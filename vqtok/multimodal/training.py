@@ -217,9 +217,6 @@ class CaptionImageDataModule(pl.LightningDataModule):
         hp = self.hparams
         if self.train_set is None and stage in (None, "fit", "validate"):
             full = FashionMNIST(hp.data_root, "train", pad_to=hp.pad_to)
-            if hp.val_size >= len(full):
-                raise ValueError(f"val_size must be below the {len(full)} training images, "
-                                 f"got {hp.val_size}")
             train_idx, val_idx = train_val_split(len(full), hp.val_size, hp.seed)
             train_idx = train_idx[: hp.limit_train] if hp.limit_train else train_idx
             self.train_set = self._dataset(full, "train", train_idx)

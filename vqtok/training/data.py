@@ -45,7 +45,10 @@ def _check_positive(**values: int) -> None:
 
 
 def train_val_split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
-    """Random disjoint (train, val) index lists of sizes ``n - n_val`` and ``n_val``."""
+    """Random disjoint (train, val) index lists of sizes ``n - n_val`` and ``n_val``;
+    a ValueError unless ``n_val`` leaves at least one training item."""
+    if n_val >= n:
+        raise ValueError(f"val_size must be below the {n} training images, got {n_val}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
@@ -160,9 +163,6 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit", "validate"):
             full = FashionMNIST(self.root, "train", pad_to=self.pad_to)
-            if self.val_size >= len(full):
-                raise ValueError(f"val_size must be below the {len(full)} training images, "
-                                 f"got {self.val_size}")
             train_idx, val_idx = train_val_split(len(full), self.val_size, self.seed)
             if self.limit_train is not None:
                 train_idx = train_idx[: self.limit_train]
