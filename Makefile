@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 # Each creates .venv when missing and installs vqtok with constraints.txt, which pins
 # torch==2.13.0 (the CPU build) so that no later install pulls a CUDA build.
+# Tests read data sets through VQTOK_DATA; beside a checkout with ../shared/data, that
+# folder is used (tests/conftest.py), else tests needing Fashion-MNIST skip with a hint.
 
 PYTHON ?= python3
 VENV := .venv
@@ -26,8 +28,8 @@ $(BENCH_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-## test: the default suite (slow tests excluded), what .ci/run calls
-test: $(STAMP)
+## test: lint, then the default suite (slow tests excluded); what .ci/run calls
+test: lint
 	$(PY) -m pytest -q
 
 ## test-all: also the tests marked slow
@@ -36,14 +38,16 @@ test-all: $(STAMP)
 
 ## demo: train the default photo tokenizer briefly, export it, round-trip a held-out photo
 demo: $(STAMP)
-	$(PY) -m vqtok.demo
+	$(VENV)/bin/vqtok demo
 
 ## bench: quantizer benchmarks against vector-quantize-pytorch, writes benchmarks/RESULTS.md
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/quantizers.py
 
+## lint: ruff, and the import-layer contracts of pyproject.toml (docs/architecture.md)
 lint: $(STAMP)
-	$(PY) -m ruff check vqtok tests benchmarks
+	$(PY) -m ruff check vqtok tests benchmarks experiments
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,7 @@
-"""Decoder benchmarks (issue 5): KV-cache size per attention kind and cached generation speed.
+"""Decoder benchmarks: KV-cache size per attention kind and cached generation speed.
 
 1. KV-cache bytes per token per layer for MHA, GQA, MQA and MLA at one model size, measured
-   from the cache tensors after a prefill, next to DESIGN.md section 7's formula
+   from the cache tensors after a prefill, next to the formula of docs/algorithms.md#attention-variants
    (MHA 2 h d_k; GQA 2 g d_k; MQA 2 d_k; MLA d_c + d_r elements).
 2. Generation of 512 new tokens with the KV cache vs recomputing the whole sequence every
    step (``generate(use_cache=False)``), median of a few runs with ``torch.set_num_threads(2)``.
@@ -101,7 +101,7 @@ def main() -> None:
     vocab = Vocabulary(image_codebook_size=1024)
     size = ", ".join(f"{k}={v}" for k, v in SIZE.items())
     lines = [
-        "## Decoder (issue 5): KV cache and cached generation",
+        "## Decoder: KV cache and cached generation",
         "",
         (f"Model: {size}, vocabulary {vocab.size} (256 bytes + 1024 image codes + 7 specials), "
          f"GQA g={GROUPS}, MLA d_c={D_LATENT}, d_r={D_ROPE}, RoPE-Tie-v2, float32. "
@@ -109,7 +109,7 @@ def main() -> None:
          f"torch.set_num_threads({args.threads}), {os.cpu_count()} cores."),
         "",
         ("KV-cache bytes per token per layer, measured from the cache tensors after a prefill "
-         "(BOS + 24 text bytes + an 8x8 image), next to DESIGN.md section 7's formula:"),
+         "(BOS + 24 text bytes + an 8x8 image), next to the formula of docs/algorithms.md#attention-variants:"),
         "",
         *cache_table(vocab),
         "",

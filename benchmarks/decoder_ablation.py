@@ -1,4 +1,4 @@
-"""Position-scheme ablation (issue 5): RoPE-Tie-v2 vs M-RoPE vs 1D vs NoPE.
+"""Position-scheme ablation: RoPE-Tie-v2 vs M-RoPE vs 1D vs NoPE.
 
 The same decoder (same size, same initialisation, same batches in the same order, same
 steps) is trained on the Fashion-MNIST caption + image streams once per position scheme;
@@ -27,10 +27,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vqtok.multimodal.training import CaptionImageDataModule, DecoderModule
+from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
 
 SCHEMES = ("rope_tie_v2", "mrope", "1d", "nope")
-HEADING = "## Decoder (issue 5): position-scheme ablation"
+HEADING = "## Decoder: position-scheme ablation"
 log = logging.getLogger("decoder_ablation")
 
 
@@ -44,7 +44,7 @@ def quiet() -> None:
 
 def make_data(args: argparse.Namespace, scheme: str) -> CaptionImageDataModule:
     return CaptionImageDataModule(
-        args.tokenizer, data_root=args.data_root, position_scheme=scheme,
+        args.tokenizer, root=args.data_root, position_scheme=scheme,
         batch_size=args.batch_size, val_size=args.val_size, cache_dir=args.cache_dir)
 
 
@@ -54,9 +54,9 @@ def train_decoder(args: argparse.Namespace, scheme: str, seed: int
     metrics (plus the training time)."""
     pl.seed_everything(seed, verbose=False)
     data = make_data(args, scheme)
-    module = DecoderModule(
-        data.image_codebook_size, d_model=args.d_model, n_layers=args.layers,
-        n_heads=args.heads, position_scheme=scheme, rope_base=args.rope_base, lr=args.lr,
+    module = DecoderModule.from_vocabulary(
+        data.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+        position_scheme=scheme, rope_base=args.rope_base, lr=args.lr,
         warmup_steps=args.warmup, weight_decay=0.1)
     trainer = pl.Trainer(
         max_steps=args.steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
@@ -100,7 +100,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, steps: int, d_model: i
                          layers: int, warmup: int) -> None:
     """The data, model and training options both benchmarks share (defaults per script)."""
     parser.add_argument("--tokenizer", default="checkpoints/fmnist_fsq")
-    parser.add_argument("--data-root", default="../shared/data/fashion-mnist")
+    parser.add_argument("--data-root", default=None,
+                        help="Fashion-MNIST folder (default: the data cache, docs/data.md)")
     parser.add_argument("--cache-dir", default="runs/token_cache")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -1,4 +1,4 @@
-"""Text-to-image quality (issue 5): do generated images show the class the prompt names?
+"""Text-to-image quality: do generated images show the class the prompt names?
 
 1. A small CNN is trained on the Fashion-MNIST training split (its test accuracy is
    reported); it is the judge.
@@ -39,12 +39,12 @@ from decoder_ablation import (
 )
 
 from vqtok.data import FashionMNIST
+from vqtok.formats.decoder_dir import load_decoder_dir
+from vqtok.generation import expand_prompt
 from vqtok.multimodal import generate_image
-from vqtok.multimodal.commands import expand_prompt, export_trained
-from vqtok.multimodal.export import load_decoder_dir
 from vqtok.tokenizer import ImageTokenizer
 
-HEADING = "## Decoder (issue 5): text-to-image agreement"
+HEADING = "## Decoder: text-to-image agreement"
 log = logging.getLogger("text_to_image")
 
 
@@ -64,9 +64,9 @@ class Judge(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def images_and_labels(root: str, split: str) -> tuple[Tensor, Tensor]:
+def images_and_labels(root: str | None, split: str) -> tuple[Tensor, Tensor]:
     data = FashionMNIST(root, split, pad_to=32)
-    return data.images.unsqueeze(1).float() / 127.5 - 1.0, data.labels  # (N, 1, 32, 32)
+    return data.normalization.to_model(data.images.unsqueeze(1)), data.labels  # (N, 1, 32, 32)
 
 
 @torch.no_grad()
@@ -173,7 +173,7 @@ def main() -> None:
                    f"--warmup {args.warmup} --seed {args.seed}")
         info = {"produced_by": command, "steps": args.steps, "batch_size": args.batch_size,
                 "val_image_loss": metrics["val/image_loss"], "val_loss": metrics["val/loss"]}
-        export_trained(module, data, args.export, extra=info)
+        module.export(args.export, data, extra=info)
         model, vocab, config = load_decoder_dir(args.export)
         provenance = (f"Decoder trained here for {args.steps} steps of {args.batch_size} "
                       f"streams in {metrics['train_s']:.0f} s (d_model={args.d_model}, "

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import needs_fashion_mnist
 from vqtok import ImageTokenizer
 from vqtok.data import read_idx
-from vqtok.multimodal.export import load_decoder_dir
+from vqtok.data.fashion_mnist import default_root, find_file
+from vqtok.formats.decoder_dir import load_decoder_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "checkpoints"
-FASHION = ROOT.parent / "shared" / "data" / "fashion-mnist"
 PHOTOS = ROOT / "vqtok" / "data" / "photos" / "test"
 
 
@@ -45,13 +46,11 @@ def test_decoder_fmnist_writes_the_token_grid_of_fmnist_fsq() -> None:
     assert tuple(config["image_tokens"]) == tokenizer.tokens_shape(32, 32)
 
 
-@pytest.mark.skipif(not FASHION.is_dir(),
-                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
-                           "data copy beside the repository), which are absent here")
+@needs_fashion_mnist
 def test_fmnist_fsq_on_held_out_test_images() -> None:
     """README: 23.9 dB validation PSNR on 32 x 32 padded images, 98% of the codes used.
     Here: the first 500 test images, padded as in training (2 black pixels a side)."""
-    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")[:500]  # (500, 28, 28) uint8
+    images = read_idx(find_file(default_root(), "t10k-images-idx3-ubyte"))[:500]  # (500, 28, 28)
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
     tokenizer = ImageTokenizer.from_pretrained(CHECKPOINTS / "fmnist_fsq")
     ids = tokenizer.encode([Image.fromarray(image) for image in padded])

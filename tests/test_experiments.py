@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from vqtok.cli import run_lightning
+from tests.helpers import has_fashion_mnist, needs_fashion_mnist
 from vqtok.tokenizer import ImageTokenizer
+from vqtok.training.cli import run_tokenizer_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
-FASHION = ROOT.parent / "shared" / "data" / "fashion-mnist"
 
 TINY_DATA = {
     "PhotoDataModule": [
@@ -22,7 +22,6 @@ TINY_DATA = {
         "--data.init_args.batch_size=2",
     ],
     "FashionMNISTDataModule": [
-        f"--data.init_args.root={FASHION}",
         "--data.init_args.limit_train=8",
         "--data.init_args.val_size=4",
         "--data.init_args.batch_size=4",
@@ -41,11 +40,10 @@ def test_there_is_a_config_per_quantizer_and_dataset() -> None:
 def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> None:
     text = config.read_text()
     data_args = next(args for name, args in TINY_DATA.items() if name in text)
-    if "FashionMNIST" in text and not FASHION.is_dir():
-        pytest.skip(f"needs the Fashion-MNIST IDX files at {FASHION} (the shared data copy "
-                    "beside the repository), which are absent here")
+    if "FashionMNIST" in text and not has_fashion_mnist():
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
     export = tmp_path / "tokenizer"
-    cli = run_lightning(
+    cli = run_tokenizer_cli(
         [
             "fit",
             f"--config={config}",
@@ -68,3 +66,9 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     # the run's config sits beside its history: `vqtok report` reads its data section
     saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
     assert saved["data"]["class_path"].startswith("vqtok.training.data.")
+
+
+def test_the_demo_config_ships_with_the_package() -> None:
+    # experiments/photos_fsq.yaml is the packaged config itself, not a copy of it
+    packaged = ROOT / "vqtok" / "configs" / "photos_fsq.yaml"
+    assert (ROOT / "experiments" / "photos_fsq.yaml").resolve() == packaged.resolve()

@@ -1,7 +1,14 @@
 """vqtok: image tokenizers (VQ-VAE, rotation trick, SimVQ, FSQ) that stay fast with huge
-codebooks, report codebook collapse, and run end to end: train, export, tokenize."""
+codebooks, report codebook collapse, and run end to end: train, export, tokenize.
 
-from vqtok.io import TokenizerFormatError, load_tokenizer_dir, save_tokenizer_dir
+The inference API needs no Lightning: ``from vqtok import ImageTokenizer``.
+"""
+
+from vqtok.formats.tokenizer_dir import (
+    TokenizerFormatError,
+    load_tokenizer_dir,
+    save_tokenizer_dir,
+)
 from vqtok.tokenizer import ImageTokenizer
 
 __version__ = "0.1.0"

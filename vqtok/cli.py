@@ -1,10 +1,11 @@
-"""The ``vqtok`` command.
+"""The ``vqtok`` command: every subcommand's arguments, wired to the library.
 
-``vqtok fit|validate|test --config experiments/NAME.yaml`` is a LightningCLI over
-:class:`~vqtok.training.module.TokenizerModule` and any LightningDataModule; at the end of
-``fit`` the tokenizer is exported to ``<run dir>/tokenizer/``. The plain subcommands
-(``encode``, ``decode``, ``export``) work on exported tokenizers and checkpoints;
-``report`` writes codebook-collapse reports (:mod:`vqtok.report`).
+``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok decoder
+fit|validate|test`` are LightningCLIs (:mod:`vqtok.training.cli`); the plain subcommands
+(``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``) parse
+their arguments here and call the library. Each imports what it needs when it runs, so
+``vqtok encode`` never loads Lightning. Errors a user can fix are one line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -13,74 +14,49 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from importlib import metadata
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 log = logging.getLogger("vqtok")
 
 
-# ---- LightningCLI ---------------------------------------------------------------------
+# ---- logging ---------------------------------------------------------------------------
 
 
-def run_lightning(argv: Sequence[str]) -> object:
-    """Run a LightningCLI subcommand; returns the CLI object (its trainer and model)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.cli import LightningCLI
+class _DropTips(logging.Filter):
+    """Lightning's advertisements for its cloud products are not vqtok's output."""
 
-    from vqtok.training.callbacks import CodebookHistory
-    from vqtok.training.module import TokenizerModule
-
-    class TokenizerCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument(
-                "--export_dir",
-                default=None,
-                help="Where `fit` exports the trained tokenizer (default: <run dir>/tokenizer).",
-            )
-            # On by default: codebook usage history into the run directory for `vqtok
-            # report`; `--codebook_history null` (or `codebook_history: null`) turns it off.
-            parser.add_lightning_class_args(
-                CodebookHistory, "codebook_history", subclass_mode=True, required=False
-            )
-            parser.set_defaults({"codebook_history": {
-                "class_path": f"{CodebookHistory.__module__}.{CodebookHistory.__qualname__}",
-                "init_args": {"every_n_steps": 50},
-            }})
-
-        def instantiate_trainer(self, **kwargs: object) -> pl.Trainer:
-            trainer = super().instantiate_trainer(**kwargs)
-            trainer.callbacks = [c for c in trainer.callbacks if c is not None]  # null: off
-            return trainer
-
-        def after_fit(self) -> None:
-            if not self.trainer.is_global_zero:
-                return
-            config = self.config[self.config.subcommand]
-            out = config.get("export_dir") or Path(run_dir(self.trainer)) / "tokenizer"
-            export_model(self.model, out)
-            log.info("tokenizer exported to %s", out)
-
-    return TokenizerCLI(
-        TokenizerModule,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"default_root_dir": "runs"},
-        parser_kwargs={"description": "Train, validate or test a vqtok image tokenizer."},
-    )
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
 
 
-def run_dir(trainer: object) -> str:
-    """The run directory: the logger's version folder, else the trainer's root dir."""
-    return trainer.log_dir or trainer.default_root_dir  # type: ignore[attr-defined]
+def configure_logging(quiet: bool = False) -> None:
+    """vqtok's messages once each, on stderr; Lightning keeps its own handler (so its
+    lines are not printed twice), minus its tips. ``quiet``: warnings and errors only."""
+    if not any(getattr(h, "_vqtok", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._vqtok = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        if quiet:
+            lightning_log.setLevel(logging.WARNING)
+        if not any(isinstance(f, _DropTips) for f in lightning_log.filters):
+            lightning_log.addFilter(_DropTips())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        rank_zero = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+            rank_zero.addFilter(_DropTips())
 
 
-def export_model(module: object, out_dir: str | Path) -> Path:
-    """Write a trained TokenizerModule's autoencoder as a tokenizer directory."""
-    from vqtok.io import save_tokenizer_dir
-
-    return save_tokenizer_dir(module.model, out_dir)  # type: ignore[attr-defined]
+def vqtok_version() -> str:
+    try:
+        return metadata.version("vqtok")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 # ---- plain subcommands ----------------------------------------------------------------
@@ -90,13 +66,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vqtok.training.checkpoint import load_tokenizer_module
 
     module = load_tokenizer_module(args.checkpoint)
-    out = export_model(module, args.out_dir)
+    out = module.export(args.out_dir)
     print(f"exported {args.checkpoint} -> {out}")
     return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from vqtok.tokenize_files import encode_files
+    from vqtok.apps.files import encode_files
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
@@ -109,11 +85,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from vqtok.tokenize_files import decode_file
+    from vqtok.apps.files import decode_file
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
-    written = decode_file(args.tokens, tokenizer, args.out)
+    written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
+                          progress=not args.quiet)
     print(f"wrote {len(written)} images to {args.out}")
     return 0
 
@@ -131,37 +108,62 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vqtok.multimodal.commands import write_generated
+    from vqtok.apps.generate import write_generated
 
-    print(write_generated(args))
+    print(write_generated(args.decoder, args.tokenizer, args.prompt, args.out, num=args.num,
+                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                          raw=args.raw, device=args.device))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vqtok.demo import run_demo
+    from vqtok.apps.demo import DemoOptions, run_demo
 
-    print("\n".join(["", "vqtok demo", *run_demo(args)]))
+    options = DemoOptions(config=args.config, max_steps=args.max_steps,
+                          max_minutes=args.max_minutes, photo=args.photo, quiet=args.quiet)
+    print("\n".join(["", "vqtok demo", *run_demo(options)]))
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from vqtok.data import copy_fashion_mnist, download_fashion_mnist
+
+    if args.source is not None:
+        root, notes = copy_fashion_mnist(args.source, args.root, progress=not args.quiet)
+        print(f"copied Fashion-MNIST from {args.source} to {root}")
+        print("\n".join(f"  {note}" for note in notes))
+    else:
+        root = download_fashion_mnist(args.root, progress=not args.quiet)
+        print(f"Fashion-MNIST is in {root} (MD5 checked against the published sums)")
+    return 0
+
+
+# ---- the parser -------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vqtok", description="Train image tokenizers and turn images into tokens and back."
-    )
+        prog="vqtok", description="Train image tokenizers and turn images into tokens and back.")
+    parser.add_argument("--version", action="version", version=f"vqtok {vqtok_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)", add_help=False)
-
     sub.add_parser("decoder", add_help=False, help="LightningCLI fit/validate/test of the "
                    "multimodal decoder (see `vqtok decoder fit --help`)")
-    from vqtok.multimodal.commands import add_generate_parser
-
-    add_generate_parser(sub).set_defaults(func=cmd_generate)
-    from vqtok.demo import add_demo_arguments
 
     p = sub.add_parser("demo", help="train the default photo tokenizer briefly, export it and "
                        "round-trip a held-out photo (what `make demo` runs)")
-    add_demo_arguments(p)
+    from vqtok.apps.demo import DemoOptions  # no Lightning: that is imported when it runs
+
+    demo = DemoOptions()
+    p.add_argument("--config", default=demo.config,
+                   help="training config (YAML; default: the photo config shipped with vqtok)")
+    p.add_argument("--max-steps", type=int, default=demo.max_steps,
+                   help="at most this many steps")
+    p.add_argument("--max-minutes", type=float, default=demo.max_minutes,
+                   help="and at most this much training time (the schedule is short)")
+    p.add_argument("--photo", default=demo.photo, help="held-out photo to round-trip")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or Lightning info")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory")
@@ -182,15 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tokens", help="an .npz written by `vqtok encode`")
     p.add_argument("--tokenizer", required=True, help="the tokenizer that encoded them")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("report", help="codebook-collapse report (HTML + report.json) of "
+    p = sub.add_parser(
+        "generate", help="generate images from a text prompt with a trained decoder",
+        description="Text to image: the decoder writes one token grid per image after the "
+                    "caption, the tokenizer decodes it to pixels.")
+    p.add_argument("--decoder", required=True, help="a decoder directory (`vqtok decoder fit`)")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer the decoder was trained on")
+    p.add_argument("--prompt", required=True,
+                   help="a class name such as 'ankle boot' (put into the decoder's caption "
+                        "template) or a whole caption")
+    p.add_argument("--out", required=True,
+                   help="output PNG; with --num N > 1, OUT_000.png ... are written")
+    p.add_argument("--num", type=int, default=1, help="images to generate (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true",
+                   help="feed the prompt as is, without the caption template")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="codebook-collapse report (HTML + JSON) of "
                        "training runs, or of exported tokenizers measured on data")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="run directories with a codebook history (written by `vqtok fit`)")
     p.add_argument("--out", default="report.html",
-                   help="HTML file to write; report.json is written beside it")
+                   help="HTML file to write; the JSON is written beside it with the same "
+                        "name (report.html -> report.json)")
     p.add_argument("--tokenizer", action="append", default=[], metavar="DIR",
                    help="an exported tokenizer to measure on --data (repeatable)")
     p.add_argument("--data", default=None, help="image folder or DataModule config YAML: what "
@@ -204,20 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse runs whose codebook sizes differ")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
+                       "the platform cache directory)",
+                       description="Put a data set where vqtok's configs look for it. "
+                                   "Nothing else in vqtok downloads data.")
+    p.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+    p.add_argument("--from", dest="source", default=None, metavar="DIR",
+                   help="copy the four IDX files (gzipped or not) from this folder instead of "
+                        "downloading them")
+    p.add_argument("--root", default=None,
+                   help="where to put them (default: the cache's fashion-mnist/ folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning(argv)
-        return 0
-    if argv and argv[0] == "decoder" and len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS:
-        from vqtok.multimodal.commands import run_decoder_lightning
-
-        run_decoder_lightning(argv[1:])
-        return 0
+    configure_logging(quiet="--quiet" in argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] == ["decoder"] and (
+            len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS):
+        return _lightning(argv)
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -225,6 +258,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"vqtok {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _lightning(argv: list[str]) -> int:
+    """A LightningCLI subcommand; a missing data set or a bad file is one line, exit 2."""
+    from vqtok.training.cli import run_decoder_cli, run_tokenizer_cli
+
+    decoder = argv[0] == "decoder"
+    command = " ".join(argv[:2] if decoder else argv[:1])
+    try:
+        (run_decoder_cli(argv[1:]) if decoder else run_tokenizer_cli(argv))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vqtok {command}: error: {_first_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _first_line(err: BaseException) -> str:
+    # jsonargparse wraps an error raised while it builds a class in its own message.
+    cause = err
+    while cause.__cause__ is not None and isinstance(cause.__cause__, (ValueError, OSError)):
+        cause = cause.__cause__
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
 if __name__ == "__main__":

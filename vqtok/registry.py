@@ -4,7 +4,9 @@
 short public path such as ``vqtok.quantizers.FSQ`` both resolve) and captures the
 arguments each instance was built with. An exported tokenizer's ``config.json`` is then
 ``{"class_path": ..., "init_args": ...}`` per module, and loading rebuilds modules only
-from this registry: a config cannot make vqtok import or run arbitrary code.
+from this registry: a config cannot make vqtok import or run arbitrary code. A class is
+known once its module has been imported; :mod:`vqtok.formats.model_dir` imports every
+building block vqtok ships before it builds one from a file.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ def class_path(obj: Any) -> str:
 def resolve(name: str) -> type:
     """Class for a registered name; also accepts the short public path
     (``vqtok.quantizers.FSQ`` for ``vqtok.quantizers.fsq.FSQ``)."""
-    _import_builtin_modules()
     if name in _REGISTRY:
         return _REGISTRY[name]
     package, _, short = name.rpartition(".")
@@ -89,14 +90,3 @@ def spec_of(obj: Any) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` of a registered instance, ready for JSON."""
     return {"class_path": class_path(obj), "init_args": dict(obj.init_args)}
 
-
-def _import_builtin_modules() -> None:
-    # Registration happens at import; make sure vqtok's own building blocks are known.
-    import importlib
-
-    for module in ("vqtok.quantizers", "vqtok.models", "vqtok.multimodal"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # a layer not built yet
-            if err.name != module:
-                raise

@@ -3,13 +3,12 @@
 Conventions, all documented on the methods:
 
 * **Inputs.** A PIL image, a numpy array ``(H, W)``, ``(H, W, C)`` or ``(B, H, W, C)``
-  (uint8 in 0..255, uint16 in 0..65535, or float in [0, 1]; ``C`` in 1..4: grey, grey +
-  alpha, RGB, RGBA), a torch tensor ``(C, H, W)`` or ``(B, C, H, W)`` already in the model's
-  input space (float, ``(pixel - mean) / std``, i.e. [-1, 1] by default), or a list of any
-  of these. Images are converted to the model's channels: alpha is composited on white,
-  grey is repeated to RGB, RGB goes to grey with the ITU-R 601-2 luma weights (PIL's
-  ``"L"``). PIL modes: 8-bit modes go through ``Image.convert``; ``I;16*`` and ``I`` are
-  read as 16-bit (divided by 65535); ``F`` as 0..255 (PIL's own convention).
+  (uint8, uint16, or float in [0, 1]; ``C`` in 1..4: grey, grey + alpha, RGB, RGBA), a
+  torch tensor ``(C, H, W)`` or ``(B, C, H, W)`` already in the model's input space
+  (float, ``(pixel / 255 - mean) / std``, i.e. [-1, 1] by default), or a list of any of
+  these. Images become 8-bit pixels of the model's channels exactly as training data does
+  (:func:`vqtok.formats.images.to_uint8_pixels`: alpha composited on white, grey repeated
+  to RGB, RGB to grey with Pillow's luma, 16-bit values divided by 257 and rounded).
 * **Padding.** A side that is not a multiple of the downsampling factor ``f`` is padded
   at the bottom/right by repeating the edge pixels (replicate) up to the next multiple, so
   an ``H x W`` image gives ``ceil(H/f) x ceil(W/f)`` tokens (:meth:`tokens_shape`). Pass
@@ -40,16 +39,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from vqtok.io import load_tokenizer_dir, save_tokenizer_dir
+from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization, to_uint8_pixels
+from vqtok.formats.tokenizer_dir import (
+    load_tokenizer_dir,
+    normalization_of,
+    save_tokenizer_dir,
+)
 from vqtok.models.autoencoder import VQAutoencoder
 
 ImageLike = Image.Image | np.ndarray | Tensor
 Images = ImageLike | Sequence[ImageLike]
 Size = tuple[int, int]  # (height, width) in pixels
 
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_16BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's "L"
 
 
 class ImageTokenizer:
@@ -59,7 +60,8 @@ class ImageTokenizer:
     Args:
         model: the autoencoder; it is moved to ``device`` and put in eval mode.
         device: where the model runs; ids always come back on the CPU.
-        mean, std: pixel normalisation, ``x = (pixel / max - mean) / std``.
+        normalization: pixel normalisation, ``x = (pixel / 255 - mean) / std``; a tokenizer
+            directory records the one it was trained with.
         min_size: smallest accepted height/width in pixels; default: the downsampling factor.
         batch_invariant: keep ids and pixels independent of the batch (module doc). False
             uses torch's fastest kernels (1.7-1.9x faster on the CPU for a 64-channel
@@ -71,19 +73,15 @@ class ImageTokenizer:
         model: VQAutoencoder,
         *,
         device: str | torch.device = "cpu",
-        mean: float = 0.5,
-        std: float = 0.5,
+        normalization: Normalization = DEFAULT_NORMALIZATION,
         min_size: int | None = None,
         batch_invariant: bool = True,
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
-        if not std > 0:
-            raise ValueError(f"std must be > 0, got {std!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.mean = float(mean)
-        self.std = float(std)
+        self.normalization = normalization
         self.min_size = model.downsample_factor if min_size is None else int(min_size)
         if self.min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {min_size!r}")
@@ -98,15 +96,14 @@ class ImageTokenizer:
         """Load a tokenizer directory (config.json + model.safetensors; no pickle).
         Raises :class:`vqtok.io.TokenizerFormatError` (a ValueError) for a bad directory."""
         model, config = load_tokenizer_dir(path)
-        norm = config["normalization"]
-        return cls(model, device=device, mean=norm["mean"], std=norm["std"],
+        return cls(model, device=device, normalization=normalization_of(config),
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
 
     def save_pretrained(
         self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
     ) -> Path:
         """Write the tokenizer directory atomically (see :mod:`vqtok.io`)."""
-        return save_tokenizer_dir(self.model, path, mean=self.mean, std=self.std,
+        return save_tokenizer_dir(self.model, path, normalization=self.normalization,
                                   min_size=self.min_size, extra=extra)
 
     # ---- shape facts --------------------------------------------------------------------
@@ -138,16 +135,14 @@ class ImageTokenizer:
         for the accepted types and conversions. Raises ValueError for anything else."""
         if isinstance(image, Tensor):
             return self._check_tensor(image)
-        if isinstance(image, Image.Image):
-            pixels = pil_to_pixels(image, self.channels)
-        elif isinstance(image, np.ndarray):
-            pixels = array_to_pixels(image, self.channels)
+        if isinstance(image, (Image.Image, np.ndarray)):
+            pixels = to_uint8_pixels(image, self.channels)  # (H, W, C) uint8
         else:
             raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
                 f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}"
             )
         x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (C, H, W)
-        x = (x - self.mean) / self.std
+        x = self.normalization.to_model(x)
         self._check_size(tuple(x.shape[1:]))
         return x
 
@@ -254,8 +249,7 @@ class ImageTokenizer:
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space images -> uint8 pixels on the CPU: ``round((x * std + mean) * 255)``
         clamped to 0..255."""
-        pixels = (x.float() * self.std + self.mean) * 255
-        return pixels.round().clamp(0, 255).to("cpu", torch.uint8)
+        return self.normalization.to_uint8(x)
 
     # ---- internals ----------------------------------------------------------------------
     def _padded(self, size: Size) -> Size:
@@ -282,10 +276,11 @@ class ImageTokenizer:
                              f"{x.dtype}; pass uint8 images as numpy arrays or PIL images")
         self._check_size(tuple(x.shape[1:]))
         x = x.detach().to("cpu", torch.float32)
-        lo, hi = (0 - self.mean) / self.std, (1 - self.mean) / self.std
+        lo, hi = self.normalization.bounds()
+        mean, std = self.normalization.mean, self.normalization.std
         if not torch.isfinite(x).all() or x.min() < lo - 1e-3 or x.max() > hi + 1e-3:
             raise ValueError(f"tensor values must be finite and lie in [{lo:g}, {hi:g}] "
-                             f"((pixel - {self.mean:g}) / {self.std:g}), got [{x.min():g}, "
+                             f"((pixel / 255 - {mean:g}) / {std:g}), got [{x.min():g}, "
                              f"{x.max():g}]")
         return x
 
@@ -395,73 +390,9 @@ def pad_to(x: Tensor, height: int, width: int) -> Tensor:
     return F.pad(x[None], pad, mode="replicate")[0]
 
 
-def pil_to_pixels(image: Image.Image, channels: int) -> np.ndarray:
-    """PIL image -> float32 ``(H, W, channels)`` in [0, 1] (conversions in the module doc)."""
-    _check_image_channels(channels)
-    mode = image.mode
-    if mode in _16BIT_MODES or mode == "F":
-        scale = 255.0 if mode == "F" else 65535.0
-        grey = np.asarray(image, dtype=np.float32) / scale
-        return _match_channels(np.clip(grey, 0.0, 1.0)[..., None], channels)
-    try:
-        if mode in _ALPHA_MODES or "transparency" in image.info:
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image.convert("RGBA"))
-        image = image.convert("L" if channels == 1 else "RGB")
-    except (ValueError, OSError) as err:
-        raise ValueError(f"cannot convert a PIL image of mode {mode!r}: {err}") from err
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return pixels[..., None] if pixels.ndim == 2 else pixels
-
-
-def array_to_pixels(array: np.ndarray, channels: int) -> np.ndarray:
-    """Numpy image ``(H, W)`` or ``(H, W, C)`` -> float32 ``(H, W, channels)`` in [0, 1]."""
-    _check_image_channels(channels)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected a numpy image (H, W) or (H, W, C) with C in 1..4 (or a "
-                         f"batch (B, H, W, C)), got shape {array.shape}")
-    if array.dtype == np.uint8:  # through PIL, so arrays and PIL images agree exactly
-        return pil_to_pixels(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array),
-                             channels)
-    if array.dtype == np.uint16:
-        pixels = array.astype(np.float32) / 65535.0
-    elif array.dtype.kind == "f":
-        pixels = array.astype(np.float32)
-        if not np.isfinite(pixels).all():
-            raise ValueError("float numpy images must lie in [0, 1], got NaN or inf values")
-        if pixels.size and (pixels.min() < 0 or pixels.max() > 1):
-            raise ValueError(f"float numpy images must lie in [0, 1], got values in "
-                             f"[{pixels.min():g}, {pixels.max():g}]")
-    else:
-        raise ValueError(f"expected a numpy image of dtype uint8, uint16 or float, got "
-                         f"{array.dtype}")
-    return _match_channels(pixels, channels)
-
-
-def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
-    """Float ``(H, W, C)`` with C in 1..4 -> ``(H, W, channels)``: alpha on white, grey
-    repeated, or RGB to luma."""
-    if pixels.shape[2] in (2, 4):  # composite on white: c * a + 1 * (1 - a)
-        alpha = pixels[..., -1:]
-        pixels = pixels[..., :-1] * alpha + (1.0 - alpha)
-    if pixels.shape[2] == channels:
-        return pixels
-    if channels == 3:
-        return np.repeat(pixels, 3, axis=2)
-    return (pixels @ _LUMA)[..., None].astype(np.float32)
-
-
-def _check_image_channels(channels: int) -> None:
-    if channels not in (1, 3):
-        raise ValueError(f"image inputs need a 1- or 3-channel model, this one has {channels} "
-                         f"channels; pass tensors (C, H, W) instead")
-
-
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-__all__ = ["ImageTokenizer", "array_to_pixels", "pil_to_pixels", "split_images"]
+__all__ = ["ImageTokenizer", "split_images"]

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.report.page import check_page
 from tests.report.synthetic import stats_by_hand, uniform_counts, write_history
-from vqtok.cli import export_model, main
+from vqtok.cli import main
+from vqtok.formats.report import validate_report
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import VectorQuantizer
-from vqtok.report import validate_report
 from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.callbacks import CodebookHistory
 from vqtok.training.module import TokenizerModule
@@ -49,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     val = loader(6, seed=1)
     trainer.fit(module, loader(8, seed=0), val)
     run_dir = Path(trainer.log_dir)
-    export_model(module, run_dir / "tokenizer")
+    module.export(run_dir / "tokenizer")
     images = tmp / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

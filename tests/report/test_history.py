@@ -43,18 +43,20 @@ def test_missing_history_names_the_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("problem, match", [
-    ("json_garbage", r"codebook_history\.json: unreadable or not valid JSON"),
-    ("json_format", r"codebook_history\.json: not a vqtok codebook history"),
+    ("json_garbage", r"codebook_history\.json: not valid JSON"),
+    ("json_format", (r"codebook_history\.json: format must be 'vqtok\.codebook_history' \(a "
+                     r"vqtok codebook history\)")),
     ("json_version", r"codebook_history\.json: unsupported format_version 99"),
-    ("json_record", r"codebook_history\.json: validations\[0\]"),
-    ("json_nan", r"codebook_history\.json: validations\[0\]\.usage is not finite"),
+    ("json_record", r"codebook_history\.json: missing keys \['perplexity'\] in validations\[0\]"),
+    ("json_nan", r"codebook_history\.json: not valid JSON \(non-finite number NaN"),
     ("npz_missing", r"codebook_history\.npz: the counts file .* is missing"),
-    ("npz_garbage", r"codebook_history\.npz: unreadable or corrupt"),
-    ("npz_truncated", r"codebook_history\.npz: unreadable or corrupt"),
-    ("npz_pickle", r"codebook_history\.npz: unreadable or corrupt"),
+    ("npz_garbage", r"codebook_history\.npz: not a readable counts file"),
+    ("npz_truncated", r"codebook_history\.npz: not a readable counts file"),
+    ("npz_pickle", r"codebook_history\.npz: not a readable counts file"),
     ("npz_columns", r"codebook_history\.npz: counts have 7 columns"),
     ("npz_negative", r"codebook_history\.npz: counts must be >= 0"),
-    ("npz_float", r"codebook_history\.npz: counts must be a \(V, K\) integer array"),
+    ("npz_float", (r"codebook_history\.npz: counts must be an array of shape \(n, n\) of "
+                   r"integers")),
     ("npz_empty_row", r"codebook_history\.npz: rows \[1\] count no code id"),
     ("npz_steps", r"codebook_history\.npz: its 2 rows .* do not match"),
 ])

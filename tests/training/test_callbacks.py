@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from vqtok.atomic import atomic_write_bytes
-from vqtok.cli import run_lightning
+from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ
 from vqtok.training.callbacks import CodebookHistory
+from vqtok.training.cli import run_tokenizer_cli
 from vqtok.training.module import TokenizerModule
 
 K = 64  # FSQ [4, 4, 4]
@@ -186,7 +186,7 @@ data:
 
 def test_cli_records_history_by_default_and_can_turn_it_off(tmp_path: Path) -> None:
     config = cli_config(tmp_path)
-    cli = run_lightning(["fit", "--config", str(config)])
+    cli = run_tokenizer_cli(["fit", "--config", str(config)])
     (history,) = [c for c in cli.trainer.callbacks if isinstance(c, CodebookHistory)]
     assert history.every_n_steps == 50
     doc = json.loads((tmp_path / "runs" / "codebook_history.json").read_text())
@@ -194,7 +194,7 @@ def test_cli_records_history_by_default_and_can_turn_it_off(tmp_path: Path) -> N
     assert len(doc["validations"]) == 1 and doc["validations"][0]["total_ids"] == 2 * 64
     assert (tmp_path / "runs" / "tokenizer" / "config.json").is_file()
 
-    off = run_lightning(["validate", "--config", str(config), "--codebook_history", "null",
+    off = run_tokenizer_cli(["validate", "--config", str(config), "--codebook_history", "null",
                          "--trainer.default_root_dir", str(tmp_path / "off")])
     assert not any(isinstance(c, CodebookHistory) or c is None for c in off.trainer.callbacks)
     assert not (tmp_path / "off" / "codebook_history.json").exists()

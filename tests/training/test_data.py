@@ -1,10 +1,11 @@
 """Datasets and DataModules: IDX parsing, Fashion-MNIST, photo patches, image folders,
-download through a local HTTP server."""
+download through a local HTTP server (with checksums) and copy into the data cache."""
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
 import shutil
 import socket
@@ -19,19 +20,20 @@ import pytest
 import torch
 from PIL import Image
 
-from vqtok.data import PHOTOS_DIR, DownloadError, read_idx
-from vqtok.training.data import (
+from tests.helpers import FASHION_MNIST, has_fashion_mnist, needs_fashion_mnist
+from vqtok.data import (
+    PHOTOS_DIR,
+    DownloadError,
     FashionMNIST,
-    FashionMNISTDataModule,
     ImageFolder,
-    ImageFolderDataModule,
-    PhotoDataModule,
     PhotoPatches,
+    data_home,
     download_fashion_mnist,
+    read_idx,
 )
+from vqtok.training.data import FashionMNISTDataModule, ImageFolderDataModule, PhotoDataModule
 
-REAL_FASHION_MNIST = Path(__file__).resolve().parents[2].parent / "shared/data/fashion-mnist"
-SHARED_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared/data/photos"
+SHARED_PHOTOS = data_home() / "photos"  # the project's copy, when VQTOK_DATA points at it
 FILE_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -157,9 +159,9 @@ def test_class_names() -> None:
 
 @pytest.fixture(scope="module")
 def real_fashion_mnist() -> dict[str, FashionMNIST]:
-    if not REAL_FASHION_MNIST.is_dir():
-        pytest.skip(f"the project's Fashion-MNIST copy {REAL_FASHION_MNIST} is absent")
-    return {split: FashionMNIST(REAL_FASHION_MNIST, split) for split in ("train", "test")}
+    if not has_fashion_mnist():
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
+    return {split: FashionMNIST(FASHION_MNIST, split) for split in ("train", "test")}
 
 
 def test_real_fashion_mnist_loads(real_fashion_mnist) -> None:
@@ -203,11 +205,16 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         thread.join(timeout=5)
 
 
+def md5_sums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
 def test_download_from_local_server(http_dir, tmp_path: Path) -> None:
     served, url = http_dir
     data = write_fashion_files(served, gz=True)
     root = tmp_path / "downloaded"
-    assert download_fashion_mnist(root, base_url=url, timeout=10) == root
+    sums = md5_sums(served)
+    assert download_fashion_mnist(root, base_url=url, timeout=10, checksums=sums) == root
     for name in (*FILE_NAMES["train"], *FILE_NAMES["test"]):
         assert (root / f"{name}.gz").read_bytes() == (served / f"{name}.gz").read_bytes()
     assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in served.iterdir())
@@ -218,6 +225,15 @@ def test_download_from_local_server(http_dir, tmp_path: Path) -> None:
     download_fashion_mnist(root, base_url=url, timeout=10)
 
 
+def test_download_checks_the_published_sums(http_dir, tmp_path: Path) -> None:
+    served, url = http_dir
+    write_fashion_files(served, gz=True)  # valid IDX files, but not the official release
+    root = tmp_path / "downloaded"
+    with pytest.raises(DownloadError, match="train-images-idx3-ubyte.gz is not the published"):
+        download_fashion_mnist(root, base_url=url, timeout=10)  # default: the official MD5s
+    assert list(root.iterdir()) == []  # nothing kept, no temporary file either
+
+
 def test_download_never_leaves_half_files(http_dir, tmp_path: Path) -> None:
     served, url = http_dir
     write_fashion_files(served, gz=True)
@@ -226,7 +242,7 @@ def test_download_never_leaves_half_files(http_dir, tmp_path: Path) -> None:
     (served / "t10k-labels-idx1-ubyte.gz").unlink()  # and a 404 after it
     root = tmp_path / "downloaded"
     with pytest.raises(DownloadError, match="t10k-images-idx3-ubyte.gz") as info:
-        download_fashion_mnist(root, base_url=url, timeout=10)
+        download_fashion_mnist(root, base_url=url, timeout=10, checksums=None)
     assert str(root) in str(info.value)
     # the two files fetched before the failure are complete; nothing else is there
     assert sorted(p.name for p in root.iterdir()) == [
@@ -235,7 +251,7 @@ def test_download_never_leaves_half_files(http_dir, tmp_path: Path) -> None:
     write_fashion_files(served, gz=True)
     (served / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DownloadError, match="404"):
-        download_fashion_mnist(root, base_url=url, timeout=10)
+        download_fashion_mnist(root, base_url=url, timeout=10, checksums=None)
     assert not (root / "t10k-labels-idx1-ubyte.gz").exists()
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
@@ -420,12 +436,18 @@ def test_fashion_mnist_datamodule_batches(tmp_path: Path) -> None:
         FashionMNISTDataModule(root=str(tmp_path), val_size=40).setup("fit")
 
 
-def test_fashion_mnist_datamodule_default_root_is_the_shared_copy() -> None:
-    import inspect
-
-    default = inspect.signature(FashionMNISTDataModule).parameters["root"].default
-    # the default is relative to the repository root, where the CLI runs
-    assert (Path(__file__).resolve().parents[2] / default).resolve() == REAL_FASHION_MNIST
+def test_fashion_mnist_default_root_is_the_data_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError) as info:
+        FashionMNISTDataModule()  # nothing in the cache: fails at once, with the command
+    message = str(info.value)
+    assert "\n" not in message and "vqtok data fashion-mnist" in message
+    assert str(tmp_path / "cache" / "fashion-mnist") in message
+    write_fashion_files(tmp_path / "cache" / "fashion-mnist", n_train=12, n_test=5)
+    dm = FashionMNISTDataModule(val_size=2)
+    assert dm.root == tmp_path / "cache" / "fashion-mnist"
+    dm.setup("fit")
+    assert len(dm.train_set) == 10
 
 
 def test_image_folder_datamodule_batches(mixed_folder: Path) -> None:

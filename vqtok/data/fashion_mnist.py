@@ -1,29 +1,38 @@
 """Fashion-MNIST (Xiao, Rasul and Vollgraf 2017; Zalando Research, MIT licence).
 
 70,000 grey 28x28 product photos in 10 classes, stored as four IDX files. The dataset
-reads them from a folder (gzipped or not); :func:`download` fetches them when a network
-is available. No machine this project runs on has one, so the error messages say where to
-put the files by hand.
+reads them from a folder (gzipped or not), by default the user cache
+(:func:`vqtok.data.home.dataset_dir`), which :func:`fetch` fills: by download from the
+official address (MD5 checked against the published sums) or by copy from a local folder
+(``vqtok data fashion-mnist [--from DIR]``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from vqtok.atomic import atomic_write
+from vqtok.data.home import DATA_ENV, DatasetNotFoundError, dataset_dir
 from vqtok.data.idx import read_idx
+from vqtok.formats.atomic import atomic_write
+from vqtok.formats.images import DEFAULT_NORMALIZATION
 
 log = logging.getLogger(__name__)
+
+NAME = "fashion-mnist"
+"""The data set's folder in the cache, and its name in ``vqtok data``."""
 
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 """Where the Fashion-MNIST README says the official files live."""
@@ -34,61 +43,66 @@ FILES: dict[str, tuple[str, str]] = {
 }
 """Split -> (images, labels) file names without the optional ``.gz``."""
 
+OFFICIAL_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+"""MD5 of the official gzipped files, as the Fashion-MNIST README publishes them."""
+
 CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
 
-class DownloadError(OSError):
-    """A file could not be fetched; the message says where to put it by hand."""
+def default_root() -> Path:
+    """The cache folder :class:`FashionMNIST` reads when no root is given."""
+    return dataset_dir(NAME)
 
 
-def _all_names() -> list[str]:
-    return [f"{name}.gz" for pair in FILES.values() for name in pair]
-
-
-def find_file(root: Path, name: str) -> Path | None:
-    """``root/name.gz`` or ``root/name``, whichever exists (gzip first)."""
-    for candidate in (root / f"{name}.gz", root / name):
-        if candidate.is_file():
-            return candidate
-    return None
+def not_found_message(root: Path, missing: list[str]) -> str:
+    """One line: what is missing where, and the command that puts it there."""
+    what = "Fashion-MNIST" if len(missing) == 4 else f"Fashion-MNIST files {missing}"
+    hint = (f"run `vqtok data fashion-mnist` (download) or `vqtok data fashion-mnist --from "
+            f"DIR` (copy), which fill {default_root()}" if root == default_root() else
+            f"copy the four IDX files there (gzipped or not), or use the data cache "
+            f"({default_root()}) that `vqtok data fashion-mnist` fills")
+    return (f"{what} not found in {root.resolve()}; {hint} (the cache is ${DATA_ENV}, else the "
+            f"platform cache directory)")
 
 
 class FashionMNIST(Dataset):
     """Fashion-MNIST as ``(image, label)`` pairs.
 
-    ``image`` is float32 ``(1, pad_to, pad_to)`` in [-1, 1] (pixel / 127.5 - 1), the 28x28
-    photo centred on a black (-1) border; ``label`` is an int in [0, 10), see ``CLASSES``.
+    ``image`` is float32 ``(1, pad_to, pad_to)``, the 28x28 photo centred on a black
+    border, normalised by :data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to
+    [-1, 1]); ``label`` is an int in [0, 10), see ``CLASSES``.
 
     Args:
         root: folder holding ``train-images-idx3-ubyte(.gz)``, ``train-labels-idx1-ubyte(.gz)``,
-            ``t10k-images-idx3-ubyte(.gz)`` and ``t10k-labels-idx1-ubyte(.gz)``.
+            ``t10k-images-idx3-ubyte(.gz)`` and ``t10k-labels-idx1-ubyte(.gz)``; ``None``:
+            the user cache (:func:`default_root`).
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
         pad_to: side after zero padding (32 makes the size a multiple of 4, 8, 16 and 32);
             ``None`` keeps 28x28.
+
+    Raises :class:`~vqtok.data.home.DatasetNotFoundError` (a FileNotFoundError) with the
+    command that fetches the files when they are missing.
     """
 
     CLASSES = CLASSES
     in_channels = 1
+    normalization = DEFAULT_NORMALIZATION
 
-    def __init__(self, root: str | os.PathLike, split: str = "train",
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  pad_to: int | None = 32) -> None:
         if split not in FILES:
             raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
-        self.root = Path(root)
+        self.root = default_root() if root is None else Path(root)
         self.split = split
-        paths = [find_file(self.root, name) for name in FILES[split]]
-        if any(p is None for p in paths):
-            missing = [n for n, p in zip(FILES[split], paths) if p is None]
-            raise FileNotFoundError(
-                f"Fashion-MNIST {split} files {missing} (gzipped or not) not found in "
-                f"{self.root.resolve()}. Put the four official files {_all_names()} in that "
-                f"folder (from {BASE_URL}), or call "
-                f"vqtok.data.download_fashion_mnist({str(root)!r}) on a machine with a network."
-            )
-        image_path, label_path = paths
+        image_path, label_path = check_files(self.root, (split,))
         images, labels = read_idx(image_path), read_idx(label_path)
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"{image_path}: expected uint8 images of shape (N, H, W), got "
@@ -113,14 +127,27 @@ class FashionMNIST(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        image = self.images[index].unsqueeze(0).float() / 127.5 - 1.0  # (1, S, S)
+        image = self.normalization.to_model(self.images[index].unsqueeze(0))  # (1, S, S)
         return image, int(self.labels[index])
 
-    @staticmethod
-    def download(root: str | os.PathLike, base_url: str = BASE_URL,
-                 timeout: float = 60.0) -> Path:
-        """See :func:`download`."""
-        return download(root, base_url=base_url, timeout=timeout)
+
+def find_file(root: Path, name: str) -> Path | None:
+    """``root/name.gz`` or ``root/name``, whichever exists (gzip first)."""
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_files(root: Path, splits: tuple[str, ...] = ("train", "test")) -> list[Path]:
+    """The IDX files of ``splits`` in ``root`` (images then labels per split); raises
+    :class:`~vqtok.data.home.DatasetNotFoundError` naming the missing ones."""
+    names = [name for split in splits for name in FILES[split]]
+    paths = [find_file(root, name) for name in names]
+    missing = [n for n, p in zip(names, paths) if p is None]
+    if missing:
+        raise DatasetNotFoundError(not_found_message(root, missing))
+    return paths  # type: ignore[return-value]
 
 
 def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
@@ -138,34 +165,132 @@ def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     return padded
 
 
-def download(root: str | os.PathLike, base_url: str = BASE_URL, timeout: float = 60.0) -> Path:
-    """Fetch the four official gzipped IDX files into ``root`` (files present are kept).
+# ---- filling the cache ------------------------------------------------------------------
 
-    Each file is written to a temporary name in ``root``, checked to parse as IDX, then
-    renamed into place, so an interrupted download never leaves a half-written file.
-    Raises :class:`DownloadError` (an ``OSError``) that says where to put the files by
-    hand when a file cannot be fetched. Returns ``root``.
+
+class DownloadError(OSError):
+    """A file could not be fetched; the message says where to put it by hand."""
+
+
+def _gz_names() -> list[str]:
+    return [f"{name}.gz" for pair in FILES.values() for name in pair]
+
+
+def _copy_stream(source: BinaryIO, out: BinaryIO, total: int | None, label: str,
+                 progress: bool) -> tuple[str, str]:
+    """Copy ``source`` into ``out`` in chunks with a progress bar; returns the data's
+    ``(md5, sha256)`` hex digests."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress,
+              leave=False) as bar:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            md5.update(chunk)
+            sha256.update(chunk)
+            bar.update(len(chunk))
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _check_idx(path: Path, name: str) -> None:
+    """Reject a file that is not the IDX array its name promises (28 x 28 uint8 images, or
+    labels in [0, 10))."""
+    array = read_idx(path)
+    images = "images" in name
+    ok = array.dtype == np.uint8 and (array.ndim == 3 and array.shape[1:] == (28, 28) if images
+                                      else array.ndim == 1 and (array.size == 0 or array.max()
+                                                                < len(CLASSES)))
+    if not ok:
+        raise ValueError(f"{name}: not Fashion-MNIST {'images' if images else 'labels'} "
+                         f"(got {array.dtype} of shape {array.shape})")
+
+
+def download(root: str | os.PathLike | None = None, base_url: str = BASE_URL,
+             timeout: float = 60.0, checksums: dict[str, str] | None = OFFICIAL_MD5,
+             progress: bool = False) -> Path:
+    """Fetch the four gzipped IDX files into ``root`` (default: the cache); files already
+    there are kept.
+
+    Each file is written to a temporary name, checked (its MD5 against ``checksums``, the
+    published sums by default, then that it parses as IDX), and renamed into place, so an
+    interrupted or corrupted download never leaves a file. Raises :class:`DownloadError`
+    (an ``OSError``) that says where to put the files by hand. Returns ``root``.
     """
-    root = Path(root)
+    root = default_root() if root is None else Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name in (name for pair in FILES.values() for name in pair):
         if find_file(root, name) is not None:
             continue
-        url = f"{base_url.rstrip('/')}/{name}.gz"
-        target = root / f"{name}.gz"
-        def fetch(out, url=url):
+        gz = f"{name}.gz"
+        url = f"{base_url.rstrip('/')}/{gz}"
+
+        def fetch(out: BinaryIO, url: str = url, gz: str = gz) -> None:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
+                length = resp.headers.get("Content-Length")
+                md5, _ = _copy_stream(resp, out, int(length) if length else None, gz, progress)
             out.flush()
-            read_idx(Path(out.name))  # reject an HTML error page or a cut-off transfer
+            expected = (checksums or {}).get(gz)
+            if expected is not None and md5 != expected:
+                raise ValueError(f"MD5 {md5} of the downloaded {gz} is not the published "
+                                 f"{expected}")
+            _check_idx(Path(out.name), gz)  # an HTML error page or a cut-off transfer
 
         try:
-            log.info("downloading %s to %s", url, target)
-            atomic_write(target, fetch)
+            log.info("downloading %s to %s", url, root)
+            atomic_write(root / gz, fetch)
         except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts are OSErrors
             raise DownloadError(
                 f"could not download {url}: {err}. Without network access, fetch the four "
-                f"files {_all_names()} from {base_url} on another machine and copy them "
-                f"(gzipped or not) into {root.resolve()}"
+                f"files {_gz_names()} from {base_url} on another machine and copy them in "
+                f"with `vqtok data fashion-mnist --from DIR` (or by hand, gzipped or not, "
+                f"into {root.resolve()})"
             ) from err
     return root
+
+
+def copy_from(source: str | os.PathLike, root: str | os.PathLike | None = None,
+              progress: bool = False) -> tuple[Path, list[str]]:
+    """Copy the four IDX files (gzipped or not) from the folder ``source`` into ``root``
+    (default: the cache), replacing files of the same name.
+
+    Each copy is verified before it is renamed into place: its SHA-256 equals the
+    source's and it parses as the IDX array its name promises. Returns ``(root, notes)``:
+    the notes say which files are the official release (MD5 as published) and which are
+    other data in the same layout (a re-split, say), used as given.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise DatasetNotFoundError(f"--from {source}: not a folder")
+    names = [name for pair in FILES.values() for name in pair]
+    files = [find_file(source, name) for name in names]
+    missing = [name for name, path in zip(names, files) if path is None]
+    if missing:
+        raise DatasetNotFoundError(f"--from {source}: missing {missing} (gzipped or not); the "
+                                   f"folder must hold the four Fashion-MNIST IDX files")
+    root = default_root() if root is None else Path(root)
+    if root.resolve() == source.resolve():
+        raise ValueError(f"--from {source} is the cache folder itself; nothing to copy")
+    root.mkdir(parents=True, exist_ok=True)
+    notes = []
+    for path in files:
+        with open(path, "rb") as f:
+            expected = _copy_stream(f, io.BytesIO(), None, path.name, False)[1]
+        md5 = {}
+
+        def copy(out: BinaryIO, path: Path = path, expected: str = expected,
+                 md5: dict[str, str] = md5) -> None:
+            with open(path, "rb") as src:
+                md5["value"], sha256 = _copy_stream(src, out, path.stat().st_size, path.name,
+                                                    progress)
+            out.flush()
+            if sha256 != expected:
+                raise OSError(f"the copy of {path} does not match it (SHA-256 {sha256}, "
+                              f"source {expected})")
+            _check_idx(Path(out.name), path.name)
+
+        atomic_write(root / path.name, copy)
+        twin = path.name.removesuffix(".gz") if path.name.endswith(".gz") else f"{path.name}.gz"
+        (root / twin).unlink(missing_ok=True)  # one copy of each file: the one just written
+        official = OFFICIAL_MD5.get(path.name) == md5["value"]
+        notes.append(f"{path.name}: " + ("the official release" if official else
+                                         "not the official release (MD5 differs); used as given"))
+    return root, notes

@@ -1,8 +1,10 @@
 """Datasets of RGB photos: random patches of a few large photos, or a folder of images.
 
-Both return ``(image, 0)`` with ``image`` float32 ``(3, H, W)`` in [-1, 1]
-(pixel / 127.5 - 1). Images are decoded once at construction and kept in memory as
-uint8 (``3 * H * W`` bytes each).
+Both return ``(image, 0)`` with ``image`` float32 ``(3, H, W)``, normalised by
+:data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to [-1, 1]). Files become
+pixels through :mod:`vqtok.formats.images`, the conversion ``ImageTokenizer`` uses too.
+Images are decoded once at construction and kept in memory as uint8 (``3 * H * W`` bytes
+each).
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from vqtok.formats.images import (
+    DEFAULT_NORMALIZATION,
+    image_files,
+    load_image,
+    resize_center_crop,
+    to_uint8_pixels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,54 +34,10 @@ PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
 """The embedded photos: ``train/`` (15) and ``test/`` (2, held out); see PROVENANCE.md."""
 
 
-def image_files(root: Path) -> list[Path]:
-    """Files under ``root`` (recursive, sorted) whose extension Pillow can read; names
-    starting with a dot are ignored."""
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
-    )
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image -> RGB: EXIF rotation applied, transparency composited over white,
-    16-bit grey scaled to 8 bits, grey copied to three channels."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if image.mode.startswith("I;16"):
-        grey = (np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    return image.convert("RGB")
-
-
-def to_uint8_tensor(image: Image.Image) -> Tensor:
-    """RGB Pillow image -> ``(3, H, W)`` uint8 tensor."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def to_unit_range(pixels: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return pixels.float() / 127.5 - 1.0
-
-
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is ``size`` (bicubic, antialiased when shrinking), then
-    cut the central ``size x size`` square."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[Tensor],
                                                              list[Path]]:
-    """Decode each file (resized by :func:`resize_center_crop` when ``size`` is given).
+    """Decode each file to RGB (resized by
+    :func:`~vqtok.formats.images.resize_center_crop` when ``size`` is given).
 
     Returns ``(loaded files, (3, H, W) uint8 tensors, skipped files)``; a file that fails
     to decode is logged with its path and the reason, not raised.
@@ -79,16 +45,13 @@ def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[T
     loaded, tensors, skipped = [], [], []
     for path in files:
         try:
-            with Image.open(path) as image:
-                if size is not None:
-                    image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
-                rgb = to_rgb(image)
-                if size is not None:
-                    rgb = resize_center_crop(rgb, size)
-                tensors.append(to_uint8_tensor(rgb))
+            pixels = to_uint8_pixels(load_image(path, draft=size), channels=3)  # (H, W, 3)
+            if size is not None:
+                pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), size))
+            tensors.append(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
             loaded.append(path)
         except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
-            log.warning("skipping unreadable image %s: %s: %s", path, type(err).__name__, err)
+            log.warning("skipping unreadable image %s: %s", path, err)
             skipped.append(path)
     if skipped:
         shown = ", ".join(str(p) for p in skipped[:5])
@@ -101,15 +64,17 @@ def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[T
 class ImageFolder(Dataset):
     """Every image under ``root`` (recursive), as ``(3, size, size)`` RGB in [-1, 1].
 
-    Rule: a file is taken when its extension is one Pillow knows (``.png``, ``.jpg``,
-    ``.webp``, ``.bmp``, ``.tif``, ...) and its name does not start with a dot; it is
-    converted by :func:`to_rgb`, scaled so the shorter side is ``size`` and centre-cropped
+    Rule: a file is taken when its extension is a raster image format
+    (:data:`~vqtok.formats.images.IMAGE_SUFFIXES`: ``.png``, ``.jpg``, ``.webp``, ``.bmp``,
+    ``.tif``, ...) and no name on its path starts with a dot; it is
+    converted to RGB pixels by :func:`~vqtok.formats.images.to_uint8_pixels`, scaled so the shorter side is ``size`` and centre-cropped
     to ``size x size``. Files that fail to decode are skipped, logged with their path and
     listed in :attr:`skipped`; a folder without one readable image raises ValueError.
     Labels are always 0. All images are decoded here and held in memory.
     """
 
     in_channels = 3
+    normalization = DEFAULT_NORMALIZATION
 
     def __init__(self, root: str | os.PathLike, size: int = 64) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -135,7 +100,7 @@ class ImageFolder(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return to_unit_range(self.images[index]), 0
+        return self.normalization.to_model(self.images[index]), 0
 
 
 class PhotoPatches(Dataset):
@@ -157,6 +122,7 @@ class PhotoPatches(Dataset):
     """
 
     in_channels = 3
+    normalization = DEFAULT_NORMALIZATION
 
     def __init__(self, root: str | os.PathLike | None = None, split: str | None = "train",
                  patch_size: int = 64, num_patches: int = 1024, seed: int = 0,
@@ -221,4 +187,4 @@ class PhotoPatches(Dataset):
         patch = photo[:, top:top + p, left:left + p]  # (3, p, p)
         if flip:
             patch = patch.flip(-1)
-        return to_unit_range(patch), 0
+        return self.normalization.to_model(patch), 0

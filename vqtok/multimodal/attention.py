@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqtok.multimodal.rope import RotaryEmbedding
-from vqtok.registry import register
 
 ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
 
@@ -101,7 +100,6 @@ def attention_mask(key_mask: Tensor | None, t_new: int, total: int, device: torc
     return allowed[:, None]
 
 
-@register
 class GroupedQueryAttention(nn.Module):
     """MHA (``n_kv_heads = n_heads``), GQA (``1 < n_kv_heads < n_heads``) or MQA
     (``n_kv_heads = 1``): query head ``i`` reads key/value head ``i // (n_heads/n_kv_heads)``."""
@@ -133,7 +131,6 @@ class GroupedQueryAttention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, h d_k) -> (B, T, D)
 
 
-@register
 class MultiHeadLatentAttention(nn.Module):
     """DeepSeek-V2 MLA (section 2.1.2-2.1.3). Per head ``h``: ``q = [x W_q^h ; RoPE(x W_qr^h)]``,
     ``k = [c W_uk^h ; k_r]``, ``v = c W_uv^h`` with latent ``c = x W_dkv`` (``d_c``) and a

@@ -32,7 +32,6 @@ from vqtok.multimodal.streams import Vocabulary, build_stream, collate, extract_
 from vqtok.registry import register
 
 
-@register
 @dataclass
 class DecoderConfig:
     """Hyper-parameters of :class:`MultimodalDecoder` (JSON-friendly: names, not classes)."""

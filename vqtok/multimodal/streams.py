@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from vqtok.multimodal.positions import Block, PositionScheme, make_scheme
-from vqtok.registry import register
 
 REQUIRED_SPECIALS = ("bos", "eos", "pad", "boi", "eoi", "bov", "eov")
 
@@ -34,7 +33,6 @@ class Modality(IntEnum):
     SPECIAL = 3
 
 
-@register
 class Vocabulary:
     """Text bytes, then image codes at ``image_offset``, then the special tokens."""
 

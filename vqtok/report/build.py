@@ -10,7 +10,6 @@ comparison table and overlaid curves come first.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vqtok.atomic import atomic_write_bytes
+from vqtok.formats import report as report_format
+from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.report import plots
 from vqtok.report.analysis import comparison_notes, final_metrics, thresholds, verdict
 from vqtok.report.codebook import (
@@ -32,7 +32,6 @@ from vqtok.report.codebook import (
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, load_run
 from vqtok.report.html import Figure, render_html
 from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct, to_model_input
-from vqtok.report.schema import REPORT_FORMAT, REPORT_VERSION, validate_report
 from vqtok.tokenizer import ImageTokenizer
 
 __all__ = ["analyse_run", "build_report"]
@@ -89,19 +88,18 @@ def build_report(
     analysed = [analyse_run(r, data=data, image_size=image_size, samples=samples,
                             device=device) for r in runs]
     report = {
-        "format": REPORT_FORMAT,
-        "format_version": REPORT_VERSION,
+        "format": report_format.FORMAT,
+        "format_version": report_format.FORMAT_VERSION,
         "thresholds": {**thresholds(), "duplicate_rel_tol": DUPLICATE_REL_TOL},
         "runs": [doc for doc, _ in analysed],
         "comparison": {"runs": len(runs),
                        "same_codebook_size": len({r.codebook_size for r in runs}) == 1,
                        "notes": notes},
     }
-    validate_report(report)
     figures = _comparison_figures(runs) if len(runs) > 1 else []
     page = render_html(report, [figs for _, figs in analysed], figures)
     json_path = html_path.with_suffix(".json")
-    atomic_write_bytes(json_path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode())
+    report_format.write_report(json_path, report)
     atomic_write_bytes(html_path, page.encode("utf-8"))
     return html_path, json_path
 

@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok.data import ImageFolder, PhotoPatches
+from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization, to_uint8_pixels
 from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, run_name
-from vqtok.tokenizer import ImageTokenizer, array_to_pixels
+from vqtok.tokenizer import ImageTokenizer
 from vqtok.training import data as datamodules
 
 __all__ = ["held_out_images", "load_data", "measure_tokenizer", "reconstruct",
@@ -83,13 +84,15 @@ def held_out_images(data: str | Path | None, count: int, image_size: int) -> Ten
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
-def to_model_input(x: Tensor, tokenizer: ImageTokenizer) -> Tensor:
-    """Dataset images ``(B, C, H, W)`` in [-1, 1] -> the tokenizer's input space and
-    channels ``(B, C_model, H, W)``, converted as its inputs are (grey <-> RGB)."""
-    pixels = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()  # (B,H,W,C)
-    converted = np.stack([array_to_pixels(p, tokenizer.channels) for p in pixels])
+def to_model_input(x: Tensor, tokenizer: ImageTokenizer,
+                   normalization: Normalization = DEFAULT_NORMALIZATION) -> Tensor:
+    """Dataset images ``(B, C, H, W)`` (normalised by ``normalization``) -> the tokenizer's
+    input space and channels ``(B, C_model, H, W)``, through the pixels and the conversion
+    its inputs go through (grey <-> RGB)."""
+    pixels = normalization.to_uint8(x).permute(0, 2, 3, 1).numpy()  # (B, H, W, C) uint8
+    converted = np.stack([to_uint8_pixels(p, tokenizer.channels) for p in pixels])
     model_x = torch.from_numpy(converted).permute(0, 3, 1, 2)  # (B, C_model, H, W)
-    return (model_x - tokenizer.mean) / tokenizer.std
+    return tokenizer.normalization.to_model(model_x)
 
 
 @torch.inference_mode()
@@ -124,8 +127,7 @@ def measure_tokenizer(tokenizer_dir: str | Path, data: str | Path, *, image_size
         x = to_model_input(batch[0], tokenizer)
         x_hat, ids = reconstruct(tokenizer, x)
         usage.update(ids)
-        ref = x * tokenizer.std * 2 + (2 * tokenizer.mean - 1)  # model space -> [-1, 1]
-        rec = (x_hat * tokenizer.std * 2 + (2 * tokenizer.mean - 1)).clamp(-1.0, 1.0)
+        ref, rec = (_unit_range(t, tokenizer.normalization) for t in (x, x_hat))
         psnr.update(rec, ref)
         if min(x.shape[-2:]) >= _SSIM_MIN_SIDE:
             ssim.update(rec, ref)
@@ -152,6 +154,12 @@ def measure_tokenizer(tokenizer_dir: str | Path, data: str | Path, *, image_size
         quantizer_config=quantizer.extra_repr(), every_n_steps=None, source="measured",
         tokenizer_dir=root,
     )
+
+
+def _unit_range(x: Tensor, normalization: Normalization) -> Tensor:
+    """Model-space images -> [-1, 1] (the default normalisation), where the training module
+    measures PSNR and SSIM (data range 2)."""
+    return normalization.convert(x, DEFAULT_NORMALIZATION).clamp(-1.0, 1.0)
 
 
 def _finite(value: Tensor) -> float | None:

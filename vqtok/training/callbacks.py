@@ -1,36 +1,14 @@
 """``CodebookHistory``: record codebook usage while a tokenizer trains.
 
-The callback writes two files into the run directory (``trainer.log_dir``, the logger's
-version folder, else ``default_root_dir``), which ``vqtok report`` reads. Only global rank 0
-writes; each file is replaced atomically (temporary sibling, fsync, rename) after every
-validation run and at the end of training::
+The callback writes the codebook history (:mod:`vqtok.formats.history`, which documents
+the two files) into the run directory (``trainer.log_dir``, the logger's version folder,
+else ``default_root_dir``), for ``vqtok report``. Only global rank 0 writes; both files
+are replaced atomically after every validation run and at the end of training.
 
-    codebook_history.json
-      {"format": "vqtok.codebook_history", "format_version": 1,
-       "codebook_size": K,                         # int >= 1
-       "quantizer": "vqtok.quantizers.fsq.FSQ",    # class path of the quantizer
-       "quantizer_config": "levels=[8, 5, 5, 5], codebook_size=1000, dim=16",
-       "counts_file": "codebook_history.npz",
-       "every_n_steps": 50,
-       "validations": [                            # one per validation run, in order
-         {"step": int, "epoch": int, "usage": float, "perplexity": float,
-          "dead_codes": int, "normalized_entropy": float,
-          "psnr": float | null, "ssim": float | null, "total_ids": int}],
-       "train": [                                  # the first step, then every N steps
-         {"step": int, "epoch": int, "batch_usage": float, "batch_perplexity": float,
-          "batch_ids": int}]}
-
-    codebook_history.npz (numpy, no pickled objects)
-      counts  (V, K) int64   row v: per-code counts over the whole validation set at
-                             validation run v, summed over all ranks
-      steps   (V,)   int64   the global step of each row
-
-Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts (DESIGN.md
-section 4); PSNR/SSIM are the values the module logged (``val/psnr``, ``val/ssim``).
-The train curve is cheap and *per batch*: the usage and perplexity of the ids of one
-training batch (on rank 0), which can never exceed ``batch_ids / K``; read collapse from
-the validation counts. The ``.npz`` is written before the ``.json``, so a crash between
-the two leaves an ``.npz`` with one extra row, which readers ignore.
+Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts
+(docs/algorithms.md#codebook-usage); PSNR/SSIM are the values the module logged
+(``val/psnr``, ``val/ssim``). The train curve is cheap and *per batch*: the usage and
+perplexity of the ids of one training batch (on rank 0).
 
 The module must expose ``quantizer`` (for K), ``last_usage_counts`` (the validation
 counts, as :class:`~vqtok.training.module.TokenizerModule` keeps them) and, for the train
@@ -39,8 +17,6 @@ curve, ``last_train_indices`` (the last training batch's ids).
 
 from __future__ import annotations
 
-import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,21 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqtok.atomic import atomic_write_bytes
+from vqtok.formats import history as history_format
 from vqtok.metrics import usage_stats
 
-__all__ = [
-    "HISTORY_COUNTS",
-    "HISTORY_FORMAT",
-    "HISTORY_JSON",
-    "HISTORY_VERSION",
-    "CodebookHistory",
-]
-
-HISTORY_FORMAT = "vqtok.codebook_history"
-HISTORY_VERSION = 1
-HISTORY_JSON = "codebook_history.json"
-HISTORY_COUNTS = "codebook_history.npz"
+__all__ = ["CodebookHistory"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -188,14 +153,14 @@ class CodebookHistory(pl.Callback):
 
     # ---- files --------------------------------------------------------------------------
     def history(self) -> dict[str, Any]:
-        """The JSON document (module docstring)."""
+        """The JSON document (:mod:`vqtok.formats.history`)."""
         return {
-            "format": HISTORY_FORMAT,
-            "format_version": HISTORY_VERSION,
+            "format": history_format.FORMAT,
+            "format_version": history_format.FORMAT_VERSION,
             "codebook_size": self.codebook_size,
             "quantizer": self._quantizer_name,
             "quantizer_config": self._quantizer_config,
-            "counts_file": HISTORY_COUNTS,
+            "counts_file": history_format.COUNTS_NAME,
             "every_n_steps": self.every_n_steps,
             "validations": list(self.validations),
             "train": list(self.train),
@@ -207,25 +172,21 @@ class CodebookHistory(pl.Callback):
             return
         counts = torch.stack(self.counts).numpy()  # (V, K) int64
         steps = np.array([v["step"] for v in self.validations], dtype=np.int64)  # (V,)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, counts=counts, steps=steps)
-        atomic_write_bytes(self._dir / HISTORY_COUNTS, buffer.getvalue())
-        text = json.dumps(self.history(), indent=1, allow_nan=False) + "\n"
-        atomic_write_bytes(self._dir / HISTORY_JSON, text.encode("utf-8"))
+        history_format.write_history(self._dir, self.history(), counts, steps)
 
     # ---- checkpoints: a resumed run keeps its history -----------------------------------
     def state_dict(self) -> dict[str, Any]:
         k = self.codebook_size or 0
         stacked = torch.stack(self.counts) if self.counts else torch.zeros(0, k, dtype=torch.int64)
-        return {"format_version": HISTORY_VERSION, "codebook_size": self.codebook_size,
-                "validations": list(self.validations), "train": list(self.train),
-                "counts": stacked}
+        return {"format_version": history_format.FORMAT_VERSION,
+                "codebook_size": self.codebook_size, "validations": list(self.validations),
+                "train": list(self.train), "counts": stacked}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         version = state_dict.get("format_version")
-        if version != HISTORY_VERSION:
+        if version != history_format.FORMAT_VERSION:
             raise ValueError(f"CodebookHistory state has format_version {version!r}, this "
-                             f"vqtok reads {HISTORY_VERSION}")
+                             f"vqtok reads {history_format.FORMAT_VERSION}")
         counts = state_dict["counts"]
         if counts.shape[0] != len(state_dict["validations"]):
             raise ValueError(f"CodebookHistory state holds {counts.shape[0]} count rows for "

@@ -1,44 +1,34 @@
 """LightningDataModules for tokenizer training, and the datasets they wrap.
 
 Every batch is ``(images, labels)``: images float32 ``(B, C, H, W)`` in [-1, 1], labels
-int64 ``(B,)`` (zeros when a dataset has none). Each module exposes ``in_channels`` and
-``image_size`` so a config can size the encoder from the data.
+int64 ``(B,)`` (zeros when a dataset has none). Each module exposes ``in_channels``,
+``image_size`` (so a config can size the encoder from the data) and ``normalization``
+(which the tokenizer records when it is exported).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vqtok.data import (
-    FASHION_MNIST_CLASSES,
-    PHOTOS_DIR,
-    DownloadError,
-    FashionMNIST,
-    ImageFolder,
-    PhotoPatches,
-    download_fashion_mnist,
-    read_idx,
-)
+from vqtok.data import FashionMNIST, ImageFolder, PhotoPatches, download_fashion_mnist
+from vqtok.data.fashion_mnist import check_files, default_root
+from vqtok.formats.images import DEFAULT_NORMALIZATION
 
 __all__ = [
-    "FASHION_MNIST_CLASSES",
-    "PHOTOS_DIR",
-    "DownloadError",
-    "FashionMNIST",
     "FashionMNISTDataModule",
-    "ImageFolder",
     "ImageFolderDataModule",
     "PhotoDataModule",
-    "PhotoPatches",
-    "download_fashion_mnist",
-    "read_idx",
+    "check_positive",
     "train_val_split",
 ]
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
+    """A ValueError naming the first value that is not a positive int (bools are not)."""
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -54,15 +44,33 @@ def train_val_split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]
 
 
 class _LoaderMixin:
-    """The DataLoader settings shared by the three modules."""
+    """The loaders and pixel normalisation shared by the modules: ``setup`` fills
+    ``train_set`` and ``val_set`` (and ``test_set``, else testing uses ``val_set``)."""
 
     batch_size: int
     num_workers: int
+    shuffle_train = True
+    normalization = DEFAULT_NORMALIZATION
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=self.shuffle_train)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set if self.test_set is None else self.test_set,
+                            shuffle=False)
 
 
 class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
@@ -81,19 +89,18 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
     """
 
     in_channels = 3
+    shuffle_train = False  # every access is a fresh random crop
 
     def __init__(self, root: str | None = None, patch_size: int = 64,
                  train_patches: int = 8192, val_patches: int = 512, batch_size: int = 32,
                  num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        _check_positive(patch_size=patch_size, train_patches=train_patches,
+        check_positive(patch_size=patch_size, train_patches=train_patches,
                         val_patches=val_patches, batch_size=batch_size)
         self.save_hyperparameters()
         self.root, self.patch_size, self.seed = root, patch_size, seed
         self.train_patches, self.val_patches = train_patches, val_patches
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set: PhotoPatches | None = None
-        self.val_set: PhotoPatches | None = None
 
     @property
     def image_size(self) -> int:
@@ -107,14 +114,6 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
             self.val_set = PhotoPatches(self.root, "test", self.patch_size, self.val_patches,
                                         seed=self.seed, random_crops=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=False)  # every access is a fresh crop
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
 
 
 class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
@@ -123,8 +122,8 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
     10,000 test images.
 
     Args:
-        root: folder with the four IDX files (gzipped or not); the project's copy is at
-            ``../shared/data/fashion-mnist`` relative to the repository root.
+        root: folder with the four IDX files (gzipped or not); ``None``: the user cache,
+            which ``vqtok data fashion-mnist`` fills (docs/data.md).
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
         val_size: images of the train split held out for validation.
@@ -132,25 +131,26 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
         pad_to: side after zero padding; 32 suits factors 4, 8 and 16.
         seed: fixes the train/val split.
         download: fetch the files in ``prepare_data`` when they are missing (needs a
-            network; otherwise copy them in by hand).
+            network). Otherwise missing files are an error here, at construction, with the
+            command that fetches them.
     """
 
     in_channels = 1
 
-    def __init__(self, root: str = "../shared/data/fashion-mnist", batch_size: int = 128,
+    def __init__(self, root: str | None = None, batch_size: int = 128,
                  num_workers: int = 0, val_size: int = 2000, limit_train: int | None = None,
                  pad_to: int = 32, seed: int = 0, download: bool = False) -> None:
         super().__init__()
-        _check_positive(batch_size=batch_size, val_size=val_size, pad_to=pad_to)
+        check_positive(batch_size=batch_size, val_size=val_size, pad_to=pad_to)
         if limit_train is not None:
-            _check_positive(limit_train=limit_train)
+            check_positive(limit_train=limit_train)
         self.save_hyperparameters()
-        self.root, self.pad_to, self.seed, self.download = root, pad_to, seed, download
+        self.root = default_root() if root is None else Path(root)
+        self.pad_to, self.seed, self.download = pad_to, seed, download
         self.val_size, self.limit_train = val_size, limit_train
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: FashionMNIST | None = None
+        if not download:
+            check_files(self.root)  # fail now, before a run folder or a model exists
 
     @property
     def image_size(self) -> int:
@@ -170,14 +170,6 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = FashionMNIST(self.root, "test", pad_to=self.pad_to)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
 class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
@@ -199,14 +191,12 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
     def __init__(self, root: str, size: int = 64, batch_size: int = 32,
                  val_fraction: float = 0.1, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        _check_positive(size=size, batch_size=batch_size)
+        check_positive(size=size, batch_size=batch_size)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
         self.save_hyperparameters()
         self.root, self.size, self.val_fraction, self.seed = root, size, val_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     @property
     def image_size(self) -> int:
@@ -225,8 +215,3 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
         train_idx, val_idx = train_val_split(len(full), n_val, self.seed)
         self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)

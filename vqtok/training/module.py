@@ -1,23 +1,27 @@
 """The LightningModule that trains an image tokenizer.
 
 It receives encoder, quantizer and decoder as modules (LightningCLI ``class_path`` /
-``init_args``), so any quantizer is swapped from the config alone (STYLE.md rule 4).
+``init_args``), so any quantizer is swapped from the config alone.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok import registry
+from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
+from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.metrics import CodebookUsage
 from vqtok.models import AutoencoderOutput, VQAutoencoder
 from vqtok.quantizers import Quantizer
+from vqtok.training.optim import adamw_warmup_cosine
 
 RECON_LOSSES = ("l1", "mse")
 
@@ -35,7 +39,12 @@ class TokenizerModule(pl.LightningModule):
         lr: AdamW learning rate.
         betas: AdamW betas.
         weight_decay: AdamW weight decay (not applied to the codebook or norms).
-        warmup_steps: linear learning-rate warm-up, then constant.
+        warmup_steps: linear learning-rate warm-up steps.
+        min_lr_ratio: after the warm-up, half a cosine down to ``min_lr_ratio * lr`` at the
+            trainer's last step; 1 (the default) keeps the rate constant.
+        normalization: ``{"mean", "std"}`` of the pixels the model sees; by default the
+            DataModule's (every vqtok DataModule has one), recorded in checkpoints and
+            written into the exported tokenizer.
 
     Encoder, quantizer and decoder may also be given as ``{"class_path", "init_args"}``
     dicts (what checkpoints store), which are rebuilt from :mod:`vqtok.registry` only.
@@ -52,6 +61,8 @@ class TokenizerModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0,
+        normalization: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
@@ -67,6 +78,8 @@ class TokenizerModule(pl.LightningModule):
         for name, module in (("encoder", encoder), ("quantizer", quantizer), ("decoder", decoder)):
             self.hparams[name] = registry.spec_of(module)
         self.model = VQAutoencoder(encoder, quantizer, decoder)
+        if normalization is not None:
+            Normalization(**normalization)  # validates
         self.recon_loss = recon_loss
         self.loss_weights = dict(loss_weights or {})
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0)
@@ -76,6 +89,22 @@ class TokenizerModule(pl.LightningModule):
     @property
     def quantizer(self) -> Quantizer:
         return self.model.quantizer
+
+    @property
+    def normalization(self) -> Normalization:
+        """The pixel normalisation of the training data (class doc)."""
+        given = self.hparams.get("normalization")
+        return DEFAULT_NORMALIZATION if given is None else Normalization(**given)
+
+    def setup(self, stage: str) -> None:
+        """Record the DataModule's pixel normalisation unless one was given."""
+        found = getattr(self.trainer.datamodule, "normalization", None)
+        if self.hparams.get("normalization") is None and isinstance(found, Normalization):
+            self.hparams["normalization"] = found.as_dict()
+
+    def export(self, out_dir: str | Path, datamodule: object = None) -> Path:
+        """Write the autoencoder as a tokenizer directory (nothing else of the module)."""
+        return save_tokenizer_dir(self.model, out_dir, normalization=self.normalization)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
         return self.model(x)
@@ -130,7 +159,7 @@ class TokenizerModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        # Usage over the whole validation set, not per batch (DESIGN.md section 3).
+        # Usage over the whole validation set, not per batch (docs/algorithms.md#codebook-usage).
         stats = self.val_usage.compute()
         self.log(f"{stage}/psnr", self.val_psnr.compute(), prog_bar=True)
         self.log(f"{stage}/ssim", self.val_ssim.compute())
@@ -147,19 +176,13 @@ class TokenizerModule(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            is_codebook = name.startswith("quantizer.")
-            (no_decay if is_codebook or param.ndim < 2 else decay).append(param)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        warmup = max(0, int(self.hparams.warmup_steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        hp = self.hparams
+        total = 1  # the schedule's length only matters when it decays
+        if hp.min_lr_ratio < 1:
+            estimated = self.trainer.estimated_stepping_batches
+            total = int(estimated) if math.isfinite(estimated) else 1
+        return adamw_warmup_cosine(
+            self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
+            weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, total_steps=total,
+            min_lr_ratio=hp.min_lr_ratio,
+            no_decay=lambda name, p: name.startswith("quantizer."))  # codebooks

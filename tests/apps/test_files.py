@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,30 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-import vqtok.tokenize_files as tf
-from vqtok.models import Decoder, Encoder, VQAutoencoder
-from vqtok.quantizers import FSQ
-from vqtok.tokenize_files import decode_file, encode_files, read_tokens
+import vqtok.formats.atomic
+from tests.helpers import tiny_model
+from vqtok.apps.files import decode_file, encode_files
+from vqtok.formats.tokens import read_tokens
 from vqtok.tokenizer import ImageTokenizer
 
-TINY = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
-        "num_groups": 4}
 K = 8 * 5 * 5 * 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
 def tok() -> ImageTokenizer:
-    torch.manual_seed(0)
-    return ImageTokenizer(VQAutoencoder(Encoder(in_channels=3, **TINY), FSQ(levels=[8, 5, 5, 5]),
-                                        Decoder(out_channels=3, **TINY)))
+    return ImageTokenizer(tiny_model())
 
 
 def pixels(h: int, w: int, seed: int) -> np.ndarray:
@@ -158,7 +145,7 @@ ONE = {"grids": np.array([[4, 4]]), "sizes": np.array([[16, 16]]), "names": np.a
     ({"ids": None}, r"missing keys \['ids'\]"),
     ({**ONE, "ids": np.full(16, K, np.int64)}, rf"\[0, {K}\), got values in \[{K}, {K}\]"),
     ({"ids": np.zeros(3, np.int64)}, "ids hold 3 values"),
-    ({**ONE, "ids": np.zeros(16, np.float32)}, "must be integers"),
+    ({**ONE, "ids": np.zeros(16, np.float32)}, r"ids must be an array of shape \(n,\) of integers"),
     ({"format_version": np.array(2)}, "unsupported format"),
     ({"sizes": np.array([[40, 16]])}, "grids do not match sizes"),
     ({"names": np.array(["../escape.png"])}, "unsafe image name"),
@@ -193,11 +180,10 @@ def test_failed_write_keeps_previous_npz(tmp_path: Path, tok: ImageTokenizer,
     encode_files([tmp_path / "a.png"], tok, npz, progress=False)
     before = npz.read_bytes()
 
-    def crash(file, **arrays) -> None:
-        file.write(b"PK half a zip")
+    def crash(fd: int) -> None:  # the temporary file is written, then the disk fills up
         raise OSError("disk full")
 
-    monkeypatch.setattr(tf.np, "savez_compressed", crash)
+    monkeypatch.setattr(vqtok.formats.atomic.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         encode_files([tmp_path / "a.png"], tok, npz, progress=False)
     assert npz.read_bytes() == before

@@ -1,7 +1,8 @@
-"""Training the multimodal decoder on caption + image streams (issue 5).
+"""Training the multimodal decoder on caption + image streams.
 
-:class:`CaptionImageDataModule` tokenizes a labelled image dataset (Fashion-MNIST) once with
-an exported :class:`~vqtok.tokenizer.ImageTokenizer`, caching the ids, and serves streams
+:class:`CaptionImageDataModule` tokenizes a labelled image dataset (Fashion-MNIST, through
+:class:`~vqtok.training.data.FashionMNISTDataModule` and its split) once with an exported
+:class:`~vqtok.tokenizer.ImageTokenizer`, caching the ids, and serves streams
 ``[BOS] "a photo of an ankle boot" [BOI] 8x8 codes [EOI] [EOS]`` padded with a mask.
 :class:`DecoderModule` trains a :class:`~vqtok.multimodal.MultimodalDecoder` on them with
 the next-token loss and logs the loss on image tokens alone (the position-scheme ablation's
@@ -11,13 +12,9 @@ metric).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import math
-import os
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +22,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from vqtok.atomic import atomic_write
 from vqtok.data import FashionMNIST
-from vqtok.io import CONFIG_NAME, WEIGHTS_NAME, read_config
+from vqtok.formats.decoder_dir import save_decoder_dir
+from vqtok.formats.token_cache import read_token_cache, write_token_cache
+from vqtok.formats.tokenizer_dir import fingerprint
+from vqtok.generation import caption_for
 from vqtok.multimodal.decoder import DecoderConfig, MultimodalDecoder
 from vqtok.multimodal.positions import make_scheme
 from vqtok.multimodal.streams import (
@@ -43,65 +41,33 @@ from vqtok.multimodal.streams import (
     collate,
 )
 from vqtok.tokenizer import ImageTokenizer
-from vqtok.training.data import train_val_split  # the same split as the tokenizer data
+from vqtok.training.data import FashionMNISTDataModule, check_positive
+from vqtok.training.optim import adamw_warmup_cosine
+
+__all__ = [
+    "CaptionImageDataModule",
+    "CaptionImageDataset",
+    "DecoderModule",
+    "encode_cached",
+    "stream_losses",
+]
 
 log = logging.getLogger(__name__)
 
 
-# ---- captions and the token cache ------------------------------------------------------
-
-
-def caption_for(label: str, template: str = "a photo of a {label}") -> str:
-    """``template`` filled with the lower-cased ``label``; ``"a {label}"`` becomes
-    ``"an {label}"`` before a vowel ("a photo of an ankle boot")."""
-    if "{label}" not in template:
-        raise ValueError(f"caption_template must contain '{{label}}', got {template!r}")
-    name = label.strip().lower()
-    if not name:
-        raise ValueError(f"label must be non-empty text, got {label!r}")
-    if name[0] in "aeiou":
-        template = template.replace("a {label}", "an {label}")
-    return template.format(label=name)
-
-
-def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike[str]) -> str:
-    """SHA-256 of what a tokenizer's ids depend on: its config (modules, image and
-    normalisation; not the free ``extra`` metadata or the vqtok version) and its tensors by
-    name. Two exports of the same weights share it even when the files' bytes differ."""
-    root = Path(tokenizer_dir)
-    config = read_config(root / CONFIG_NAME)
-    for key in ("extra", "vqtok_version"):
-        config.pop(key, None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    with safe_open(str(root / WEIGHTS_NAME), framework="np") as f:
-        for name in sorted(f.keys()):
-            array = f.get_tensor(name)
-            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+# ---- the token cache -------------------------------------------------------------------
 
 
 def encode_cached(tokenizer: ImageTokenizer, dataset: Dataset, indices: list[int],
                   cache_file: Path | None, batch_size: int = 256) -> Tensor:
     """Token ids ``(len(indices), h, w)`` of the images ``dataset[i][0]`` (float ``(C, H, W)``
-    in the tokenizer's input space, one size for all), reusing and extending ``cache_file``.
-
-    The cache holds ``ids (N, h, w)`` and ``done (N,)`` for the whole dataset; only the
-    missing requested images are encoded, and the file is rewritten atomically (temporary
-    file + rename), so an interrupted run never leaves a half-written cache.
-    """
+    in the tokenizer's input space, one size for all), reusing and extending ``cache_file``
+    (:mod:`vqtok.formats.token_cache`): only the missing requested images are encoded."""
     n = len(dataset)  # type: ignore[arg-type]
     h, w = tokenizer.tokens_shape(*dataset[0][0].shape[-2:])
-    dtype = np.uint16 if tokenizer.codebook_size <= 1 << 16 else np.int32
-    ids = np.zeros((n, h, w), dtype=dtype)
-    done = np.zeros(n, dtype=bool)
-    if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as data:
-            if data["ids"].shape == ids.shape and data["done"].shape == done.shape:
-                ids, done = data["ids"].astype(dtype), data["done"].copy()
-            else:
-                log.warning("ignoring token cache %s of shape %s (expected %s)", cache_file,
-                            data["ids"].shape, ids.shape)
+    dtype = np.dtype(np.uint16 if tokenizer.codebook_size <= 1 << 16 else np.int32)
+    cached = read_token_cache(cache_file, (n, h, w), dtype) if cache_file is not None else None
+    ids, done = cached or (np.zeros((n, h, w), dtype=dtype), np.zeros(n, dtype=bool))
     wanted = np.asarray(indices, dtype=np.int64)
     missing = wanted[~done[wanted]]
     if missing.size:
@@ -114,12 +80,8 @@ def encode_cached(tokenizer: ImageTokenizer, dataset: Dataset, indices: list[int
         done[missing] = True
         log.info("tokenized %d images in %.1f s", missing.size, time.perf_counter() - start)
         if cache_file is not None:
-            _save_npz_atomic(cache_file, ids=ids, done=done)
+            write_token_cache(cache_file, ids, done)
     return torch.from_numpy(ids[wanted].astype(np.int64))
-
-
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -147,26 +109,29 @@ class CaptionImageDataset(Dataset):
 class CaptionImageDataModule(pl.LightningDataModule):
     """Fashion-MNIST captions + image tokens for the multimodal decoder.
 
+    The images and their train/val split are those of
+    :class:`~vqtok.training.data.FashionMNISTDataModule` with the same ``root``,
+    ``val_size``, ``limit_train``, ``pad_to`` and ``seed``.
+
     Args:
         tokenizer: an exported tokenizer directory (``vqtok fit`` writes one).
-        data_root: folder with the Fashion-MNIST IDX files.
+        root: folder with the Fashion-MNIST IDX files; ``None``: the user cache.
         caption_template: caption of an image from its lower-cased class name.
         position_scheme: ``"rope_tie_v2"``, ``"mrope"``, ``"1d"`` or ``"nope"``; must be the
-            decoder's (the CLI links it to ``model.position_scheme``).
+            decoder's (the CLI links it to ``model.config.position_scheme``).
         batch_size: streams per batch.
-        val_size: training images held out for validation (the split of
-            :class:`~vqtok.training.data.FashionMNISTDataModule` with the same ``seed``).
+        val_size: training images held out for validation.
         limit_train: keep only the first this-many training images (None: all).
         limit_test: keep only the first this-many test images (None: all 10,000).
         pad_to: image side after zero padding.
-        cache_dir: where tokenized datasets are cached (keyed by the tokenizer's weights
-            hash); None: no cache.
+        cache_dir: where tokenized datasets are cached (keyed by the tokenizer's
+            fingerprint); None: no cache.
         encode_batch_size: images per tokenizer forward pass.
         num_workers: DataLoader worker processes.
         seed: fixes the train/val split.
     """
 
-    def __init__(self, tokenizer: str, data_root: str = "../shared/data/fashion-mnist",
+    def __init__(self, tokenizer: str, root: str | None = None,
                  caption_template: str = "a photo of a {label}",
                  position_scheme: str = "rope_tie_v2", batch_size: int = 64,
                  val_size: int = 1000, limit_train: int | None = None,
@@ -174,16 +139,17 @@ class CaptionImageDataModule(pl.LightningDataModule):
                  cache_dir: str | None = "runs/token_cache", encode_batch_size: int = 256,
                  num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_size", val_size),
-                            ("limit_train", limit_train), ("limit_test", limit_test)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.images = FashionMNISTDataModule(root=root, batch_size=encode_batch_size,
+                                             val_size=val_size, limit_train=limit_train,
+                                             pad_to=pad_to, seed=seed)
+        check_positive(batch_size=batch_size)
+        if limit_test is not None:
+            check_positive(limit_test=limit_test)
         make_scheme(position_scheme)  # validates the name
         self.save_hyperparameters()
         self.tokenizer_dir = str(tokenizer)
         self.tokenizer = ImageTokenizer.from_pretrained(tokenizer)
-        self.fingerprint = tokenizer_fingerprint(tokenizer)
+        self.fingerprint = fingerprint(tokenizer)
         self.class_names = [c.lower() for c in FashionMNIST.CLASSES]
         self.caption_template = caption_template
         self.captions = [caption_for(c, caption_template) for c in self.class_names]
@@ -199,6 +165,10 @@ class CaptionImageDataModule(pl.LightningDataModule):
     def image_codebook_size(self) -> int:
         return self.vocab.image_codebook_size
 
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
     def cache_file(self, split: str) -> Path | None:
         """The token cache of one split for this tokenizer."""
         cache_dir = self.hparams.cache_dir
@@ -207,24 +177,25 @@ class CaptionImageDataModule(pl.LightningDataModule):
         name = f"fashion_mnist-{split}-pad{self.hparams.pad_to}-{self.fingerprint[:16]}.npz"
         return Path(cache_dir) / name
 
-    def _dataset(self, full: FashionMNIST, split: str, indices: list[int]) -> CaptionImageDataset:
+    def _streams(self, images: Dataset, split: str) -> CaptionImageDataset:
+        """Tokenize a split (a Subset of the full Fashion-MNIST split, or all of it)."""
+        full, indices = (images.dataset, list(images.indices)) if isinstance(images, Subset) \
+            else (images, list(range(len(images))))  # type: ignore[arg-type]
         grids = encode_cached(self.tokenizer, full, indices, self.cache_file(split),
                               self.hparams.encode_batch_size)
         return CaptionImageDataset(grids, full.labels[indices], self.captions, self.vocab,
                                    self.position_scheme)
 
     def setup(self, stage: str | None = None) -> None:
-        hp = self.hparams
         if self.train_set is None and stage in (None, "fit", "validate"):
-            full = FashionMNIST(hp.data_root, "train", pad_to=hp.pad_to)
-            train_idx, val_idx = train_val_split(len(full), hp.val_size, hp.seed)
-            train_idx = train_idx[: hp.limit_train] if hp.limit_train else train_idx
-            self.train_set = self._dataset(full, "train", train_idx)
-            self.val_set = self._dataset(full, "train", val_idx)
+            self.images.setup("fit")
+            self.train_set = self._streams(self.images.train_set, "train")
+            self.val_set = self._streams(self.images.val_set, "train")
         if self.test_set is None and stage in (None, "test"):
-            full = FashionMNIST(hp.data_root, "test", pad_to=hp.pad_to)
-            count = min(len(full), hp.limit_test or len(full))
-            self.test_set = self._dataset(full, "test", list(range(count)))
+            self.images.setup("test")
+            test = self.images.test_set
+            count = min(len(test), self.hparams.limit_test or len(test))
+            self.test_set = self._streams(Subset(test, range(count)), "test")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
@@ -262,16 +233,14 @@ def stream_losses(logits: Tensor, batch: StreamBatch) -> dict[str, Tensor]:
             "n_image": image.sum(), "n_all": real.sum()}
 
 
-_ARCH_FIELDS = [f.name for f in fields(DecoderConfig) if f.name != "vocab_size"]
-
-
 class DecoderModule(pl.LightningModule):
     """A :class:`MultimodalDecoder` trained with the next-token loss on stream batches.
 
     Args:
+        config: the decoder's architecture; ``vocab_size`` must equal the vocabulary's size
+            (the CLI links it from the data).
         image_codebook_size: the tokenizer's codebook size (the CLI links it from the data).
         text_vocab: text ids (256 UTF-8 bytes).
-        d_model ... init_std: the :class:`~vqtok.multimodal.DecoderConfig` fields (see there).
         lr: peak AdamW learning rate.
         betas: AdamW betas.
         weight_decay: AdamW weight decay on matrices (not on norms).
@@ -280,33 +249,31 @@ class DecoderModule(pl.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
     """
 
-    def __init__(self, image_codebook_size: int, text_vocab: int = 256, d_model: int = 128,
-                 n_layers: int = 4, n_heads: int = 4, head_dim: int | None = None,
-                 attention: str = "mha", n_kv_heads: int | None = None,
-                 d_latent: int | None = None, d_rope: int | None = None,
-                 mlp_hidden: int | None = None, position_scheme: str = "rope_tie_v2",
-                 rope_base: float = 10000.0, norm_eps: float = 1e-5, tie_embeddings: bool = True,
-                 init_std: float = 0.02, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
-                 warmup_steps: int = 100, min_lr_ratio: float = 0.1) -> None:
+    def __init__(self, config: DecoderConfig, image_codebook_size: int, text_vocab: int = 256,
+                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
+                 weight_decay: float = 0.1, warmup_steps: int = 100,
+                 min_lr_ratio: float = 0.1) -> None:
         super().__init__()
+        config = config if isinstance(config, DecoderConfig) else DecoderConfig.from_dict(config)
+        self.vocab = Vocabulary(text_vocab, image_codebook_size=image_codebook_size)
+        if config.vocab_size != self.vocab.size:
+            raise ValueError(f"config.vocab_size {config.vocab_size} != the size "
+                             f"{self.vocab.size} of the vocabulary ({self.vocab})")
+        self.save_hyperparameters(ignore=["config"])
         # Plain numbers and strings only: the checkpoint loads with weights_only=True.
-        self.save_hyperparameters()
         self.hparams.pop("_instantiator", None)
         self.hparams.pop("_class_path", None)
-        self.vocab = Vocabulary(text_vocab, image_codebook_size=image_codebook_size)
-        arch = {name: self.hparams[name] for name in _ARCH_FIELDS}
-        self.model = MultimodalDecoder(DecoderConfig(vocab_size=self.vocab.size, **arch))
+        self.hparams["config"] = config.to_dict()
+        self.model = MultimodalDecoder(config)
 
     @classmethod
-    def from_config(cls, config: DecoderConfig, vocab: Vocabulary, **training: Any
-                    ) -> DecoderModule:
-        """A module for an existing ``config`` and ``vocab`` (their sizes must agree)."""
-        if config.vocab_size != vocab.size:
-            raise ValueError(f"config.vocab_size {config.vocab_size} != vocabulary size "
-                             f"{vocab.size}")
-        arch = {name: getattr(config, name) for name in _ARCH_FIELDS}
-        return cls(vocab.image_codebook_size, vocab.text_vocab, **arch, **training)
+    def from_vocabulary(cls, vocab: Vocabulary, **kwargs: Any) -> DecoderModule:
+        """A module for ``vocab`` whose ``config`` fields other than ``vocab_size`` are
+        given as keyword arguments (next to the training ones, e.g. ``lr``)."""
+        names = set(DecoderConfig.__dataclass_fields__) - {"vocab_size"}
+        arch = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        return cls(DecoderConfig(vocab_size=vocab.size, **arch), vocab.image_codebook_size,
+                   vocab.text_vocab, **kwargs)
 
     @property
     def config(self) -> DecoderConfig:
@@ -328,6 +295,19 @@ class DecoderModule(pl.LightningModule):
         if scheme is not None and scheme != self.config.position_scheme:
             raise ValueError(f"the data's position_scheme {scheme!r} differs from the "
                              f"decoder's {self.config.position_scheme!r}")
+
+    def export(self, out_dir: str | Path, datamodule: CaptionImageDataModule,
+               extra: dict | None = None) -> Path:
+        """Write the decoder directory with what the data knows: the token grid, the
+        caption template and class names, and which tokenizer made the tokens (plus any
+        ``extra`` JSON metadata)."""
+        extra = {
+            "labels": list(datamodule.class_names),
+            "tokenizer": {"path": str(datamodule.tokenizer_dir), "sha256": datamodule.fingerprint},
+            **(extra or {}),
+        }
+        return save_decoder_dir(self.model, self.vocab, out_dir, datamodule.image_tokens,
+                                caption_template=datamodule.caption_template, extra=extra)
 
     def training_step(self, batch: StreamBatch, batch_idx: int) -> Tensor:
         terms = stream_losses(self(batch), batch)
@@ -353,35 +333,9 @@ class DecoderModule(pl.LightningModule):
                  sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(warmup_cosine, warmup=self.hparams.warmup_steps,
-                                         total=total, floor=self.hparams.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then half a cosine from 1
-    down to ``floor`` at step ``total`` (SGDR, Loshchilov & Hutter 2017, eq. 5)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-__all__ = [
-    "CaptionImageDataModule",
-    "CaptionImageDataset",
-    "DecoderModule",
-    "caption_for",
-    "encode_cached",
-    "stream_losses",
-    "tokenizer_fingerprint",
-    "warmup_cosine",
-]
+        hp = self.hparams
+        return adamw_warmup_cosine(
+            self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
+            weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            min_lr_ratio=hp.min_lr_ratio)

@@ -1,4 +1,4 @@
-"""The on-disk tokenizer format (DESIGN.md section 5): a directory, never a pickle.
+"""The on-disk tokenizer format: a directory, never a pickle (docs/formats.md#tokenizer).
 
 ::
 
@@ -6,7 +6,7 @@
       config.json        what to build: class paths + init args, image constraints
       model.safetensors  the VQAutoencoder state_dict (safetensors, no code inside)
 
-``config.json`` holds exactly these keys::
+``config.json`` holds exactly these keys (:data:`SPEC`)::
 
     {"format": "vqtok.tokenizer", "format_version": 1, "vqtok_version": "0.1.0",
      "encoder": {"class_path": ..., "init_args": {...}}, "quantizer": {...}, "decoder": {...},
@@ -23,39 +23,63 @@ tokenizer or the new one, never half of one.
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors import safe_open
+
 from vqtok import registry
-from vqtok.model_dir import (
+from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
+from vqtok.formats.jsonfile import json_copy, read_json
+from vqtok.formats.model_dir import (
     CONFIG_NAME,
+    MODULE_SPEC,
     WEIGHTS_NAME,
-    check_header,
-    check_keys,
-    is_int,
-    json_copy,
+    build_module,
+    header_spec,
     load_weights,
     new_header,
-    read_json,
+    read_model_config,
     save_model_dir,
 )
+from vqtok.formats.schema import Anything, Float, FormatError, Int, Obj, validate
 from vqtok.models.autoencoder import VQAutoencoder
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SPEC",
+    "WEIGHTS_NAME",
+    "TokenizerFormatError",
+    "build_config",
+    "fingerprint",
+    "load_tokenizer_dir",
+    "normalization_of",
+    "read_config",
+    "save_tokenizer_dir",
+]
 
 FORMAT = "vqtok.tokenizer"
 FORMAT_VERSION = 1
 _ROLES = ("encoder", "quantizer", "decoder")
-_REQUIRED_KEYS = frozenset(
-    {"format", "format_version", "vqtok_version", *_ROLES, "image", "normalization",
-     "codebook_size"}
-)
-_OPTIONAL_KEYS = frozenset({"extra"})
-_IMAGE_KEYS = frozenset({"channels", "downsample_factor", "min_size"})
-_NORMALIZATION_KEYS = frozenset({"mean", "std"})
+
+SPEC = Obj({
+    **header_spec(FORMAT, FORMAT_VERSION, "tokenizer"),
+    **{role: MODULE_SPEC for role in _ROLES},
+    "image": Obj({"channels": Int(min=1), "downsample_factor": Int(min=1),
+                  "min_size": Int(min=1)}),
+    "normalization": Obj({"mean": Float(), "std": Float(above=0)}),
+    "codebook_size": Int(min=1),
+}, optional={"extra": Anything()})
+"""``config.json`` of a tokenizer directory."""
 
 
-class TokenizerFormatError(ValueError):
+class TokenizerFormatError(FormatError):
     """A tokenizer directory that cannot be loaded; the message names the file and why."""
 
 
@@ -65,8 +89,7 @@ class TokenizerFormatError(ValueError):
 def build_config(
     model: VQAutoencoder,
     *,
-    mean: float = 0.5,
-    std: float = 0.5,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     min_size: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -82,62 +105,24 @@ def build_config(
         "downsample_factor": factor,
         "min_size": factor if min_size is None else min_size,
     }
-    config["normalization"] = {"mean": mean, "std": std}
+    config["normalization"] = normalization.as_dict()
     config["codebook_size"] = model.codebook_size
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
-    validate_config(config, Path(CONFIG_NAME))
+    validate(config, SPEC, CONFIG_NAME, TokenizerFormatError)
     return config
-
-
-def validate_config(config: Any, path: Path) -> None:
-    """Raise :class:`TokenizerFormatError` (naming ``path``) unless ``config`` follows the
-    format: known format and version, exactly the known keys, well-typed values."""
-
-    def fail(problem: str) -> TokenizerFormatError:
-        return TokenizerFormatError(f"{path}: {problem}")
-
-    check_header(config, FORMAT, FORMAT_VERSION, _REQUIRED_KEYS, _OPTIONAL_KEYS, "tokenizer",
-                 fail)
-    for role in _ROLES:
-        spec = config[role]
-        if not isinstance(spec, dict):
-            raise fail(f"{role!r} must be an object with class_path and init_args, got {spec!r}")
-        check_keys(spec, {"class_path", "init_args"}, set(), role, fail)
-        if not isinstance(spec["class_path"], str):
-            raise fail(f"{role}.class_path must be a string, got {spec['class_path']!r}")
-        if not isinstance(spec["init_args"], dict):
-            raise fail(f"{role}.init_args must be an object, got {spec['init_args']!r}")
-    image = config["image"]
-    if not isinstance(image, dict):
-        raise fail(f"'image' must be an object, got {image!r}")
-    check_keys(image, _IMAGE_KEYS, set(), "image", fail)
-    for key in sorted(_IMAGE_KEYS):
-        if not is_int(image[key]) or image[key] < 1:
-            raise fail(f"image.{key} must be a positive integer, got {image[key]!r}")
-    norm = config["normalization"]
-    if not isinstance(norm, dict):
-        raise fail(f"'normalization' must be an object, got {norm!r}")
-    check_keys(norm, _NORMALIZATION_KEYS, set(), "normalization", fail)
-    for key in ("mean", "std"):
-        value = norm[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
-            value
-        ):
-            raise fail(f"normalization.{key} must be a finite number, got {value!r}")
-    if norm["std"] <= 0:
-        raise fail(f"normalization.std must be > 0, got {norm['std']!r}")
-    if not is_int(config["codebook_size"]) or config["codebook_size"] < 1:
-        raise fail(f"'codebook_size' must be a positive integer, got {config['codebook_size']!r}")
-    if "extra" in config and not isinstance(config["extra"], dict):
-        raise fail(f"'extra' must be an object, got {config['extra']!r}")
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Parse and validate ``config.json``."""
+    """Parse and validate a tokenizer's ``config.json``."""
     config = read_json(path, TokenizerFormatError)
-    validate_config(config, path)
+    validate(config, SPEC, str(path), TokenizerFormatError)
     return config
+
+
+def normalization_of(config: dict[str, Any]) -> Normalization:
+    """The pixel normalisation a validated config records."""
+    return Normalization(**config["normalization"])
 
 
 # ---- save -----------------------------------------------------------------------------
@@ -147,18 +132,18 @@ def save_tokenizer_dir(
     model: VQAutoencoder,
     out_dir: str | os.PathLike[str],
     *,
-    mean: float = 0.5,
-    std: float = 0.5,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
     min_size: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a tokenizer directory at ``out_dir``; returns its path.
 
-    ``extra`` is free JSON metadata stored under ``"extra"`` (training run, metrics).
-    An existing tokenizer at ``out_dir`` is replaced; a directory holding anything other
-    than ``config.json`` and ``model.safetensors`` is refused rather than deleted.
+    ``normalization`` is the pixel normalisation the model was trained with; ``extra`` is
+    free JSON metadata stored under ``"extra"`` (training run, metrics). An existing
+    tokenizer at ``out_dir`` is replaced; a directory holding anything other than
+    ``config.json`` and ``model.safetensors`` is refused rather than deleted.
     """
-    config = build_config(model, mean=mean, std=std, min_size=min_size, extra=extra)
+    config = build_config(model, normalization=normalization, min_size=min_size, extra=extra)
     return save_model_dir(Path(out_dir), config, model, FORMAT, "tokenizer")
 
 
@@ -175,17 +160,9 @@ def load_tokenizer_dir(
     weights, or weights that do not match the model exactly (strict loading).
     """
     root = Path(path)
-    if not root.is_dir():
-        raise TokenizerFormatError(f"{root}: not a tokenizer directory (it does not exist "
-                                   f"or is not a directory)")
-    config_path = root / CONFIG_NAME
-    config = read_config(config_path)
-    parts = {}
-    for role in _ROLES:
-        try:
-            parts[role] = registry.build(config[role])
-        except (ValueError, TypeError) as err:
-            raise TokenizerFormatError(f"{config_path}: cannot build the {role}: {err}") from err
+    config_path, config = read_model_config(root, SPEC, "tokenizer", TokenizerFormatError)
+    parts = {role: build_module(config[role], role, config_path, TokenizerFormatError)
+             for role in _ROLES}
     try:
         model = VQAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"])
     except (ValueError, TypeError) as err:
@@ -209,15 +186,18 @@ def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Pat
             )
 
 
-__all__ = [
-    "CONFIG_NAME",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "WEIGHTS_NAME",
-    "TokenizerFormatError",
-    "build_config",
-    "load_tokenizer_dir",
-    "read_config",
-    "save_tokenizer_dir",
-    "validate_config",
-]
+def fingerprint(tokenizer_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 of what a tokenizer's ids depend on: its config (modules, image and
+    normalisation; not the free ``extra`` metadata or the vqtok version) and its tensors by
+    name. Two exports of the same weights share it even when the files' bytes differ."""
+    root = Path(tokenizer_dir)
+    config = read_config(root / CONFIG_NAME)
+    for key in ("extra", "vqtok_version"):
+        config.pop(key, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    with safe_open(str(root / WEIGHTS_NAME), framework="np") as f:
+        for name in sorted(f.keys()):
+            array = f.get_tensor(name)
+            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()

@@ -4,37 +4,27 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import vqtok.atomic
-from vqtok import model_dir
-from vqtok.io import TokenizerFormatError, load_tokenizer_dir, save_tokenizer_dir
-from vqtok.models import Decoder, Encoder, VQAutoencoder
+import vqtok.formats.atomic
+from tests import helpers
+from vqtok.formats import model_dir
+from vqtok.formats.tokenizer_dir import (
+    TokenizerFormatError,
+    load_tokenizer_dir,
+    save_tokenizer_dir,
+)
+from vqtok.models import VQAutoencoder
 from vqtok.quantizers import FSQ, SimVQ, VectorQuantizer
-
-TINY = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
-        "num_groups": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_model(quantizer: torch.nn.Module | None = None, seed: int = 0,
                in_channels: int = 3) -> VQAutoencoder:
-    torch.manual_seed(seed)
-    quantizer = FSQ(levels=[8, 5, 5, 5]) if quantizer is None else quantizer
-    return VQAutoencoder(Encoder(in_channels=in_channels, **TINY), quantizer,
-                         Decoder(out_channels=in_channels, **TINY)).eval()
+    return helpers.tiny_model(quantizer, seed, in_channels).eval()
 
 
 def outputs(model: VQAutoencoder, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,13 +146,13 @@ def test_corrupt_config(saved: tuple[VQAutoencoder, Path], text: str) -> None:
 @pytest.mark.parametrize("change, match", [
     (lambda c: c.update(format_version=2), "format_version 2"),
     (lambda c: c.update(format_version="1"), "format_version"),
-    (lambda c: c.update(format="other"), "'format' must be"),
+    (lambda c: c.update(format="other"), "format must be 'vqtok.tokenizer'"),
     (lambda c: c.update(surprise=1), r"unknown keys \['surprise'\]"),
     (lambda c: c["image"].update(size=3), r"unknown keys \['size'\] in image"),
     (lambda c: c["quantizer"].update(extra_key=1), r"unknown keys \['extra_key'\] in quantizer"),
     (lambda c: c.pop("decoder"), r"missing keys \['decoder'\]"),
-    (lambda c: c["normalization"].update(std=0), "std must be > 0"),
-    (lambda c: c["image"].update(min_size=0), "min_size must be a positive"),
+    (lambda c: c["normalization"].update(std=0), r"normalization.std must be a finite number > 0, got 0"),
+    (lambda c: c["image"].update(min_size=0), r"image.min_size must be an integer >= 1, got 0"),
     (lambda c: c["quantizer"].update(class_path="os.system"), "unknown class_path 'os.system'"),
     (lambda c: c["encoder"]["init_args"].update(depth=3), r"unknown init_args \['depth'\]"),
     (lambda c: c["encoder"]["init_args"].update(channels=-1), "cannot build the encoder"),
@@ -253,7 +243,7 @@ def test_save_replaces_existing_tokenizer(
 ) -> None:
     old_model, path = saved
     if not exchange:
-        monkeypatch.setattr(vqtok.atomic, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(vqtok.formats.atomic, "_exchange", lambda a, b: False)
     new_model = tiny_model(seed=5)
     save_tokenizer_dir(new_model, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["tok"]

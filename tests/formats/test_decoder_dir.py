@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vqtok import model_dir
+from vqtok.formats import model_dir
+from vqtok.formats.decoder_dir import DecoderFormatError, load_decoder_dir, save_decoder_dir
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, build_stream
-from vqtok.multimodal.export import DecoderFormatError, load_decoder_dir, save_decoder_dir
 
 VOCAB = Vocabulary(image_codebook_size=12)
 
@@ -124,12 +124,12 @@ def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
 
 
 @pytest.mark.parametrize(("change", "match"), [
-    (lambda c: c.update(format="vqtok.tokenizer"), "'format' must be 'vqtok.decoder'"),
+    (lambda c: c.update(format="vqtok.tokenizer"), "format must be 'vqtok.decoder'"),
     (lambda c: c.update(format_version=2), "unsupported format_version 2"),
     (lambda c: c.update(surprise=1), r"unknown keys \['surprise'\]"),
     (lambda c: c.pop("image_tokens"), r"missing keys \['image_tokens'\]"),
-    (lambda c: c.update(image_tokens=[8]), "'image_tokens' must be"),
-    (lambda c: c.update(caption_template="no label"), "'caption_template' must be"),
+    (lambda c: c.update(image_tokens=[8]), "image_tokens must be a list of 2 items"),
+    (lambda c: c.update(caption_template="no label"), "caption_template must be a string containing '{label}'"),
     (lambda c: c["vocabulary"].update(image_codebook_size=13), "vocabulary has 276 ids"),
     (lambda c: c["vocabulary"].update(image_codebook_size=0), "image_codebook_size must be"),
     (lambda c: c["decoder"]["init_args"]["config"].update(d_model=17),
@@ -145,7 +145,7 @@ def test_invalid_config(saved: tuple[MultimodalDecoder, Path], change, match: st
 
 
 def test_tokenizer_directory_is_not_a_decoder(tmp_path: Path) -> None:
-    from vqtok.io import save_tokenizer_dir
+    from vqtok.formats.tokenizer_dir import save_tokenizer_dir
     from vqtok.models import Decoder, Encoder, VQAutoencoder
     from vqtok.quantizers import FSQ
 

@@ -10,18 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.multimodal.test_training import FASHION, tiny_tokenizer_dir
+from tests.helpers import needs_fashion_mnist
+from tests.training.test_decoder import tiny_tokenizer_dir
+from vqtok.apps.generate import output_paths
 from vqtok.cli import build_parser
+from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
+from vqtok.generation import expand_prompt
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_image
-from vqtok.multimodal.commands import (
-    expand_prompt,
-    output_paths,
-    run_decoder_lightning,
-)
-from vqtok.multimodal.export import load_decoder_dir, save_decoder_dir
 from vqtok.tokenizer import ImageTokenizer
+from vqtok.training.cli import run_decoder_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "a photo of a {label}"
 
 
@@ -115,18 +114,16 @@ def test_decoder_of_another_codebook_is_refused(dirs: tuple[Path, Path], tmp_pat
         generate((tok, dec), tmp_path / "x.png")
 
 
-@pytest.mark.skipif(not FASHION.is_dir(),
-                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
-                           "data copy beside the repository), which are absent here")
+@needs_fashion_mnist
 def test_decoder_fit_exports_a_decoder_that_generates(tmp_path: Path) -> None:
     tok = tiny_tokenizer_dir(tmp_path / "tok")
     export = tmp_path / "decoder"
-    cli = run_decoder_lightning([
+    cli = run_decoder_cli([
         "fit", f"--config={ROOT / 'experiments' / 'decoder' / 'fmnist.yaml'}",
-        f"--data.tokenizer={tok}", f"--data.data_root={FASHION}", "--data.limit_train=8",
+        f"--data.tokenizer={tok}", "--data.limit_train=8",
         "--data.val_size=4", "--data.batch_size=4", f"--data.cache_dir={tmp_path / 'cache'}",
-        "--model.d_model=16", "--model.n_layers=1", "--model.n_heads=2",
-        "--model.position_scheme=mrope",
+        "--model.config.d_model=16", "--model.config.n_layers=1",
+        "--model.config.n_heads=2", "--model.config.position_scheme=mrope",
         "--trainer.max_steps=2", "--trainer.val_check_interval=2",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={tmp_path}",

@@ -10,34 +10,33 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from vqtok.io import save_tokenizer_dir
-from vqtok.models import Decoder, Encoder, VQAutoencoder
+from tests.helpers import FASHION_MNIST, needs_fashion_mnist, tiny_model
+from vqtok.formats.tokenizer_dir import fingerprint, save_tokenizer_dir
+from vqtok.generation import caption_for
 from vqtok.multimodal import DecoderConfig, Modality, Vocabulary, build_stream, collate
-from vqtok.multimodal.training import (
-    CaptionImageDataModule,
-    DecoderModule,
-    caption_for,
-    encode_cached,
-    stream_losses,
-    tokenizer_fingerprint,
-    warmup_cosine,
-)
 from vqtok.quantizers import FSQ
 from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.data import FashionMNISTDataModule
+from vqtok.training.decoder import (
+    CaptionImageDataModule,
+    DecoderModule,
+    encode_cached,
+    stream_losses,
+)
+from vqtok.training.optim import warmup_cosine
 
-FASHION = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fashion-mnist"
 TINY_DECODER = {"d_model": 32, "n_layers": 2, "n_heads": 2, "init_std": 0.02}
 
 
 def tiny_tokenizer_dir(path: Path, levels: tuple[int, ...] = (4, 4, 4), seed: int = 0) -> Path:
     """A randomly initialised grey tokenizer with 4x downsampling (8 x 8 tokens at 32 px)."""
-    torch.manual_seed(seed)
-    tiny = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
-            "num_groups": 4}
-    model = VQAutoencoder(Encoder(in_channels=1, **tiny), FSQ(list(levels), dim=4),
-                          Decoder(out_channels=1, **tiny))
+    model = tiny_model(FSQ(list(levels), dim=4), seed=seed, in_channels=1)
     return save_tokenizer_dir(model.eval(), path)
+
+
+def tiny_decoder(image_codebook_size: int = 10, **kwargs) -> DecoderModule:
+    return DecoderModule.from_vocabulary(Vocabulary(image_codebook_size=image_codebook_size),
+                                         **TINY_DECODER, **kwargs)
 
 
 # ---- captions and losses ------------------------------------------------------------------
@@ -86,7 +85,7 @@ def test_stream_losses_match_a_token_loop() -> None:
 
 def test_padding_is_never_a_target() -> None:
     vocab = Vocabulary(image_codebook_size=6)
-    module = DecoderModule(6, **TINY_DECODER).eval()
+    module = tiny_decoder(6).eval()
     streams, batch = _toy_batch(vocab)
     with torch.no_grad():
         both = stream_losses(module(batch), batch)
@@ -127,7 +126,7 @@ def _trainer(tmp_path: Path, steps: int) -> pl.Trainer:
 
 def test_module_trains_loss_decreases_and_checkpoint_is_weights_only(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    module = DecoderModule(10, **TINY_DECODER, lr=1e-2, warmup_steps=5)
+    module = tiny_decoder(lr=1e-2, warmup_steps=5)
     vocab = module.vocab
     loader = synthetic_loader(vocab)
     batch = next(iter(loader))
@@ -146,21 +145,25 @@ def test_module_trains_loss_decreases_and_checkpoint_is_weights_only(tmp_path: P
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # no pickle of objects
     hparams = ckpt["hyper_parameters"]
-    assert hparams["image_codebook_size"] == 10 and hparams["d_model"] == 32
+    assert hparams["image_codebook_size"] == 10 and hparams["config"]["d_model"] == 32
     restored = DecoderModule.load_from_checkpoint(path, weights_only=True).eval()
     with torch.no_grad():
         assert torch.equal(restored(batch), module(batch))
 
 
-def test_from_config_and_vocabulary() -> None:
+def test_config_and_vocabulary() -> None:
     vocab = Vocabulary(image_codebook_size=9)
     cfg = DecoderConfig(vocab_size=vocab.size, d_model=24, n_layers=1, n_heads=3,
                         attention="mqa", position_scheme="mrope", head_dim=8)
-    module = DecoderModule.from_config(cfg, vocab, lr=1e-4)
+    module = DecoderModule(cfg, 9, lr=1e-4)
     assert module.config == cfg and module.hparams.lr == 1e-4
     assert module.vocab.size == vocab.size == module.model.lm_head.out_features
+    assert DecoderModule(cfg.to_dict(), 9).config == cfg  # what a checkpoint holds
     with pytest.raises(ValueError, match="vocab_size"):
-        DecoderModule.from_config(cfg, Vocabulary(image_codebook_size=8))
+        DecoderModule(cfg, 8)
+    built = DecoderModule.from_vocabulary(vocab, d_model=24, n_layers=1, n_heads=3,
+                                          attention="mqa", position_scheme="mrope", head_dim=8)
+    assert built.config == cfg
 
 
 class _StubData(pl.LightningDataModule):
@@ -173,7 +176,7 @@ class _StubData(pl.LightningDataModule):
 
 
 def test_fit_rejects_data_of_another_scheme_or_vocabulary(tmp_path: Path) -> None:
-    module = DecoderModule(10, **TINY_DECODER)
+    module = tiny_decoder()
     with pytest.raises(ValueError, match="position_scheme '1d' differs"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(module.vocab, "1d"))
     with pytest.raises(ValueError, match="does not match the decoder"):
@@ -221,25 +224,23 @@ def test_fingerprint_follows_the_weights_not_the_file_bytes(tmp_path: Path) -> N
     tok = ImageTokenizer.from_pretrained(first)
     tok.save_pretrained(tmp_path / "b", extra={"note": "same weights, other metadata"})
     assert (first / "config.json").read_bytes() != (tmp_path / "b" / "config.json").read_bytes()
-    assert tokenizer_fingerprint(first) == tokenizer_fingerprint(tmp_path / "b")
+    assert fingerprint(first) == fingerprint(tmp_path / "b")
     with torch.no_grad():
         next(tok.model.parameters()).view(-1)[0] += 1e-3
     tok.save_pretrained(tmp_path / "c")
-    assert tokenizer_fingerprint(first) != tokenizer_fingerprint(tmp_path / "c")
+    assert fingerprint(first) != fingerprint(tmp_path / "c")
 
 
-@pytest.mark.skipif(not FASHION.is_dir(),
-                    reason=f"needs the Fashion-MNIST IDX files at {FASHION} (the shared "
-                           "data copy beside the repository), which are absent here")
+@needs_fashion_mnist
 def test_datamodule_streams_hold_caption_then_image_tokens(tmp_path: Path) -> None:
     tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
-    dm = CaptionImageDataModule(str(tok_dir), data_root=str(FASHION), limit_train=8, val_size=6,
+    dm = CaptionImageDataModule(str(tok_dir), root=str(FASHION_MNIST), limit_train=8, val_size=6,
                                 batch_size=6, cache_dir=str(tmp_path / "cache"))
     dm.setup("fit")
     assert dm.image_tokens == (8, 8) and dm.vocab.image_codebook_size == 64
     assert len(dm.train_set) == 8 and len(dm.val_set) == 6
     # The same held-out images as the tokenizer's DataModule with the same seed.
-    ref = FashionMNISTDataModule(root=str(FASHION), val_size=6, limit_train=8)
+    ref = FashionMNISTDataModule(root=str(FASHION_MNIST), val_size=6, limit_train=8)
     ref.setup("fit")
     images = torch.stack([ref.val_set[i][0] for i in range(6)])
     labels = [ref.val_set[i][1] for i in range(6)]
@@ -258,7 +259,7 @@ def test_datamodule_streams_hold_caption_then_image_tokens(tmp_path: Path) -> No
         assert bool(batch.mask[row, :n].all()) and not bool(batch.mask[row, n:].any())
         assert bool((batch.ids[row, n:] == vocab.pad).all())
     # A second DataModule reads the cache instead of running the tokenizer.
-    again = CaptionImageDataModule(str(tok_dir), data_root=str(FASHION), limit_train=8,
+    again = CaptionImageDataModule(str(tok_dir), root=str(FASHION_MNIST), limit_train=8,
                                    val_size=6, cache_dir=str(tmp_path / "cache"))
     again.tokenizer = counting = _CountingTokenizer(again.tokenizer)
     again.setup("fit")

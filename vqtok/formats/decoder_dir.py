@@ -1,4 +1,5 @@
-"""The on-disk format of a trained multimodal decoder: a directory, never a pickle.
+"""The on-disk format of a trained multimodal decoder: a directory, never a pickle
+(docs/formats.md#decoder).
 
 ::
 
@@ -6,7 +7,7 @@
       config.json        what to build and how its vocabulary is laid out
       model.safetensors  the MultimodalDecoder state_dict (safetensors, no code inside)
 
-``config.json`` holds exactly these keys::
+``config.json`` holds exactly these keys (:data:`SPEC`)::
 
     {"format": "vqtok.decoder", "format_version": 1, "vqtok_version": "0.1.0",
      "decoder": {"class_path": "vqtok.multimodal.decoder.MultimodalDecoder",
@@ -18,7 +19,7 @@
 
 Loading reads JSON and safetensors only and rebuilds the model through
 :func:`vqtok.registry.build`; the directory is written atomically by
-:func:`vqtok.model_dir.save_model_dir`, so a crash leaves the old decoder or the new one,
+:func:`vqtok.formats.model_dir.save_model_dir`, so a crash leaves the old decoder or the new one,
 never half of one.
 """
 
@@ -29,30 +30,58 @@ from pathlib import Path
 from typing import Any
 
 from vqtok import registry
-from vqtok.model_dir import (
+from vqtok.formats.jsonfile import json_copy, read_json
+from vqtok.formats.model_dir import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    check_header,
-    check_keys,
-    is_int,
-    json_copy,
+    build_module,
+    header_spec,
     load_weights,
     new_header,
-    read_json,
+    read_model_config,
     save_model_dir,
+)
+from vqtok.formats.schema import (
+    Anything,
+    FormatError,
+    Int,
+    ListOf,
+    Nullable,
+    Obj,
+    Str,
+    validate,
 )
 from vqtok.multimodal.decoder import MultimodalDecoder
 from vqtok.multimodal.streams import Vocabulary
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SPEC",
+    "DecoderFormatError",
+    "build_decoder_config",
+    "load_decoder_dir",
+    "read_decoder_config",
+    "save_decoder_dir",
+    "vocabulary_spec",
+]
+
 FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
-_REQUIRED_KEYS = frozenset({"format", "format_version", "vqtok_version", "decoder",
-                            "vocabulary", "image_tokens", "caption_template"})
-_OPTIONAL_KEYS = frozenset({"extra"})
-_VOCAB_KEYS = frozenset({"text_vocab", "image_codebook_size", "specials"})
+
+SPEC = Obj({
+    **header_spec(FORMAT, FORMAT_VERSION, "decoder"),
+    "decoder": Obj({"class_path": Str(nonempty=True), "init_args": Obj({"config": Anything()})}),
+    "vocabulary": Obj({"text_vocab": Int(min=1), "image_codebook_size": Int(min=1),
+                       "specials": ListOf(Str())}),
+    "image_tokens": ListOf(Int(min=1), length=2),
+    "caption_template": Nullable(Str(contains="{label}")),
+}, optional={"extra": Anything()})
+"""``config.json`` of a decoder directory; the ``DecoderConfig`` fields are checked by the
+dataclass when the model is built."""
 
 
-class DecoderFormatError(ValueError):
+class DecoderFormatError(FormatError):
     """A decoder directory that cannot be loaded; the message names the file and why."""
 
 
@@ -82,49 +111,12 @@ def build_decoder_config(
     }
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
-    validate_decoder_config(config, Path(CONFIG_NAME))
+    validate(config, SPEC, CONFIG_NAME, DecoderFormatError)
     vocab_size = config["decoder"]["init_args"]["config"]["vocab_size"]
     if vocab.size != vocab_size:
         raise ValueError(f"vocabulary of size {vocab.size} does not match the decoder's "
                          f"vocab_size {vocab_size}")
     return config
-
-
-def validate_decoder_config(config: Any, path: Path) -> None:
-    """Raise :class:`DecoderFormatError` (naming ``path``) unless ``config`` follows the
-    format: known format and version, exactly the known keys, well-typed values."""
-
-    def fail(problem: str) -> DecoderFormatError:
-        return DecoderFormatError(f"{path}: {problem}")
-
-    check_header(config, FORMAT, FORMAT_VERSION, _REQUIRED_KEYS, _OPTIONAL_KEYS, "decoder", fail)
-    spec = config["decoder"]
-    if not isinstance(spec, dict):
-        raise fail(f"'decoder' must be an object with class_path and init_args, got {spec!r}")
-    check_keys(spec, {"class_path", "init_args"}, set(), "decoder", fail)
-    args = spec["init_args"]
-    if not isinstance(args, dict) or not isinstance(args.get("config"), dict):
-        raise fail(f"decoder.init_args must be {{'config': {{...}}}}, got {args!r}")
-    vocab = config["vocabulary"]
-    if not isinstance(vocab, dict):
-        raise fail(f"'vocabulary' must be an object, got {vocab!r}")
-    check_keys(vocab, _VOCAB_KEYS, set(), "vocabulary", fail)
-    for key in ("text_vocab", "image_codebook_size"):
-        if not is_int(vocab[key]) or vocab[key] < 1:
-            raise fail(f"vocabulary.{key} must be a positive integer, got {vocab[key]!r}")
-    if not isinstance(vocab["specials"], list) or not all(
-            isinstance(s, str) for s in vocab["specials"]):
-        raise fail(f"vocabulary.specials must be a list of strings, got {vocab['specials']!r}")
-    grid = config["image_tokens"]
-    if not (isinstance(grid, list) and len(grid) == 2 and all(is_int(s) and s >= 1
-                                                               for s in grid)):
-        raise fail(f"'image_tokens' must be [h, w] with positive integers, got {grid!r}")
-    template = config["caption_template"]
-    if template is not None and (not isinstance(template, str) or "{label}" not in template):
-        raise fail(f"'caption_template' must be null or a string with '{{label}}', got "
-                   f"{template!r}")
-    if "extra" in config and not isinstance(config["extra"], dict):
-        raise fail(f"'extra' must be an object, got {config['extra']!r}")
 
 
 # ---- save -----------------------------------------------------------------------------
@@ -157,7 +149,7 @@ def save_decoder_dir(
 def read_decoder_config(path: Path) -> dict[str, Any]:
     """Parse and validate a decoder's ``config.json``."""
     config = read_json(path, DecoderFormatError)
-    validate_decoder_config(config, path)
+    validate(config, SPEC, str(path), DecoderFormatError)
     return config
 
 
@@ -172,16 +164,12 @@ def load_decoder_dir(
     foreign weights, or weights that do not match the model exactly (strict loading).
     """
     root = Path(path)
-    if not root.is_dir():
-        raise DecoderFormatError(f"{root}: not a decoder directory (it does not exist or is "
-                                 f"not a directory)")
-    config_path = root / CONFIG_NAME
-    config = read_decoder_config(config_path)
+    config_path, config = read_model_config(root, SPEC, "decoder", DecoderFormatError)
+    model = build_module(config["decoder"], "decoder", config_path, DecoderFormatError)
     try:
-        model = registry.build(config["decoder"])
         vocab = Vocabulary(**config["vocabulary"])
     except (ValueError, TypeError) as err:
-        raise DecoderFormatError(f"{config_path}: cannot build the decoder: {err}") from err
+        raise DecoderFormatError(f"{config_path}: cannot build the vocabulary: {err}") from err
     if not isinstance(model, MultimodalDecoder):
         raise DecoderFormatError(f"{config_path}: decoder.class_path must name a "
                                  f"MultimodalDecoder, got {config['decoder']['class_path']!r}")
@@ -190,16 +178,3 @@ def load_decoder_dir(
                                  f"decoder's vocab_size is {model.config.vocab_size}")
     load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError, "decoder")
     return model.to(device).eval(), vocab, config
-
-
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "DecoderFormatError",
-    "build_decoder_config",
-    "load_decoder_dir",
-    "read_decoder_config",
-    "save_decoder_dir",
-    "validate_decoder_config",
-    "vocabulary_spec",
-]

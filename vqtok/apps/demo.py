@@ -1,7 +1,9 @@
-"""The main job, run by ``make demo``: train, export, tokenize a held-out photo, report.
+"""The main job, run by ``make demo`` and ``vqtok demo``: train, export, tokenize a held-out
+photo, report.
 
-1. Trains the default photo tokenizer config (``experiments/photos_fsq.yaml``) for a short
-   schedule (at most 4 minutes by default) on the photos embedded in the package.
+1. Trains the default photo tokenizer config (``vqtok/configs/photos_fsq.yaml``, shipped
+   with the package, so the demo runs from any directory) for a short schedule (at most 4
+   minutes by default) on the photos embedded in the package.
 2. Exports it to ``<run dir>/tokenizer/`` (config.json + model.safetensors).
 3. Loads it with :class:`vqtok.ImageTokenizer`, encodes a held-out photo at full resolution,
    decodes it, and prints the token grid shape, the round trip's PSNR and codebook usage.
@@ -9,16 +11,32 @@
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-DEFAULT_CONFIG = "experiments/photos_fsq.yaml"
-HELD_OUT_PHOTO = Path(__file__).parent / "data" / "photos" / "test" / "china.png"
+from vqtok.data import PHOTOS_DIR
+from vqtok.tokenizer import ImageTokenizer
+
+__all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "DemoOptions", "max_time", "psnr_uint8",
+           "run_demo"]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "photos_fsq.yaml"
+HELD_OUT_PHOTO = PHOTOS_DIR / "test" / "china.png"
+
+
+@dataclass
+class DemoOptions:
+    """What ``vqtok demo`` takes (its ``--help`` lists them)."""
+
+    config: str = str(DEFAULT_CONFIG)
+    max_steps: int = 3000
+    max_minutes: float = 4.0
+    photo: str = str(HELD_OUT_PHOTO)
+    quiet: bool = False
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,24 +51,14 @@ def max_time(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options, on the ``vqtok demo`` subcommand."""
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="training config (YAML)")
-    parser.add_argument("--max-steps", type=int, default=3000, help="at most this many steps")
-    parser.add_argument("--max-minutes", type=float, default=4.0,
-                        help="and at most this much training time (the schedule is short)")
-    parser.add_argument("--photo", default=str(HELD_OUT_PHOTO), help="held-out photo to round-trip")
-
-
-def run_demo(args: argparse.Namespace) -> list[str]:
+def run_demo(args: DemoOptions) -> list[str]:
     """Train, export, round-trip the photo; returns the summary lines the CLI prints."""
     if not Path(args.config).is_file():
-        raise FileNotFoundError(f"config {args.config} not found; run from the repository root")
+        raise FileNotFoundError(f"config {args.config} not found")
+    from vqtok.training.cli import run_dir, run_tokenizer_cli  # Lightning, only when it runs
 
-    from vqtok.cli import run_dir, run_lightning
-    from vqtok.tokenizer import ImageTokenizer
-
-    cli = run_lightning(
+    quiet = ["--trainer.enable_progress_bar=false"] if args.quiet else []
+    cli = run_tokenizer_cli(
         [
             "fit",
             f"--config={args.config}",
@@ -60,6 +68,7 @@ def run_demo(args: argparse.Namespace) -> list[str]:
             f"--trainer.val_check_interval={args.max_steps + 1}",
             "--trainer.logger.init_args.name=demo",
             "--trainer.enable_model_summary=false",
+            *quiet,
         ]
     )
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -93,14 +102,3 @@ def run_demo(args: argparse.Namespace) -> list[str]:
         f"codes in this photo   {photo_codes} of {k}",
     ]
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vqtok.demo [options]``: the same as ``vqtok demo [options]``."""
-    from vqtok.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

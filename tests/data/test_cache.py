@@ -1,0 +1,97 @@
+"""The data cache: where data sets live, `vqtok data fashion-mnist --from DIR`, and the
+one-line error of a config whose data set is missing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.training.test_data import FILE_NAMES, write_fashion_files
+from vqtok.cli import main
+from vqtok.data import FashionMNIST, data_home, dataset_dir
+from vqtok.data.fashion_mnist import OFFICIAL_MD5
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_NAMES = [f"{name}.gz" for pair in FILE_NAMES.values() for name in pair]
+
+
+def test_data_home_is_vqtok_data_else_the_platform_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "mine"))
+    assert data_home() == tmp_path / "mine"
+    assert dataset_dir("fashion-mnist") == tmp_path / "mine" / "fashion-mnist"
+    monkeypatch.delenv("VQTOK_DATA")
+    if sys.platform.startswith("linux"):  # the XDG cache directory, by the XDG spec
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert data_home() == tmp_path / "xdg" / "vqtok"
+
+
+def test_copy_from_a_folder_verifies_and_loads(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "cache"))
+    source = tmp_path / "source"
+    data = write_fashion_files(source, n_train=12, n_test=5)
+    assert main(["data", "fashion-mnist", "--from", str(source), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    target = tmp_path / "cache" / "fashion-mnist"
+    assert sorted(p.name for p in target.iterdir()) == sorted(ALL_NAMES)  # no temp files
+    for name in ALL_NAMES:
+        assert (target / name).read_bytes() == (source / name).read_bytes()
+        assert f"{name}: not the official release" in out  # our files are not Zalando's
+    train = FashionMNIST(None, "train")  # the default root is the cache
+    np.testing.assert_array_equal(train.labels.numpy(), data["train"][1])
+
+
+def test_copy_recognises_the_official_files_by_their_published_md5(
+        tmp_path: Path, monkeypatch) -> None:
+    from vqtok.data.fashion_mnist import copy_from
+
+    source = tmp_path / "source"
+    write_fashion_files(source, n_train=3, n_test=2)
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in source.iterdir()}
+    monkeypatch.setitem(OFFICIAL_MD5, "train-labels-idx1-ubyte.gz",
+                        sums["train-labels-idx1-ubyte.gz"])
+    _, notes = copy_from(source, tmp_path / "target")
+    assert "train-labels-idx1-ubyte.gz: the official release" in notes
+    assert sum("not the official release" in note for note in notes) == 3
+
+
+def test_copy_refuses_a_corrupt_file_and_keeps_nothing_of_it(tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "cache"))
+    source = tmp_path / "source"
+    write_fashion_files(source, n_train=12, n_test=5)
+    labels = source / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05" + bytes([1, 2, 3])))
+    assert main(["data", "fashion-mnist", "--from", str(source), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz" in err and len(err.strip().splitlines()) == 1
+    target = tmp_path / "cache" / "fashion-mnist"
+    assert not (target / "t10k-labels-idx1-ubyte.gz").exists()
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]
+
+
+def test_copy_from_a_folder_without_the_files(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "fashion-mnist", "--from", str(tmp_path / "empty"),
+                 "--root", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train-images-idx3-ubyte" in err
+
+
+def test_fit_without_the_data_set_is_one_line_and_leaves_no_run(tmp_path: Path) -> None:
+    vqtok = Path(sys.executable).with_name("vqtok")
+    env = {"VQTOK_DATA": str(tmp_path / "empty-cache"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [str(vqtok), "fit", "--config", str(ROOT / "experiments" / "fmnist_fsq.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, done.stderr  # besides Lightning's "Seed set to 0"
+    assert errors[0].startswith("vqtok fit: error: Fashion-MNIST not found in ")
+    assert "vqtok data fashion-mnist" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,22 @@
+"""Every file vqtok writes or reads, described once (docs/formats.md).
+
+Each format module declares its keys, types and versions as a spec
+(:mod:`vqtok.formats.schema`), validated by one declarative validator; writes are
+atomic (:mod:`vqtok.formats.atomic`), JSON is strict (:mod:`vqtok.formats.jsonfile`),
+``.npz`` files never unpickle (:mod:`vqtok.formats.npzfile`), and images become pixels
+one way (:mod:`vqtok.formats.images`).
+
+============================  =========================================================
+:mod:`.tokenizer_dir`          an exported tokenizer: ``config.json`` + ``model.safetensors``
+:mod:`.decoder_dir`            an exported multimodal decoder, the same layout
+:mod:`.tokens`                 token ids of many images (``vqtok encode``)
+:mod:`.history`                a run's codebook history (``vqtok report`` reads it)
+:mod:`.report`                 ``report.json``
+:mod:`.token_cache`            the decoder's cache of tokenized datasets
+:mod:`.checkpoint`             Lightning checkpoints, read with ``weights_only=True``
+============================  =========================================================
+"""
+
+from vqtok.formats.schema import FormatError
+
+__all__ = ["FormatError"]

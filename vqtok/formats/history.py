@@ -1,0 +1,121 @@
+"""The codebook history of a training run (docs/formats.md#codebook-history): what the
+``CodebookHistory`` callback writes into the run directory and ``vqtok report`` reads.
+
+Two files; the ``.npz`` is written before the ``.json``, each atomically, so a crash
+between the two leaves an ``.npz`` with one extra row, which readers ignore::
+
+    codebook_history.json                       (SPEC)
+      {"format": "vqtok.codebook_history", "format_version": 1,
+       "codebook_size": K,                         # int >= 1
+       "quantizer": "vqtok.quantizers.fsq.FSQ",    # class path of the quantizer
+       "quantizer_config": "levels=[8, 5, 5, 5], codebook_size=1000, dim=16",
+       "counts_file": "codebook_history.npz",
+       "every_n_steps": 50,
+       "validations": [                            # one per validation run, in order
+         {"step": int, "epoch": int, "usage": float, "perplexity": float,
+          "dead_codes": int, "normalized_entropy": float,
+          "psnr": float | null, "ssim": float | null, "total_ids": int}],
+       "train": [                                  # the first step, then every N steps
+         {"step": int, "epoch": int, "batch_usage": float, "batch_perplexity": float,
+          "batch_ids": int}]}
+
+    codebook_history.npz                        (COUNTS_SPEC; no pickled objects)
+      counts  (V, K) int64   row v: per-code counts over the whole validation set at
+                             validation run v, summed over all ranks
+      steps   (V,)   int64   the global step of each row
+
+The train curve is *per batch*: the usage and perplexity of the ids of one training batch,
+which can never exceed ``batch_ids / K``; collapse is read from the validation counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqtok.formats.jsonfile import read_json, write_json
+from vqtok.formats.npzfile import read_npz, write_npz
+from vqtok.formats.schema import (
+    Array,
+    Const,
+    Float,
+    FormatError,
+    Int,
+    ListOf,
+    Nullable,
+    Obj,
+    Str,
+    Version,
+    validate,
+)
+
+__all__ = ["COUNTS_NAME", "COUNTS_SPEC", "FORMAT", "FORMAT_VERSION", "JSON_NAME", "SPEC",
+           "read_history", "write_history"]
+
+FORMAT = "vqtok.codebook_history"
+FORMAT_VERSION = 1
+JSON_NAME = "codebook_history.json"
+COUNTS_NAME = "codebook_history.npz"
+
+VALIDATION = Obj({
+    "step": Int(min=0), "epoch": Int(min=0), "usage": Float(min=0, max=1),
+    "perplexity": Float(), "dead_codes": Int(min=0), "normalized_entropy": Float(),
+    "psnr": Nullable(Float()), "ssim": Nullable(Float()), "total_ids": Int(min=1),
+})
+"""One validation run's metrics (docs/algorithms.md#codebook-usage)."""
+TRAIN = Obj({"step": Int(min=0), "epoch": Int(min=0), "batch_usage": Float(min=0, max=1),
+             "batch_perplexity": Float(), "batch_ids": Int(min=1)})
+"""One point of the per-batch training curve."""
+
+SPEC = Obj({
+    "format": Const(FORMAT, "a vqtok codebook history"), "format_version": Version(FORMAT_VERSION),
+    "codebook_size": Int(min=1), "quantizer": Str(), "quantizer_config": Str(),
+    "counts_file": Str(nonempty=True), "every_n_steps": Int(min=1),
+    "validations": ListOf(VALIDATION), "train": ListOf(TRAIN),
+})
+COUNTS_SPEC = Obj({"counts": Array("iu", (None, None), min=0), "steps": Array("iu", (None,))})
+
+
+def write_history(directory: Path, doc: dict[str, Any], counts: np.ndarray,
+                  steps: np.ndarray) -> None:
+    """Write ``counts (V, K)`` and ``steps (V,)``, then the JSON ``doc`` (module doc)."""
+    validate(doc, SPEC, JSON_NAME)
+    validate({"counts": counts, "steps": steps}, COUNTS_SPEC, COUNTS_NAME)
+    write_npz(directory / doc["counts_file"], {"counts": counts, "steps": steps})
+    write_json(directory / JSON_NAME, doc, "codebook history", indent=1)
+
+
+def read_history(directory: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """``(JSON document, counts (V, K) int64)`` of the history in ``directory``, validated:
+    V equals the number of validation runs and the rows' steps match theirs. Raises
+    :class:`~vqtok.formats.schema.FormatError` naming the file and the problem."""
+    json_path = directory / JSON_NAME
+    doc = read_json(json_path)
+    validate(doc, SPEC, str(json_path))
+    if Path(doc["counts_file"]).name != doc["counts_file"]:
+        raise FormatError(f"{json_path}: counts_file must be a file name in the run directory, "
+                          f"got {doc['counts_file']!r}")
+    if not doc["validations"]:
+        raise FormatError(f"{json_path}: holds no validation run yet")
+    counts_path = directory / doc["counts_file"]
+    if not counts_path.is_file():
+        raise FormatError(f"{counts_path}: the counts file named by {JSON_NAME} is missing")
+    arrays = read_npz(counts_path, "counts file")
+    validate(arrays, COUNTS_SPEC, str(counts_path))
+    counts, steps = arrays["counts"].astype(np.int64), arrays["steps"].astype(np.int64)
+    if counts.shape[1] != doc["codebook_size"]:
+        raise FormatError(f"{counts_path}: counts have {counts.shape[1]} columns but "
+                          f"{json_path} says codebook_size = {doc['codebook_size']}")
+    n = len(doc["validations"])
+    if counts.shape[0] < n or steps.shape[0] != counts.shape[0] or (
+            steps[:n].tolist() != [v["step"] for v in doc["validations"]]):
+        raise FormatError(f"{counts_path}: its {counts.shape[0]} rows (steps "
+                          f"{steps.tolist()[:8]}) do not match the {n} validation runs of "
+                          f"{json_path}")
+    empty = np.flatnonzero(counts[:n].sum(axis=1) == 0).tolist()
+    if empty:
+        raise FormatError(f"{counts_path}: rows {empty} count no code id (a validation run "
+                          f"always counts some)")
+    return doc, counts[:n]

@@ -1,0 +1,53 @@
+"""The decoder's token cache (docs/formats.md#token-cache): the ids of a whole image
+dataset under one tokenizer, filled in as images are encoded.
+
+One ``.npz`` per dataset split and tokenizer (the file name holds the tokenizer's
+fingerprint)::
+
+    ids   (N, h, w)  uint16 (codebooks up to 65,536 codes) or int32
+    done  (N,)       bool, which rows hold ids
+
+A cache is disposable: one that is unreadable or of another shape is ignored with a
+warning and rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from vqtok.formats.npzfile import read_npz, write_npz
+from vqtok.formats.schema import Array, FormatError, Obj, validate
+
+__all__ = ["SPEC", "read_token_cache", "write_token_cache"]
+
+log = logging.getLogger(__name__)
+
+SPEC = Obj({"ids": Array("iu", (None, None, None), min=0), "done": Array("b", (None,))})
+
+
+def read_token_cache(path: Path, shape: tuple[int, int, int], dtype: np.dtype
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(ids (N, h, w) of dtype, done (N,))`` from ``path``, or None when there is no
+    usable cache of that shape (a warning says why)."""
+    if not path.is_file():
+        return None
+    try:
+        arrays = read_npz(path, "token cache")
+        validate(arrays, SPEC, str(path))
+    except FormatError as err:
+        log.warning("ignoring token cache: %s", err)
+        return None
+    ids, done = arrays["ids"], arrays["done"]
+    if ids.shape != tuple(shape) or done.shape != shape[:1]:
+        log.warning("ignoring token cache %s of shape %s (expected %s)", path, ids.shape,
+                    tuple(shape))
+        return None
+    return ids.astype(dtype), done.copy()
+
+
+def write_token_cache(path: Path, ids: np.ndarray, done: np.ndarray) -> None:
+    """Write the cache atomically (uncompressed: ids compress poorly and load faster so)."""
+    write_npz(path, {"ids": ids, "done": done}, compress=False)

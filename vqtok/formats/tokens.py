@@ -1,0 +1,120 @@
+"""Token ids of many images in one ``.npz`` (docs/formats.md#tokens), what ``vqtok encode``
+writes and ``vqtok decode`` reads.
+
+The file is read with ``allow_pickle=False``; every array is numeric or fixed-width
+unicode (:data:`SPEC`):
+
+=============================  ===========================================================
+``format``                     ``"vqtok.tokens"``; ``format_version``: 1
+``tokenizer_format_version``   the tokenizer directory format version
+``codebook_size``              ids lie in ``[0, codebook_size)``; ``downsample_factor``: f
+``names``                      ``(N,)`` source name per image: its path under the folder
+                               that was given, or its file name
+``paths``                      ``(N,)`` source paths as found
+``sizes``                      ``(N, 2)`` original (height, width) in pixels
+``grids``                      ``(N, 2)`` token grid (h, w) = ceil(size / f)
+``ids``                        ``(sum h*w,)`` int64, each image's grid row-major, concatenated
+``failed_paths``               ``(M,)`` files that could not be encoded; ``failed_reasons`` why
+=============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vqtok.formats.npzfile import read_npz, write_npz
+from vqtok.formats.schema import Array, Const, FormatError, Int, Obj, Scalar, Version, validate
+from vqtok.formats.tokenizer_dir import FORMAT_VERSION as TOKENIZER_FORMAT_VERSION
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "SPEC", "TokenFile", "read_tokens", "write_tokens"]
+
+FORMAT = "vqtok.tokens"
+FORMAT_VERSION = 1
+
+
+SPEC = Obj({
+    "format": Scalar(Const(FORMAT, "a file written by `vqtok encode`")),
+    "format_version": Scalar(Version(FORMAT_VERSION)),
+    "tokenizer_format_version": Scalar(Int(min=1)),
+    "codebook_size": Scalar(Int(min=1)),
+    "downsample_factor": Scalar(Int(min=1)),
+    "names": Array("U", (None,)),
+    "paths": Array("U", (None,)),
+    "sizes": Array("iu", (None, 2), min=1),
+    "grids": Array("iu", (None, 2), min=1),
+    "ids": Array("iu", (None,)),
+    "failed_paths": Array("U", (None,)),
+    "failed_reasons": Array("U", (None,)),
+})
+"""The arrays of a tokens file; how they relate is checked by :func:`read_tokens`."""
+
+
+@dataclass
+class TokenFile:
+    """The content of a tokens ``.npz`` (module doc), validated."""
+
+    names: list[str]
+    sizes: list[tuple[int, int]]
+    ids: list[np.ndarray]
+    """One int64 ``(h, w)`` grid per image."""
+    codebook_size: int
+    downsample_factor: int
+
+
+def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[str],
+                 sizes: list[tuple[int, int]], grids: list[np.ndarray],
+                 failed: list[tuple[str, str]], codebook_size: int,
+                 downsample_factor: int) -> Path:
+    """Write a tokens file atomically; ``grids`` are the ``(h, w)`` id arrays per image."""
+    arrays = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "tokenizer_format_version": np.array(TOKENIZER_FORMAT_VERSION, dtype=np.int64),
+        "codebook_size": np.array(codebook_size, dtype=np.int64),
+        "downsample_factor": np.array(downsample_factor, dtype=np.int64),
+        "names": np.array(names, dtype=str),
+        "paths": np.array(paths, dtype=str),
+        "sizes": np.array(sizes, dtype=np.int64).reshape(-1, 2),
+        "grids": np.array([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
+        "ids": np.concatenate([g.reshape(-1) for g in grids] or [np.zeros(0)]).astype(np.int64),
+        "failed_paths": np.array([p for p, _ in failed], dtype=str),
+        "failed_reasons": np.array([r for _, r in failed], dtype=str),
+    }
+    return write_npz(path, arrays)
+
+
+def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
+    """Load and validate a tokens ``.npz``; ValueError naming the file and the problem."""
+    path = Path(npz)
+    arrays = read_npz(path, "tokens file")
+    validate(arrays, SPEC, str(path))
+
+    def fail(problem: str) -> FormatError:
+        return FormatError(f"{path}: {problem}")
+
+    k, f = int(arrays["codebook_size"]), int(arrays["downsample_factor"])
+    names, sizes, grids, ids = (arrays[key] for key in ("names", "sizes", "grids", "ids"))
+    n = len(names)
+    if sizes.shape[0] != n or grids.shape[0] != n:
+        raise fail(f"inconsistent lengths: {n} names, {sizes.shape[0]} sizes, {grids.shape[0]} "
+                   f"grids")
+    if n and np.any(-(-sizes // f) != grids):
+        raise fail(f"grids do not match sizes / downsample_factor {f}")
+    counts = grids.prod(axis=1)
+    if counts.sum() != ids.size:
+        raise fail(f"ids hold {ids.size} values but the grids need {int(counts.sum())}")
+    if ids.size and (ids.min() < 0 or ids.max() >= k):
+        raise fail(f"ids must lie in [0, {k}), got values in [{ids.min()}, {ids.max()}]")
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return TokenFile(
+        names=[str(s) for s in names],
+        sizes=[(int(h), int(w)) for h, w in sizes],
+        ids=[ids[a:b].astype(np.int64).reshape(tuple(g)) for a, b, g in
+             zip(offsets[:-1], offsets[1:], grids)],
+        codebook_size=k,
+        downsample_factor=f,
+    )

@@ -1,0 +1,122 @@
+"""The one LightningCLI base of ``vqtok fit|validate|test`` and ``vqtok decoder ...``.
+
+:class:`VqtokCLI` adds what both share: runs under ``runs/`` by default, the config saved
+beside each run, ``--export_dir``, and at the end of ``fit`` an export of the trained model
+(``module.export(out_dir, datamodule)``) into ``<run dir>/<export_name>``. The two
+commands differ only in the classes they train and a few links between config keys:
+:func:`run_tokenizer_cli` and :func:`run_decoder_cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI
+
+from vqtok.training.callbacks import CodebookHistory
+from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
+from vqtok.training.module import TokenizerModule
+
+__all__ = ["VqtokCLI", "run_decoder_cli", "run_dir", "run_tokenizer_cli"]
+
+log = logging.getLogger("vqtok")
+
+# Lightning warns when a program passes `args` while sys.argv holds its own arguments,
+# which is how `vqtok` calls it; and Lightning 2.6 calls a torch pytree API that torch
+# 2.13 deprecates. Neither is something a vqtok user can act on, so a process that runs a
+# vqtok CLI does not show them.
+_THIRD_PARTY_NOISE = (
+    "LightningCLI's args parameter is intended",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def run_dir(trainer: pl.Trainer) -> str:
+    """The run directory: the logger's version folder, else the trainer's root dir. Under
+    several processes ``trainer.log_dir`` is a collective, so every rank must ask."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
+class VqtokCLI(LightningCLI):
+    """LightningCLI with vqtok's run directory and export (module doc)."""
+
+    export_name = "model"
+    """The folder of the run directory that ``fit`` exports into."""
+
+    def __init__(self, model_class: type[pl.LightningModule],
+                 datamodule_class: type[pl.LightningDataModule], argv: Sequence[str],
+                 description: str, **kwargs: Any) -> None:
+        for message in _THIRD_PARTY_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        super().__init__(
+            model_class, datamodule_class, args=list(argv),
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"default_root_dir": "runs"},
+            parser_kwargs={"description": description}, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--export_dir", default=None,
+            help=f"Where `fit` exports the trained {self.export_name} "
+                 f"(default: <run dir>/{self.export_name}).")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [c for c in trainer.callbacks if c is not None]  # `null`: off
+        return trainer
+
+    def after_fit(self) -> None:
+        run = run_dir(self.trainer)
+        if not self.trainer.is_global_zero:
+            return
+        config = self.config[self.config.subcommand]
+        out = config.get("export_dir") or Path(run) / self.export_name
+        self.model.export(out, self.datamodule)
+        log.info("%s exported to %s", self.export_name, out)
+
+
+class _TokenizerCLI(VqtokCLI):
+    export_name = "tokenizer"
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        # On by default: codebook usage history into the run directory for `vqtok
+        # report`; `--codebook_history null` (or `codebook_history: null`) turns it off.
+        parser.add_lightning_class_args(
+            CodebookHistory, "codebook_history", subclass_mode=True, required=False)
+        parser.set_defaults({"codebook_history": {
+            "class_path": f"{CodebookHistory.__module__}.{CodebookHistory.__qualname__}",
+            "init_args": {"every_n_steps": 50},
+        }})
+
+
+class _DecoderCLI(VqtokCLI):
+    export_name = "decoder"
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        # One position scheme for model and streams; the vocabulary follows the tokenizer.
+        parser.link_arguments("model.config.position_scheme", "data.position_scheme")
+        parser.link_arguments("data.image_codebook_size", "model.image_codebook_size",
+                              apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.config.vocab_size",
+                              apply_on="instantiate")
+
+
+def run_tokenizer_cli(argv: Sequence[str]) -> VqtokCLI:
+    """``vqtok fit|validate|test``: any tokenizer config; returns the CLI (trainer, model)."""
+    return _TokenizerCLI(TokenizerModule, pl.LightningDataModule, argv,
+                         "Train, validate or test a vqtok image tokenizer.",
+                         subclass_mode_data=True)
+
+
+def run_decoder_cli(argv: Sequence[str]) -> VqtokCLI:
+    """``vqtok decoder fit|validate|test``: the multimodal decoder on caption streams."""
+    return _DecoderCLI(DecoderModule, CaptionImageDataModule, argv,
+                       "Train, validate or test a vqtok multimodal decoder on caption + image "
+                       "token streams.")
