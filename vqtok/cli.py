@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vqtok {vqtok_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in LIGHTNING_SUBCOMMANDS:
-        sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)", add_help=False)
+        sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)",
+                       add_help=False)
     sub.add_parser("decoder", add_help=False, help="LightningCLI fit/validate/test of the "
                    "multimodal decoder (see `vqtok decoder fit --help`)")
 
@@ -173,20 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="encode images to token ids (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--tokenizer", required=True, help="an exported tokenizer directory")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images")
     p.add_argument("tokens", help="an .npz written by `vqtok encode`")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer that encoded them")
-    p.add_argument("--out", required=True, help="output folder for the PNGs")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tokenizer_io(p, "the tokenizer that encoded them", "output folder for the PNGs")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
@@ -243,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
     return parser
+
+
+def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
+    """The options ``encode`` and ``decode`` share."""
+    p.add_argument("--tokenizer", required=True, help=tokenizer)
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

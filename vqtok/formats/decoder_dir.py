@@ -19,8 +19,8 @@
 
 Loading reads JSON and safetensors only and rebuilds the model through
 :func:`vqtok.registry.build`; the directory is written atomically by
-:func:`vqtok.formats.model_dir.save_model_dir`, so a crash leaves the old decoder or the new one,
-never half of one.
+:func:`vqtok.formats.model_dir.save_model_dir`, so a crash leaves the old decoder or the
+new one, never half of one.
 """
 
 from __future__ import annotations
@@ -30,27 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from vqtok import registry
+from vqtok.formats import model_dir
 from vqtok.formats.jsonfile import json_copy, read_json
-from vqtok.formats.model_dir import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    build_module,
-    header_spec,
-    load_weights,
-    new_header,
-    read_model_config,
-    save_model_dir,
-)
-from vqtok.formats.schema import (
-    Anything,
-    FormatError,
-    Int,
-    ListOf,
-    Nullable,
-    Obj,
-    Str,
-    validate,
-)
+from vqtok.formats.model_dir import CONFIG_NAME, WEIGHTS_NAME
+from vqtok.formats.schema import Anything, FormatError, Int, ListOf, Nullable, Obj, Str, validate
 from vqtok.multimodal.decoder import MultimodalDecoder
 from vqtok.multimodal.streams import Vocabulary
 
@@ -70,7 +53,7 @@ FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
 
 SPEC = Obj({
-    **header_spec(FORMAT, FORMAT_VERSION, "decoder"),
+    **model_dir.header_spec(FORMAT, FORMAT_VERSION, "decoder"),
     "decoder": Obj({"class_path": Str(nonempty=True), "init_args": Obj({"config": Anything()})}),
     "vocabulary": Obj({"text_vocab": Int(min=1), "image_codebook_size": Int(min=1),
                        "specials": ListOf(Str())}),
@@ -103,7 +86,7 @@ def build_decoder_config(
     if not isinstance(model, MultimodalDecoder):
         raise TypeError(f"expected a MultimodalDecoder, got {type(model).__name__}")
     config = {
-        **new_header(FORMAT, FORMAT_VERSION),
+        **model_dir.new_header(FORMAT, FORMAT_VERSION),
         "decoder": json_copy(registry.spec_of(model), "decoder init_args"),
         "vocabulary": vocabulary_spec(vocab),
         "image_tokens": [int(s) for s in image_tokens],
@@ -140,7 +123,7 @@ def save_decoder_dir(
     """
     config = build_decoder_config(model, vocab, image_tokens, caption_template=caption_template,
                                   extra=extra)
-    return save_model_dir(Path(out_dir), config, model, FORMAT, "decoder")
+    return model_dir.save_model_dir(Path(out_dir), config, model, FORMAT, "decoder")
 
 
 # ---- load -----------------------------------------------------------------------------
@@ -164,8 +147,10 @@ def load_decoder_dir(
     foreign weights, or weights that do not match the model exactly (strict loading).
     """
     root = Path(path)
-    config_path, config = read_model_config(root, SPEC, "decoder", DecoderFormatError)
-    model = build_module(config["decoder"], "decoder", config_path, DecoderFormatError)
+    config_path, config = model_dir.read_model_config(root, SPEC, "decoder",
+                                                      DecoderFormatError)
+    model = model_dir.build_module(config["decoder"], "decoder", config_path,
+                                   DecoderFormatError)
     try:
         vocab = Vocabulary(**config["vocabulary"])
     except (ValueError, TypeError) as err:
@@ -176,5 +161,6 @@ def load_decoder_dir(
     if vocab.size != model.config.vocab_size:
         raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but the "
                                  f"decoder's vocab_size is {model.config.vocab_size}")
-    load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError, "decoder")
+    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError,
+                           "decoder")
     return model.to(device).eval(), vocab, config

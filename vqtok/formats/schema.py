@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,11 +83,12 @@ def _bounds(low: float | None, high: float | None, low_open: bool = False) -> st
     return (" " + " and ".join(parts)) if parts else ""
 
 
+@dataclass(frozen=True)
 class Int(Spec):
     """An integer, optionally within ``[min, max]``."""
 
-    def __init__(self, min: int | None = None, max: int | None = None) -> None:
-        self.min, self.max = min, max
+    min: int | None = None
+    max: int | None = None
 
     def check(self, value: Any, where: str) -> None:
         if (not is_int(value) or (self.min is not None and value < self.min)
@@ -94,13 +96,14 @@ class Int(Spec):
             raise self.fail(where, f"an integer{_bounds(self.min, self.max)}", value)
 
 
+@dataclass(frozen=True)
 class Float(Spec):
     """A finite number (an integer is accepted), optionally bounded; ``above`` is an
     exclusive lower bound."""
 
-    def __init__(self, min: float | None = None, max: float | None = None,
-                 above: float | None = None) -> None:
-        self.min, self.max, self.above = min, max, above
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
 
     def check(self, value: Any, where: str) -> None:
         ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
@@ -112,11 +115,12 @@ class Float(Spec):
             raise self.fail(where, f"a finite number{_bounds(low, self.max, low_open)}", value)
 
 
+@dataclass(frozen=True)
 class Str(Spec):
     """A string; ``contains``: a substring it must hold; ``nonempty``: not ``""``."""
 
-    def __init__(self, contains: str | None = None, nonempty: bool = False) -> None:
-        self.contains, self.nonempty = contains, nonempty
+    contains: str | None = None
+    nonempty: bool = False
 
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, str):
@@ -135,51 +139,55 @@ class Bool(Spec):
             raise self.fail(where, "true or false", value)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal in type and value (``1`` is not ``true``, ``1.0`` is not ``1``)."""
+    return type(a) is type(b) and a == b
+
+
 class OneOf(Spec):
-    """One of a few allowed values (compared by type and value)."""
+    """One of a few allowed values."""
 
     def __init__(self, *values: Any) -> None:
         self.values = values
 
     def check(self, value: Any, where: str) -> None:
-        if not any(type(value) is type(v) and value == v for v in self.values):
+        if not any(_same(value, v) for v in self.values):
             raise self.fail(where, "one of " + ", ".join(map(_show, self.values)), value)
 
 
-class Const(OneOf):
+@dataclass(frozen=True)
+class Const(Spec):
     """Exactly ``value``: the ``format`` key that says what kind of file this is.
     ``what`` names the kind in the message ("a vqtok tokenizer directory")."""
 
-    def __init__(self, value: Any, what: str | None = None) -> None:
-        super().__init__(value)
-        self.what = what
+    value: Any
+    what: str | None = None
 
     def check(self, value: Any, where: str) -> None:
-        if not (type(value) is type(self.values[0]) and value == self.values[0]):
+        if not _same(value, self.value):
             kind = f" ({self.what})" if self.what else ""
-            raise FormatError(f"{where} must be {_show(self.values[0])}{kind}, got "
-                              f"{_show(value)}")
+            raise FormatError(f"{where} must be {_show(self.value)}{kind}, got {_show(value)}")
 
 
+@dataclass(frozen=True)
 class Version(Spec):
     """A format version this vqtok reads; a newer one says to upgrade."""
 
-    def __init__(self, version: int) -> None:
-        self.version = version
+    version: int
 
     def check(self, value: Any, where: str) -> None:
         if not is_int(value) or value != self.version:
-            hint = " (written by a newer vqtok? upgrade vqtok)" if is_int(value) and (
-                value > self.version) else ""
+            newer = is_int(value) and value > self.version
+            hint = " (written by a newer vqtok? upgrade vqtok)" if newer else ""
             raise FormatError(f"unsupported {where} {_show(value)}; this vqtok reads "
                               f"{self.version}{hint}")
 
 
+@dataclass(frozen=True)
 class Nullable(Spec):
     """``null`` or what ``inner`` accepts."""
 
-    def __init__(self, inner: Spec) -> None:
-        self.inner = inner
+    inner: Spec
 
     def check(self, value: Any, where: str) -> None:
         if value is not None:
@@ -198,11 +206,12 @@ class Anything(Spec):
             raise self.fail(where, self.what, value)
 
 
+@dataclass(frozen=True)
 class ListOf(Spec):
     """A list of ``item``; ``length``: exactly that many items."""
 
-    def __init__(self, item: Spec, length: int | None = None) -> None:
-        self.item, self.length = item, length
+    item: Spec
+    length: int | None = None
 
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, list) or (self.length is not None and len(value) != self.length):
@@ -248,14 +257,15 @@ class Obj(Spec):
 _KINDS = {"i": "integers", "u": "integers", "f": "floats", "b": "booleans", "U": "text"}
 
 
+@dataclass(frozen=True)
 class Array(Spec):
     """A numpy array (an ``.npz`` member): ``kinds`` are the allowed dtype kinds
     (``"iu"`` integers, ``"f"`` floats, ``"b"`` booleans, ``"U"`` text); ``shape`` its
     shape with ``None`` for a free size; ``min``: a lower bound on every value."""
 
-    def __init__(self, kinds: str, shape: tuple[int | None, ...], min: int | None = None
-                 ) -> None:
-        self.kinds, self.shape, self.min = kinds, shape, min
+    kinds: str
+    shape: tuple[int | None, ...]
+    min: int | None = None
 
     def check(self, value: Any, where: str) -> None:
         kinds = " or ".join(sorted({_KINDS[k] for k in self.kinds}))
@@ -272,12 +282,12 @@ class Array(Spec):
                               f"{value.min().item()}")
 
 
+@dataclass(frozen=True)
 class Scalar(Spec):
     """A 0-d numpy array (an ``.npz`` member holding one value) whose value, as a Python
     ``str``, ``int`` or ``float``, ``inner`` accepts."""
 
-    def __init__(self, inner: Spec) -> None:
-        self.inner = inner
+    inner: Spec
 
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, np.ndarray) or value.shape != () or value.dtype.kind not in "iufU":

@@ -33,19 +33,10 @@ import numpy as np
 from safetensors import safe_open
 
 from vqtok import registry
+from vqtok.formats import model_dir
 from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.jsonfile import json_copy, read_json
-from vqtok.formats.model_dir import (
-    CONFIG_NAME,
-    MODULE_SPEC,
-    WEIGHTS_NAME,
-    build_module,
-    header_spec,
-    load_weights,
-    new_header,
-    read_model_config,
-    save_model_dir,
-)
+from vqtok.formats.model_dir import CONFIG_NAME, MODULE_SPEC, WEIGHTS_NAME
 from vqtok.formats.schema import Anything, Float, FormatError, Int, Obj, validate
 from vqtok.models.autoencoder import VQAutoencoder
 
@@ -69,7 +60,7 @@ FORMAT_VERSION = 1
 _ROLES = ("encoder", "quantizer", "decoder")
 
 SPEC = Obj({
-    **header_spec(FORMAT, FORMAT_VERSION, "tokenizer"),
+    **model_dir.header_spec(FORMAT, FORMAT_VERSION, "tokenizer"),
     **{role: MODULE_SPEC for role in _ROLES},
     "image": Obj({"channels": Int(min=1), "downsample_factor": Int(min=1),
                   "min_size": Int(min=1)}),
@@ -96,7 +87,7 @@ def build_config(
     """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
     if not isinstance(model, VQAutoencoder):
         raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
-    config = new_header(FORMAT, FORMAT_VERSION)
+    config = model_dir.new_header(FORMAT, FORMAT_VERSION)
     for role in _ROLES:
         config[role] = json_copy(registry.spec_of(getattr(model, role)), f"{role} init_args")
     factor = model.downsample_factor
@@ -144,7 +135,7 @@ def save_tokenizer_dir(
     ``config.json`` and ``model.safetensors`` is refused rather than deleted.
     """
     config = build_config(model, normalization=normalization, min_size=min_size, extra=extra)
-    return save_model_dir(Path(out_dir), config, model, FORMAT, "tokenizer")
+    return model_dir.save_model_dir(Path(out_dir), config, model, FORMAT, "tokenizer")
 
 
 # ---- load -----------------------------------------------------------------------------
@@ -160,15 +151,17 @@ def load_tokenizer_dir(
     weights, or weights that do not match the model exactly (strict loading).
     """
     root = Path(path)
-    config_path, config = read_model_config(root, SPEC, "tokenizer", TokenizerFormatError)
-    parts = {role: build_module(config[role], role, config_path, TokenizerFormatError)
-             for role in _ROLES}
+    config_path, config = model_dir.read_model_config(root, SPEC, "tokenizer",
+                                                      TokenizerFormatError)
+    parts = {role: model_dir.build_module(config[role], role, config_path,
+                                          TokenizerFormatError) for role in _ROLES}
     try:
         model = VQAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"])
     except (ValueError, TypeError) as err:
         raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
     _check_model_matches(model, config, config_path)
-    load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError, "tokenizer")
+    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError,
+                           "tokenizer")
     return model.to(device).eval(), config
 
 

@@ -64,25 +64,15 @@ class VQAutoencoder(nn.Module):
         self.quantizer = quantizer
         self.decoder = decoder
 
-    @property
-    def downsample_factor(self) -> int:
-        """Pixels per token along each side: an ``H x W`` image gives ``H/f x W/f`` tokens."""
-        return int(self.encoder.downsample_factor)
-
-    @property
-    def in_channels(self) -> int:
-        """Image channels the model reads and writes."""
-        return int(self.encoder.in_channels)
-
-    @property
-    def dim(self) -> int:
-        """Width of the latent feature map (the quantizer's dim)."""
-        return int(self.quantizer.dim)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of distinct token ids."""
-        return int(self.quantizer.codebook_size)
+    # Shape facts, read from the parts (an ``H x W`` image gives ``H/f x W/f`` tokens).
+    downsample_factor = property(lambda self: int(self.encoder.downsample_factor),
+                                 doc="Pixels per token along each side.")
+    in_channels = property(lambda self: int(self.encoder.in_channels),
+                           doc="Image channels the model reads and writes.")
+    dim = property(lambda self: int(self.quantizer.dim),
+                   doc="Width of the latent feature map (the quantizer's dim).")
+    codebook_size = property(lambda self: int(self.quantizer.codebook_size),
+                             doc="Number of distinct token ids.")
 
     def encode(self, x: Tensor) -> QuantizerOutput:
         """Image ``(B, C, H, W)`` with H, W multiples of :attr:`downsample_factor`

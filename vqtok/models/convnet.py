@@ -8,7 +8,7 @@ The layout follows VQGAN (Esser et al. 2021, section 3.1 and appendix).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -24,8 +24,29 @@ from vqtok.models.blocks import (
 from vqtok.registry import register
 
 
+class _ConvNet(nn.Module):
+    """What the encoder and the decoder share: their arguments' checks and sizes.
+
+    Sets ``dim``, ``downsample_factor`` (for a decoder, the encoder's factor it undoes),
+    the image channels under their argument's name, ``widths`` (of each level) and
+    ``make_norm`` (the norm layer factory).
+    """
+
+    def __init__(self, image_arg: str, image_channels: int, channels: int,
+                 channel_mult: Sequence[int], num_res_blocks: int, dim: int,
+                 num_groups: int, norm: str) -> None:
+        super().__init__()
+        if not isinstance(image_channels, int) or image_channels < 1:
+            raise ValueError(f"{image_arg} must be a positive int, got {image_channels!r}")
+        self.widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
+        self.make_norm: Callable[[int], nn.Module] = norm_factory(norm, num_groups)  # picklable
+        setattr(self, image_arg, image_channels)
+        self.dim = dim
+        self.downsample_factor = 2 ** (len(self.widths) - 1)
+
+
 @register
-class Encoder(nn.Module):
+class Encoder(_ConvNet):
     """Image ``(B, in_channels, H, W)`` -> features ``(B, dim, H / f, W / f)``.
 
     Args:
@@ -42,36 +63,22 @@ class Encoder(nn.Module):
             tokenize; see :mod:`vqtok.models.blocks`).
     """
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        dim: int = 32,
-        attention: bool = False,
-        num_groups: int = 32,
-        norm: str = "group",
-    ) -> None:
-        super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
-        make_norm = norm_factory(norm, num_groups)
-        self.in_channels = in_channels
-        self.dim = dim
-        self.downsample_factor = 2 ** (len(widths) - 1)
+    def __init__(self, in_channels: int = 3, channels: int = 64,
+                 channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, dim: int = 32,
+                 attention: bool = False, num_groups: int = 32, norm: str = "group") -> None:
+        super().__init__("in_channels", in_channels, channels, channel_mult, num_res_blocks,
+                         dim, num_groups, norm)
 
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
         width = channels
-        for level, level_width in enumerate(widths):
+        for level, level_width in enumerate(self.widths):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(width, level_width, make_norm))
+                layers.append(ResBlock(width, level_width, self.make_norm))
                 width = level_width
-            if level < len(widths) - 1:
+            if level < len(self.widths) - 1:
                 layers.append(Downsample(width))
-        layers += middle_blocks(width, attention, make_norm)
-        layers += [make_norm(width), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1)]
+        layers += middle_blocks(width, attention, self.make_norm)
+        layers += [self.make_norm(width), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,7 +87,7 @@ class Encoder(nn.Module):
 
 
 @register
-class Decoder(nn.Module):
+class Decoder(_ConvNet):
     """Features ``(B, dim, h, w)`` -> image ``(B, out_channels, h * f, w * f)``.
 
     The mirror of :class:`Encoder` with the same arguments: the levels run from the last
@@ -88,37 +95,22 @@ class Decoder(nn.Module):
     them. The output is not squashed; images live in [-1, 1].
     """
 
-    def __init__(
-        self,
-        out_channels: int = 3,
-        channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        dim: int = 32,
-        attention: bool = False,
-        num_groups: int = 32,
-        norm: str = "group",
-    ) -> None:
-        super().__init__()
-        if not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
-        widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
-        make_norm = norm_factory(norm, num_groups)
-        self.out_channels = out_channels
-        self.dim = dim
-        self.downsample_factor = 2 ** (len(widths) - 1)
-        """The encoder downsampling factor this decoder undoes."""
+    def __init__(self, out_channels: int = 3, channels: int = 64,
+                 channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, dim: int = 32,
+                 attention: bool = False, num_groups: int = 32, norm: str = "group") -> None:
+        super().__init__("out_channels", out_channels, channels, channel_mult, num_res_blocks,
+                         dim, num_groups, norm)
 
-        width = widths[-1]
+        width = self.widths[-1]
         layers: list[nn.Module] = [nn.Conv2d(dim, width, 3, padding=1)]
-        layers += middle_blocks(width, attention, make_norm)
-        for level in reversed(range(len(widths))):
+        layers += middle_blocks(width, attention, self.make_norm)
+        for level in reversed(range(len(self.widths))):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock(width, widths[level], make_norm))
-                width = widths[level]
+                layers.append(ResBlock(width, self.widths[level], self.make_norm))
+                width = self.widths[level]
             if level > 0:
                 layers.append(Upsample(width))
-        layers += [make_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1)]
+        layers += [self.make_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -105,6 +105,40 @@ class Quantizer(nn.Module, ABC):
         return f"codebook_size={self.codebook_size}, dim={self.dim}"
 
 
+GRAD_ESTIMATORS = ("ste", "rotation")
+"""Gradient estimators of the search-based quantizers (docs/algorithms.md#rotation-trick)."""
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """A ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class CodebookQuantizer(Quantizer):
+    """A quantizer that searches a codebook (VQ, SimVQ): the arguments they share."""
+
+    def _set_codebook_args(self, codebook_size: int, dim: int, codebook_weight: float,
+                           commitment_weight: float, grad_estimator: str,
+                           chunk_rows: int | None) -> None:
+        """Check and store the shared arguments (see the subclasses' docs)."""
+        check_positive_int("codebook_size", codebook_size)
+        check_positive_int("dim", dim)
+        for name, weight in (("codebook_weight", codebook_weight),
+                             ("commitment_weight", commitment_weight)):
+            if not weight >= 0:
+                raise ValueError(f"{name} must be >= 0, got {weight!r}")
+        if grad_estimator not in GRAD_ESTIMATORS:
+            raise ValueError(f"grad_estimator must be one of {GRAD_ESTIMATORS}, got "
+                             f"{grad_estimator!r}")
+        if chunk_rows is not None:
+            check_positive_int("chunk_rows", chunk_rows)
+        self.codebook_size, self.dim = codebook_size, dim
+        self.codebook_weight = float(codebook_weight)
+        self.commitment_weight = float(commitment_weight)
+        self.grad_estimator, self.chunk_rows = grad_estimator, chunk_rows
+
+
 def float32_compute(z: Tensor) -> contextlib.AbstractContextManager:
     """Disable autocast for the tensor's device so the quantizer maths stays in float32."""
     device_type = z.device.type if z.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"

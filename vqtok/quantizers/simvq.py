@@ -25,17 +25,16 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.quantizers import functional as Fq
-from vqtok.quantizers.base import Quantizer, float32_compute, rows_to_map
+from vqtok.quantizers.base import CodebookQuantizer, float32_compute, rows_to_map
 from vqtok.registry import register
 
 log = logging.getLogger(__name__)
 
 _INITS = ("data", "identity", "random")
-_ESTIMATORS = ("ste", "rotation")
 
 
 @register
-class SimVQ(Quantizer):
+class SimVQ(CodebookQuantizer):
     """Vector quantizer whose codebook is ``linear(C)``: C frozen Gaussian, linear learned.
 
     Args:
@@ -55,41 +54,16 @@ class SimVQ(Quantizer):
         chunk_rows: rows per tile of the nearest-code search (default: 8 MiB tiles on CPU).
     """
 
-    def __init__(
-        self,
-        codebook_size: int,
-        dim: int,
-        *,
-        codebook_weight: float = 1.0,
-        commitment_weight: float = 0.25,
-        bias: bool = False,
-        grad_estimator: str = "ste",
-        init: str = "data",
-        chunk_rows: int | None = None,
-    ) -> None:
+    def __init__(self, codebook_size: int, dim: int, *, codebook_weight: float = 1.0,
+                 commitment_weight: float = 0.25, bias: bool = False,
+                 grad_estimator: str = "ste", init: str = "data",
+                 chunk_rows: int | None = None) -> None:
         super().__init__()
-        if not isinstance(codebook_size, int) or codebook_size < 1:
-            raise ValueError(f"codebook_size must be a positive int, got {codebook_size!r}")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        for name, weight in (("codebook_weight", codebook_weight),
-                             ("commitment_weight", commitment_weight)):
-            if not weight >= 0:
-                raise ValueError(f"{name} must be >= 0, got {weight!r}")
-        if grad_estimator not in _ESTIMATORS:
-            raise ValueError(f"grad_estimator must be one of {_ESTIMATORS}, got {grad_estimator!r}")
+        self._set_codebook_args(codebook_size, dim, codebook_weight, commitment_weight,
+                                grad_estimator, chunk_rows)
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-            raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
-
-        self.codebook_size = codebook_size
-        self.dim = dim
-        self.codebook_weight = float(codebook_weight)
-        self.commitment_weight = float(commitment_weight)
-        self.grad_estimator = grad_estimator
         self.init = init
-        self.chunk_rows = chunk_rows
 
         # Zhu et al. 2024, section 3: C ~ N(0, 1/d), frozen. Persistent, so an exported
         # model reproduces the same codebook without relying on a seed.

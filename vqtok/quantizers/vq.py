@@ -22,17 +22,16 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqtok.quantizers import functional as Fq
-from vqtok.quantizers.base import Quantizer, float32_compute, rows_to_map
+from vqtok.quantizers.base import CodebookQuantizer, float32_compute, rows_to_map
 from vqtok.registry import register
 
 log = logging.getLogger(__name__)
 
 _INITS = ("kmeans", "data", "normal")
-_ESTIMATORS = ("ste", "rotation")
 
 
 @register
-class VectorQuantizer(Quantizer):
+class VectorQuantizer(CodebookQuantizer):
     """Nearest-code quantizer with a learned codebook of ``codebook_size`` x ``dim``.
 
     Losses, named by role (means over all elements, already weighted):
@@ -71,30 +70,15 @@ class VectorQuantizer(Quantizer):
         chunk_rows: rows per tile of the nearest-code search (default: 8 MiB tiles on CPU).
     """
 
-    def __init__(
-        self,
-        codebook_size: int,
-        dim: int,
-        *,
-        codebook_weight: float = 1.0,
-        commitment_weight: float = 0.25,
-        ema_decay: float | None = None,
-        ema_eps: float = 1e-5,
-        init: str = "kmeans",
-        kmeans_iters: int = 10,
-        restart_threshold: float | None = None,
-        usage_decay: float = 0.99,
-        grad_estimator: str = "ste",
-        cosine: bool = False,
-        chunk_rows: int | None = None,
-    ) -> None:
+    def __init__(self, codebook_size: int, dim: int, *, codebook_weight: float = 1.0,
+                 commitment_weight: float = 0.25, ema_decay: float | None = None,
+                 ema_eps: float = 1e-5, init: str = "kmeans", kmeans_iters: int = 10,
+                 restart_threshold: float | None = None, usage_decay: float = 0.99,
+                 grad_estimator: str = "ste", cosine: bool = False,
+                 chunk_rows: int | None = None) -> None:
         super().__init__()
-        _check_positive_int("codebook_size", codebook_size)
-        _check_positive_int("dim", dim)
-        for name, weight in (("codebook_weight", codebook_weight),
-                             ("commitment_weight", commitment_weight)):
-            if not weight >= 0:
-                raise ValueError(f"{name} must be >= 0, got {weight!r}")
+        self._set_codebook_args(codebook_size, dim, codebook_weight, commitment_weight,
+                                grad_estimator, chunk_rows)
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be None or in (0, 1), got {ema_decay!r}")
         if not ema_eps > 0:
@@ -107,24 +91,14 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"restart_threshold must be None or > 0, got {restart_threshold!r}")
         if not 0.0 <= usage_decay < 1.0:
             raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay!r}")
-        if grad_estimator not in _ESTIMATORS:
-            raise ValueError(f"grad_estimator must be one of {_ESTIMATORS}, got {grad_estimator!r}")
-        if chunk_rows is not None:
-            _check_positive_int("chunk_rows", chunk_rows)
 
-        self.codebook_size = codebook_size
-        self.dim = dim
-        self.codebook_weight = float(codebook_weight)
-        self.commitment_weight = float(commitment_weight)
         self.ema_decay = ema_decay
         self.ema_eps = float(ema_eps)
         self.init = init
         self.kmeans_iters = kmeans_iters
         self.restart_threshold = restart_threshold
         self.usage_decay = float(usage_decay)
-        self.grad_estimator = grad_estimator
         self.cosine = cosine
-        self.chunk_rows = chunk_rows
 
         # N(0, 1) start; "kmeans"/"data" replace it on the first training batch.
         codebook = torch.randn(codebook_size, dim)  # (K, D)
@@ -132,7 +106,7 @@ class VectorQuantizer(Quantizer):
             self.codebook = nn.Parameter(codebook)
         else:
             self.register_buffer("codebook", codebook)
-            # N_k and m_k of the EMA update (DESIGN.md section 3), seeded at init.
+            # N_k and m_k of the EMA update (docs/algorithms.md#ema-codebook), seeded at init.
             self.register_buffer("ema_count", torch.zeros(codebook_size))
             self.register_buffer("ema_sum", torch.zeros(codebook_size, dim))
         # EMA of each code's share of the rows relative to uniform use (1.0 = N/K rows).
@@ -262,11 +236,6 @@ class VectorQuantizer(Quantizer):
             f"ema_decay={self.ema_decay}, restart_threshold={self.restart_threshold}, "
             f"grad_estimator={self.grad_estimator!r}, cosine={self.cosine}"
         )
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _distributed() -> bool:

@@ -154,20 +154,14 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.caption_template = caption_template
         self.captions = [caption_for(c, caption_template) for c in self.class_names]
         self.vocab = Vocabulary(image_codebook_size=self.tokenizer.codebook_size)
+        # Read by the CLI's links into the model's arguments.
+        self.image_codebook_size, self.vocab_size = self.vocab.image_codebook_size, self.vocab.size
         self.image_tokens = self.tokenizer.tokens_shape(pad_to, pad_to)
         self.position_scheme = position_scheme
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set: CaptionImageDataset | None = None
         self.val_set: CaptionImageDataset | None = None
         self.test_set: CaptionImageDataset | None = None
-
-    @property
-    def image_codebook_size(self) -> int:
-        return self.vocab.image_codebook_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.vocab.size
 
     def cache_file(self, split: str) -> Path | None:
         """The token cache of one split for this tokenizer."""

@@ -68,7 +68,8 @@ class TokenizerModule(pl.LightningModule):
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
         encoder, quantizer, decoder = (
-            m if isinstance(m, nn.Module) else registry.build(m) for m in (encoder, quantizer, decoder)
+            m if isinstance(m, nn.Module) else registry.build(m)
+            for m in (encoder, quantizer, decoder)
         )
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
         # Checkpoints hold registry specs, never module objects: they load with
