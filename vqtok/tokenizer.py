@@ -94,7 +94,8 @@ class ImageTokenizer:
         batch_invariant: bool = True,
     ) -> ImageTokenizer:
         """Load a tokenizer directory (config.json + model.safetensors; no pickle).
-        Raises :class:`vqtok.io.TokenizerFormatError` (a ValueError) for a bad directory."""
+        Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
+        for a bad directory."""
         model, config = load_tokenizer_dir(path)
         return cls(model, device=device, normalization=normalization_of(config),
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
@@ -102,7 +103,7 @@ class ImageTokenizer:
     def save_pretrained(
         self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
     ) -> Path:
-        """Write the tokenizer directory atomically (see :mod:`vqtok.io`)."""
+        """Write the tokenizer directory atomically (see :mod:`vqtok.formats.tokenizer_dir`)."""
         return save_tokenizer_dir(self.model, path, normalization=self.normalization,
                                   min_size=self.min_size, extra=extra)
 

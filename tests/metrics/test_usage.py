@@ -1,5 +1,5 @@
 """CodebookUsage and usage_stats against an independent numpy computation and the
-identities of DESIGN.md section 4."""
+identities of docs/algorithms.md#codebook-usage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention variants against a float64 head-by-head reference (DESIGN.md section 7)."""
+"""Attention variants against a float64 head-by-head reference (docs/algorithms.md#attention-variants)."""
 
 from __future__ import annotations
 

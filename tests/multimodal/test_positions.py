@@ -1,4 +1,4 @@
-"""Position schemes against hand computations (DESIGN.md section 6)."""
+"""Position schemes against hand computations (docs/algorithms.md#streams-and-positions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rotary embedding against hand-written float64 RoPE (DESIGN.md section 6)."""
+"""Rotary embedding against hand-written float64 RoPE (docs/algorithms.md#rope)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The quantizer contract of DESIGN.md section 2, checked for every quantizer configuration
+"""The quantizer contract (docs/algorithms.md#quantizer-contract), checked for every quantizer configuration
 x spatial rank (1D, 2D, 3D) x precision (float32, bf16 autocast on CPU), in the pattern of
 timm's test_models.py: one table of configurations, every test parametrised over it."""
 
@@ -133,7 +133,7 @@ def test_indices_to_codes_reproduces_z_q_in_eval(name: str, rank: int, precision
 @ranks
 def test_bf16_autocast_computes_in_float32(name: str, rank: int) -> None:
     """Under autocast, the ids (and, for a float32 input, z_q) are those of float32 maths on
-    the same input values: low precision inside the quantizer is a known anchor bug."""
+    the same input values: rounding in low precision inside a quantizer picks other codes."""
     quantizer = make(name).eval()
     z = feature_map(quantizer.dim, rank)
     reference = quantizer(z)

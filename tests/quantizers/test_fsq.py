@@ -1,4 +1,4 @@
-"""FSQ against an independent float64 re-implementation (DESIGN.md section 3, FSQ)."""
+"""FSQ against an independent float64 re-implementation (Mentzer et al. 2023; docs/algorithms.md#fsq)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from vqtok.quantizers import functional as Fq
 from vqtok.quantizers.fsq import FSQ
 from vqtok.registry import build, spec_of
 
-# Mentzer et al. 2023, Table 1, as written in DESIGN.md (not imported from the module).
+# Mentzer et al. 2023, Table 1, as the paper lists them (not imported from the module).
 PRESETS = {
     2**8: [8, 6, 5],
     2**10: [8, 5, 5, 5],
@@ -189,7 +189,7 @@ def test_bf16_autocast_gives_the_float32_indices(dim: int | None) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         decoded = q.indices_to_codes(ref.indices)
     assert decoded.dtype == torch.float32 and torch.equal(decoded, q.indices_to_codes(ref.indices))
-    # the anchor bug this guards against: the same maths in bf16 picks other codes
+    # why the quantizer computes in float32: the same maths in bf16 picks other codes
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = q.project_in(_rows(z))
         bf16_ids = Fq.fsq_codes_to_indices(Fq.fsq_quantize(h.bfloat16(), q.levels), q.levels)

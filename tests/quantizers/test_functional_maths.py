@@ -1,4 +1,4 @@
-"""vqtok.quantizers.functional against independent references (DESIGN.md section 3):
+"""vqtok.quantizers.functional against independent references (docs/algorithms.md):
 the rotation trick against an explicit float64 rotation matrix built from the paper's
 formula (Fifty et al. 2024, section 4.2), the straight-through estimator, the chunked
 nearest-code search against a float64 brute force, counts/sums against a one-hot product,

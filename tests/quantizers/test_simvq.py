@@ -1,4 +1,4 @@
-"""SimVQ against float64 references and the paper's claims (DESIGN.md section 3, SimVQ)."""
+"""SimVQ against float64 references and the paper's claims (Zhu et al. 2024; docs/algorithms.md#simvq)."""
 
 from __future__ import annotations
 

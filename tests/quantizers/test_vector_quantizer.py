@@ -1,4 +1,4 @@
-"""VectorQuantizer against hand computations (DESIGN.md section 3): the VQ-VAE losses and
+"""VectorQuantizer against hand computations (docs/algorithms.md#vq-vae-losses and after): the VQ-VAE losses and
 where their gradients go, the EMA update with Laplace smoothing over two steps, dead-code
 restart, data-dependent init, cosine codes, state round trips, the rotation estimator,
 and (slow) codebook agreement across two gloo ranks."""
@@ -116,7 +116,7 @@ def test_ema_update_equals_hand_computation_over_two_steps() -> None:
     gen = torch.Generator().manual_seed(3)
     batches = [torch.randn(2, d, 4, 5, generator=gen), 1.5 * torch.randn(3, d, 2, 5, generator=gen)]
 
-    # reference state after the init of DESIGN.md section 3 as vq.py seeds it: every code
+    # reference state after the init of docs/algorithms.md#codebook-init-and-restart as vq.py seeds it: every code
     # holds its fair share N/K of the first batch's rows, m_k = e_k N_k
     codebook = q.codebook.detach().double().clone()  # (K, D) N(0, 1) draws
     n_first = _rows(batches[0]).shape[0]

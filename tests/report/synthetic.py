@@ -11,7 +11,7 @@ import numpy as np
 
 
 def stats_by_hand(counts: np.ndarray) -> dict[str, float]:
-    """usage, perplexity, dead codes, normalised entropy in float64 (DESIGN.md section 4)."""
+    """usage, perplexity, dead codes, normalised entropy in float64 (docs/algorithms.md#codebook-usage)."""
     k = counts.size
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * np.log(p)).sum())

@@ -133,7 +133,7 @@ def test_pca_of_planar_codes_keeps_distances() -> None:
 def test_codebook_vectors_fsq_grid_in_index_order() -> None:
     quantizer = FSQ([3, 3])  # dim == len(levels): no projection, codes are the grid
     codes = codebook_vectors(quantizer, chunk=4).numpy()
-    # DESIGN.md section 3: index = digit_0 + 3 digit_1, value = digit - 1 for L = 3
+    # docs/algorithms.md#fsq: index = digit_0 + 3 digit_1, value = digit - 1 for L = 3
     grid = [[d0 - 1.0, d1 - 1.0] for d1 in range(3) for d0 in range(3)]
     np.testing.assert_array_equal(codes, grid)
 

@@ -81,6 +81,7 @@ def test_stream_losses_match_a_token_loop() -> None:
         expected = sum(sums[key]) / len(sums[key])
         assert terms[name].item() == pytest.approx(expected, rel=1e-5)
     assert int(terms["n_image"]) == 7 and int(terms["n_all"]) == len(sums["all"])
+    assert int(terms["n_text"]) == len(sums["text"])
 
 
 def test_padding_is_never_a_target() -> None:

@@ -68,8 +68,9 @@ class ImageFolder(Dataset):
     (:data:`~vqtok.formats.images.IMAGE_SUFFIXES`: ``.png``, ``.jpg``, ``.webp``, ``.bmp``,
     ``.tif``, ...) and no name on its path starts with a dot; it is converted to RGB
     pixels by :func:`~vqtok.formats.images.to_uint8_pixels`, scaled so the shorter side
-    is ``size`` and centre-cropped to ``size x size``. Files that fail to decode are skipped, logged with their path and
-    listed in :attr:`skipped`; a folder without one readable image raises ValueError.
+    is ``size`` and centre-cropped to ``size x size``. Files that fail to decode are
+    skipped, logged with their path and listed in :attr:`skipped`; a folder without one
+    readable image raises ValueError.
     Labels are always 0. All images are decoded here and held in memory.
     """
 

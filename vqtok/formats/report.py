@@ -9,7 +9,7 @@ present; ``null`` only where the type says so. Floats are finite.
     {
       "format": "vqtok.report",
       "format_version": 1,
-      "thresholds": {                       # the verdict rules (docs/algorithms.md#report-verdicts)
+      "thresholds": {                       # the verdict rules (docs/algorithms.md#verdict)
         "collapsed_below": 0.25,            #   used / measurable codes below: collapsed
         "partial_below": 0.8,               #   below: partly collapsed
         "skewed_entropy_below": 0.7,        #   log(perplexity)/log(measurable) below: skewed

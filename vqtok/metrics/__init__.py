@@ -1,5 +1,5 @@
-"""Metrics computed from code ids alone, so they work for every quantizer (DESIGN.md
-section 4)."""
+"""Metrics computed from code ids alone, so they work for every quantizer
+(docs/algorithms.md#codebook-usage)."""
 
 from vqtok.metrics.usage import CodebookUsage, usage_stats
 

@@ -1,4 +1,4 @@
-"""Codebook utilisation from code ids alone (DESIGN.md section 4).
+"""Codebook utilisation from code ids alone (docs/algorithms.md#codebook-usage).
 
 The state is one length-K count vector, summed across processes, so the metric works for
 every quantizer and under DDP. Usage must be read from counts accumulated over many

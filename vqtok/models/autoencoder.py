@@ -1,6 +1,6 @@
 """``VQAutoencoder(encoder, quantizer, decoder)``: pixels -> tokens -> pixels.
 
-A plain ``nn.Module`` that composes the three parts it is given (DESIGN.md section 1);
+A plain ``nn.Module`` that composes the three parts it is given (docs/architecture.md);
 training logic lives in ``vqtok.training``. It is not registered itself: its config is
 the three registered specs of its parts.
 """

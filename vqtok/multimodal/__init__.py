@@ -1,4 +1,5 @@
-"""Multimodal token streams and a decoder-only transformer over them (DESIGN.md sections 6-7).
+"""Multimodal token streams and a decoder-only transformer over them
+(docs/algorithms.md#streams-and-positions and #attention-variants).
 
 Pure torch; no dependency on the quantizers: a stream holds codebook indices, whichever
 tokenizer produced them.

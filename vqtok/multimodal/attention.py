@@ -1,4 +1,4 @@
-"""Causal self-attention with an incremental KV cache (DESIGN.md section 7).
+"""Causal self-attention with an incremental KV cache (docs/algorithms.md#attention-variants).
 
 ``kind`` selects the variant; cache elements per token per layer are
 - ``"mha"``: multi-head attention (Vaswani et al. 2017), ``2 h d_k``;

@@ -47,7 +47,7 @@ class DecoderConfig:
     head_dim: int | None = None
     """Per-head query/key/value size ``d_k``; ``None`` means ``d_model // n_heads``."""
     attention: str = "mha"
-    """``"mha"``, ``"gqa"``, ``"mqa"`` or ``"mla"`` (DESIGN.md section 7)."""
+    """``"mha"``, ``"gqa"``, ``"mqa"`` or ``"mla"`` (docs/algorithms.md#attention-variants)."""
     n_kv_heads: int | None = None
     """Key/value groups ``g`` for ``"gqa"`` (must divide ``n_heads``); unused otherwise."""
     d_latent: int | None = None
@@ -57,7 +57,8 @@ class DecoderConfig:
     mlp_hidden: int | None = None
     """SwiGLU hidden size; ``None`` means ``8/3 d_model`` rounded up to a multiple of 8."""
     position_scheme: str = "rope_tie_v2"
-    """``"rope_tie_v2"``, ``"mrope"``, ``"1d"`` or ``"nope"`` (DESIGN.md section 6)."""
+    """``"rope_tie_v2"``, ``"mrope"``, ``"1d"`` or ``"nope"``
+    (docs/algorithms.md#streams-and-positions)."""
     rope_base: float = 10000.0
     """RoPE base: ``theta_i = rope_base^(-2i/d)``."""
     norm_eps: float = 1e-5

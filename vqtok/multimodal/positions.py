@@ -1,4 +1,4 @@
-"""Position assignment schemes behind one interface (DESIGN.md section 6).
+"""Position assignment schemes behind one interface (docs/algorithms.md#streams-and-positions).
 
 A stream is a sequence of *blocks*: a run of ``n`` one-dimensional tokens (text bytes and
 marker/special tokens) written as the int ``n``, or a token grid written as its shape,
@@ -81,7 +81,7 @@ class PositionScheme:
 
 
 class RopeTieV2(PositionScheme):
-    """RoPE-Tie-v2 (DESIGN.md section 6). After last position ``L``, patch ``(k, i, j)``
+    """RoPE-Tie-v2 (docs/algorithms.md#rope-tie-v2). After last position ``L``, patch ``(k, i, j)``
     (1-based) of a ``t x h x w`` grid, ``n = thw``, sits at
     ``(L + (n - t)/2 + k, L + (n - h)/2 + i, L + (n - w)/2 + j)`` and then ``P = L + n``:
     the grid costs ``n`` positions, as if flattened, and is centred in that span."""
@@ -92,8 +92,8 @@ class RopeTieV2(PositionScheme):
     def grid(self, cursor: float, shape: Sequence[int]) -> tuple[Tensor, float]:
         t, h, w = grid_shape3(shape)
         n = t * h * w
-        # DESIGN.md section 6 offsets (L + (n - t)/2, L + (n - h)/2, L + (n - w)/2); an image
-        # is t = 1, so its time component is L + (n + 1)/2.
+        # docs/algorithms.md#rope-tie-v2: offsets (L + (n - t)/2, L + (n - h)/2,
+        # L + (n - w)/2); an image is t = 1, so its time component is L + (n + 1)/2.
         offset = torch.tensor([(n - t) / 2, (n - h) / 2, (n - w) / 2], dtype=torch.float64)
         return cursor + offset + 1.0 + _grid_index(t, h, w), cursor + n
 

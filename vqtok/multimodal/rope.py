@@ -1,4 +1,4 @@
-"""Rotary position embedding for 1-, 2- or 3-component float positions (DESIGN.md section 6).
+"""Rotary position embedding for 1-, 2- or 3-component float positions (docs/algorithms.md#rope).
 
 Pair ``i`` of a ``dim``-wide vector, the coordinates ``(x[2i], x[2i+1])``, is rotated by
 the angle ``p[a(i)] * theta_i`` with RoPE-1D's ``theta_i = base^(-2i/dim)`` (RoFormer,
@@ -78,7 +78,7 @@ class RotaryEmbedding(nn.Module):
         else:
             if sections is not None:
                 raise ValueError(f"sections only apply to mode 'bands', got mode {mode!r}")
-            # RoPE-Tie-v2 (DESIGN.md section 6): pair i reads axis i mod n_axes.
+            # docs/algorithms.md#frequency-assignment: pair i reads axis i mod n_axes.
             axis = torch.arange(n_pairs) % n_axes
         self.sections = tuple(sections) if sections is not None else None
         self.register_buffer("inv_freq", inv_freq, persistent=False)

@@ -1,4 +1,5 @@
-"""Token streams: one vocabulary for text, image codes and markers (DESIGN.md section 6).
+"""Token streams: one vocabulary for text, image codes and markers
+(docs/algorithms.md#token-streams).
 
 The vocabulary lays out, in order, the text ids (UTF-8 bytes, ``[0, text_vocab)``), the
 image codebook at an offset (``[text_vocab, text_vocab + image_codebook_size)``) and the

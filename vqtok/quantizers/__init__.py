@@ -1,4 +1,5 @@
-"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ."""
+"""Quantizers behind one contract (docs/algorithms.md#quantizer-contract): VQ-VAE, SimVQ,
+FSQ."""
 
 from vqtok.quantizers.base import Quantizer, QuantizerOutput
 from vqtok.quantizers.fsq import FSQ

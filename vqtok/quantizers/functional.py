@@ -1,4 +1,4 @@
-"""Pure tensor maths of the quantizers: no state, no nn.Module (DESIGN.md section 3).
+"""Pure tensor maths of the quantizers: no state, no nn.Module (docs/algorithms.md).
 
 Every function takes rows ``(N, D)`` (or ``(N,)`` ids) so that quantizers of any spatial
 rank share them. Memory never grows with N x K: the nearest-code search walks (rows x codes)
@@ -140,7 +140,7 @@ def _row_max(scores: Tensor, ramp: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def straight_through(z: Tensor, q: Tensor) -> Tensor:
-    """Straight-through estimator (van den Oord et al. 2017, section 3.1): the forward
+    """Straight-through estimator (van den Oord et al. 2017, section 3.2): the forward
     value is q, the gradient passes to z unchanged and none reaches q.
 
     Written sg(q) + (z - sg(z)) rather than z + sg(q - z): both have this gradient, but
@@ -261,7 +261,7 @@ def fsq_codebook_size(levels: list[int] | tuple[int, ...]) -> int:
     return math.prod(levels)
 
 
-# ---- data-dependent codebook init (DESIGN.md section 3, "k-means init") ----------------
+# ---- data-dependent codebook init (docs/algorithms.md#codebook-init-and-restart) -------
 
 
 def sample_codes(x: Tensor, k: int) -> Tensor:

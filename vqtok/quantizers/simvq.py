@@ -7,7 +7,7 @@ still moves all of them (the cure for collapse the paper argues for); plain VQ m
 the selected ones.
 
 The default ``init="data"`` puts C W at the encoder's scale from the first training step
-(DESIGN.md, "Defaults decide whether a codebook collapses"): on the first training batch
+(docs/algorithms.md#codebook-init-and-restart): on the first training batch
 W is set so that the codes have the encoder outputs' covariance, and the bias their mean.
 Matching the full covariance rather than one scale (W = s I) put more codes in use at the
 first step on a random conv encoder over Fashion-MNIST (of 16384: 1604 vs 886 with a

@@ -1,9 +1,10 @@
 """VQ-VAE vector quantizer (van den Oord et al. 2017) with the options that keep a large
 codebook alive: data-dependent init, EMA codebook updates, dead-code restart, cosine codes
-and the rotation-trick estimator (DESIGN.md section 3).
+and the rotation-trick estimator (docs/algorithms.md#vq-vae-losses and the sections
+after it).
 
 The default ``init="kmeans"`` puts the codebook at the encoder's scale from the first
-training step (DESIGN.md, "Defaults decide whether a codebook collapses"): a codebook
+training step (docs/algorithms.md#codebook-init-and-restart): a codebook
 drawn N(0, 1) while the encoder's outputs start near 0 used 30 of 16,384 codes.
 
 Under ``torch.distributed`` every rank holds the same codebook: EMA counts and sums are
@@ -220,7 +221,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     @torch.no_grad()
     def ema_update(self, counts: Tensor, sums: Tensor) -> None:
-        """DESIGN.md section 3 (van den Oord et al. 2017, appendix A.1):
+        """docs/algorithms.md#ema-codebook (van den Oord et al. 2017, appendix A.1):
         N_k <- g N_k + (1-g) n_k;  m_k <- g m_k + (1-g) sum_k;
         N'_k = (N_k + eps) / (sum N + K eps) * sum N;  e_k = m_k / N'_k."""
         g = self.ema_decay

@@ -1,6 +1,6 @@
 """What a run's counts say: final metrics and a one-line verdict with fixed thresholds.
 
-The statistics come from :func:`vqtok.metrics.usage_stats` (DESIGN.md section 4); this
+The statistics come from :func:`vqtok.metrics.usage_stats` (docs/algorithms.md#codebook-usage); this
 module only classifies them.
 
 Verdict (read from the last validation run's counts, n_k over the whole validation set):

@@ -212,7 +212,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
 def stream_losses(logits: Tensor, batch: StreamBatch) -> dict[str, Tensor]:
     """Next-token cross-entropy of ``logits (B, T, V)`` on ``batch``: ``"loss"`` over every
     real target token, ``"image_loss"`` over image-code targets only, ``"text_loss"`` over
-    text bytes; padding is never a target. Also the token counts ``"n_image"``, ``"n_all"``."""
+    text bytes; padding is never a target. Also the token counts ``"n_image"``, ``"n_text"``
+    and ``"n_all"``, the weights of those means."""
     targets = batch.ids[:, 1:]  # token t+1 is predicted at t
     real = batch.mask[:, 1:] & batch.mask[:, :-1]
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
@@ -224,7 +225,7 @@ def stream_losses(logits: Tensor, batch: StreamBatch) -> dict[str, Tensor]:
         return (nll * where).sum() / where.sum().clamp_min(1)
 
     return {"loss": mean(real), "image_loss": mean(image), "text_loss": mean(text),
-            "n_image": image.sum(), "n_all": real.sum()}
+            "n_image": image.sum(), "n_text": text.sum(), "n_all": real.sum()}
 
 
 class DecoderModule(pl.LightningModule):
@@ -323,7 +324,7 @@ class DecoderModule(pl.LightningModule):
                  prog_bar=True)
         self.log(f"{stage}/image_loss", terms["image_loss"], batch_size=int(terms["n_image"]),
                  sync_dist=True, prog_bar=True)
-        self.log(f"{stage}/text_loss", terms["text_loss"], batch_size=int(terms["n_all"]),
+        self.log(f"{stage}/text_loss", terms["text_loss"], batch_size=int(terms["n_text"]),
                  sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -38,7 +38,9 @@ class TokenizerModule(pl.LightningModule):
             names not given keep weight 1 (the quantizer already applies its own weights).
         lr: AdamW learning rate.
         betas: AdamW betas.
-        weight_decay: AdamW weight decay (not applied to the codebook or norms).
+        weight_decay: AdamW weight decay on the encoder's and decoder's weight matrices (not
+            on biases, norms or any quantizer parameter: codebooks, SimVQ's map, FSQ's
+            projections).
         warmup_steps: linear learning-rate warm-up steps.
         min_lr_ratio: after the warm-up, half a cosine down to ``min_lr_ratio * lr`` at the
             trainer's last step; 1 (the default) keeps the rate constant.
@@ -186,4 +188,4 @@ class TokenizerModule(pl.LightningModule):
             self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
             weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, total_steps=total,
             min_lr_ratio=hp.min_lr_ratio,
-            no_decay=lambda name, p: name.startswith("quantizer."))  # codebooks
+            no_decay=lambda name, p: name.startswith("quantizer."))

@@ -1,8 +1,9 @@
 """The one optimiser and learning-rate schedule of every vqtok LightningModule.
 
 AdamW (Loshchilov & Hutter 2019) with weight decay on weight matrices only, and a schedule
-of linear warm-up followed by half a cosine down to a floor (docs/algorithms.md#decoder-
-training); a floor of 1 keeps the rate constant after the warm-up.
+of linear warm-up followed by half a cosine down to a floor
+(docs/algorithms.md#learning-rate-schedule); a floor of 1 keeps the rate constant after
+the warm-up.
 """
 
 from __future__ import annotations
