@@ -7,7 +7,6 @@ tiles under ``no_grad`` and winners are gathered, never picked with a one-hot ma
 
 from __future__ import annotations
 
-import math
 import threading
 
 import torch
@@ -255,10 +254,6 @@ def fsq_indices_to_codes(ids: Tensor, levels: Tensor) -> Tensor:
     half_width = levels // 2
     digits = (ids.long().unsqueeze(-1) // fsq_basis(levels)) % levels.long()
     return (digits - half_width).to(torch.float32) / half_width.to(torch.float32)
-
-
-def fsq_codebook_size(levels: list[int] | tuple[int, ...]) -> int:
-    return math.prod(levels)
 
 
 # ---- data-dependent codebook init (docs/algorithms.md#codebook-init-and-restart) -------

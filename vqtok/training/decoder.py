@@ -139,13 +139,13 @@ class CaptionImageDataModule(pl.LightningDataModule):
                  cache_dir: str | None = "runs/token_cache", encode_batch_size: int = 256,
                  num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        self.images = FashionMNISTDataModule(root=root, batch_size=encode_batch_size,
-                                             val_size=val_size, limit_train=limit_train,
-                                             pad_to=pad_to, seed=seed)
         check_positive(batch_size=batch_size)
         if limit_test is not None:
             check_positive(limit_test=limit_test)
         make_scheme(position_scheme)  # validates the name
+        self.images = FashionMNISTDataModule(root=root, batch_size=encode_batch_size,
+                                             val_size=val_size, limit_train=limit_train,
+                                             pad_to=pad_to, seed=seed)
         self.save_hyperparameters()
         self.tokenizer_dir = str(tokenizer)
         self.tokenizer = ImageTokenizer.from_pretrained(tokenizer)
