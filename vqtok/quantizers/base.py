@@ -150,5 +150,5 @@ def rows_to_map(rows: Tensor, batch: int, spatial: tuple[int, ...] | torch.Size)
     """``(B * prod(spatial), D)`` rows back to a channel-first ``(B, D, *spatial)`` map.
 
     A view with channels-last strides, not a copy: convolutions accept it as it is, and a
-    copy here cost FSQ a fifth of its step time in the benchmark."""
+    copy here would take about a fifth of an FSQ step (benchmarks/RESULTS.md's setting)."""
     return rows.reshape(batch, *spatial, rows.shape[-1]).movedim(-1, 1)
