@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from vqtok.quantizers import functional as Fq
-from vqtok.quantizers.base import Quantizer, float32_compute
+from vqtok.quantizers.base import Quantizer, float32_compute, pointwise_linear
 from vqtok.registry import register
 
 # Mentzer et al. 2023, Table 1: recommended levels per target codebook size.
@@ -92,7 +92,7 @@ class FSQ(Quantizer):
         # the per-channel maths runs on a transposed view, so no layout copy is made in
         # either pass (those copies made FSQ as slow as the reference library's).
         batch, spatial = z.shape[0], z.shape[2:]
-        h = _pointwise(self.project_in, z.reshape(batch, self.dim, -1))  # (B, d, S)
+        h = pointwise_linear(self.project_in, z.reshape(batch, self.dim, -1))  # (B, d, S)
         # Mentzer et al. 2023, section 3 / App. A.1: bound, round (STE), normalise.
         codes = Fq.fsq_quantize(h.transpose(1, 2), self.levels)  # (B, S, d) in [-1, 1]
         ids = Fq.fsq_codes_to_indices(codes.detach(), self.levels)  # (B, S)
@@ -111,18 +111,8 @@ class FSQ(Quantizer):
         """Codes ``(B, S, d)`` -> ``(B, dim, S)``, contiguous whatever layout the codes
         came in: ``forward`` and ``indices_to_codes`` then feed the projection and the
         decoder the same layout, and the same layout gives the same result bits."""
-        return _pointwise(self.project_out, codes.transpose(1, 2).contiguous())
+        return pointwise_linear(self.project_out, codes.transpose(1, 2).contiguous())
 
     def extra_repr(self) -> str:
         return f"levels={self.levels_list}, codebook_size={self.codebook_size}, dim={self.dim}"
 
-
-def _pointwise(layer: nn.Module, x: Tensor) -> Tensor:
-    """Apply a ``Linear`` (or ``Identity``) to each position of a ``(B, C, S)`` map.
-
-    One ``baddbmm`` per call: about twice as fast, forward and backward, as moving the
-    channels last for ``nn.Linear`` and back."""
-    if isinstance(layer, nn.Identity):
-        return x
-    weight = layer.weight.expand(x.shape[0], -1, -1)  # (B, out, in), no copy
-    return torch.baddbmm(layer.bias[None, :, None], weight, x)
