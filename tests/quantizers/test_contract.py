@@ -5,6 +5,7 @@ timm's test_models.py: one table of configurations, every test parametrised over
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from vqtok.metrics import CodebookUsage
-from vqtok.quantizers import FSQ, Quantizer, SimVQ, VectorQuantizer
+from vqtok.quantizers import BSQ, FSQ, LFQ, Quantizer, SimVQ, VectorQuantizer
 from vqtok.registry import build, spec_of
 
 # name -> (factory, expected codebook_size, expected dim)
@@ -29,6 +30,13 @@ CONFIGS: dict[str, tuple[Callable[[], Quantizer], int, int]] = {
     "simvq-rotation": (lambda: SimVQ(64, 8, grad_estimator="rotation"), 64, 8),
     "fsq": (lambda: FSQ(levels=[8, 5, 5, 5]), 1000, 4),
     "fsq-projection": (lambda: FSQ(levels=[8, 6, 5], dim=8), 240, 8),
+    "lfq": (lambda: LFQ(bits=6), 64, 6),
+    "lfq-projection-grouped": (
+        lambda: LFQ(bits=6, dim=8, codebook_entropy="grouped", entropy_group_size=4), 64, 8
+    ),
+    "bsq": (lambda: BSQ(bits=6), 64, 6),
+    "bsq-projection-commitment": (lambda: BSQ(codebook_size=64, dim=8, commitment_weight=0.25),
+                                  64, 8),
 }
 # Spatial shapes with more rows (B * prod(spatial) >= 80) than the VQ codebooks have codes.
 SPATIAL = {1: (40,), 2: (6, 7), 3: (3, 4, 5)}
@@ -204,9 +212,11 @@ def test_batch_smaller_than_codebook(name: str) -> None:
 
 @config_names
 def test_rebuilt_from_registry_spec_gives_same_output(name: str) -> None:
+    """The spec is plain JSON (an exported tokenizer's config.json holds it) and rebuilds
+    the same quantizer."""
     quantizer = make(name).eval()
     spec = spec_of(quantizer)
-    rebuilt = build(copy.deepcopy(spec))
+    rebuilt = build(json.loads(json.dumps(spec)))
     assert type(rebuilt) is type(quantizer)
     rebuilt.load_state_dict(quantizer.state_dict(), strict=True)
     rebuilt.eval()

@@ -1,8 +1,19 @@
-"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ."""
+"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ, LFQ,
+BSQ."""
 
 from vqtok.quantizers.base import Quantizer, QuantizerOutput
+from vqtok.quantizers.bsq import BSQ
 from vqtok.quantizers.fsq import FSQ
+from vqtok.quantizers.lfq import LFQ
 from vqtok.quantizers.simvq import SimVQ
 from vqtok.quantizers.vq import VectorQuantizer
 
-__all__ = ["FSQ", "Quantizer", "QuantizerOutput", "SimVQ", "VectorQuantizer"]
+__all__ = [
+    "BSQ",
+    "FSQ",
+    "LFQ",
+    "Quantizer",
+    "QuantizerOutput",
+    "SimVQ",
+    "VectorQuantizer",
+]
