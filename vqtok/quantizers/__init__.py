@@ -1,10 +1,11 @@
-"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ, LFQ,
-BSQ."""
+"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ, LFQ, BSQ, and
+residual stacks of any of them."""
 
 from vqtok.quantizers.base import Quantizer, QuantizerOutput
 from vqtok.quantizers.bsq import BSQ
 from vqtok.quantizers.fsq import FSQ
 from vqtok.quantizers.lfq import LFQ
+from vqtok.quantizers.residual import ResidualQuantizer
 from vqtok.quantizers.simvq import SimVQ
 from vqtok.quantizers.vq import VectorQuantizer
 
@@ -14,6 +15,7 @@ __all__ = [
     "LFQ",
     "Quantizer",
     "QuantizerOutput",
+    "ResidualQuantizer",
     "SimVQ",
     "VectorQuantizer",
 ]

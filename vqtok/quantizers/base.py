@@ -3,6 +3,12 @@
 A quantizer takes a channel-first feature map ``(B, D, *spatial)`` with one, two or three
 spatial dims and returns a :class:`QuantizerOutput`. It always computes in float32, also
 under bf16/fp16 autocast: low-precision rounding halves FSQ usage (a known anchor bug).
+
+Ids are ``(B, *spatial)``, one per position, except for a multi-stage quantizer
+(:class:`~vqtok.quantizers.ResidualQuantizer`, ``num_stages = S``): its ids carry a
+trailing stage axis, ``(B, *spatial, s)`` with ``1 <= s <= S``, one id per stage for a
+prefix of its stages, each in ``[0, codebook_size)`` (``codebook_size`` is then the size
+of one stage's codebook).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ class QuantizerOutput:
     z_q: Tensor
     """``(B, D, *spatial)``, same shape and dtype as the input: what the decoder sees."""
     indices: Tensor
-    """``(B, *spatial)`` int64 code ids in ``[0, codebook_size)``."""
+    """``(B, *spatial)`` int64 code ids in ``[0, codebook_size)``. A multi-stage quantizer
+    (``num_stages = S``) adds a trailing stage axis: ``(B, *spatial, s)``, one id per stage
+    for the ``s`` stages that ran (``s = S`` in eval mode; ``1 <= s <= S`` in training
+    under quantize dropout)."""
     losses: dict[str, Tensor] = field(default_factory=dict)
     """Named, already weighted scalar auxiliary losses; ``{}`` when there are none."""
 
@@ -38,6 +47,9 @@ class Quantizer(nn.Module, ABC):
 
     codebook_size: int
     dim: int
+    num_stages: int | None = None
+    """``None``: one id per position. ``S``: a multi-stage quantizer whose ids carry a
+    trailing stage axis ``(B, *spatial, s)``, ``1 <= s <= S``."""
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         self.check_input(z)
@@ -61,7 +73,8 @@ class Quantizer(nn.Module, ABC):
     @abstractmethod
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(B, *spatial)`` ids -> ``(B, D, *spatial)`` float32 codes: exactly the ``z_q``
-        that ``forward`` produced for those ids in eval mode."""
+        that ``forward`` produced for those ids in eval mode. A multi-stage quantizer takes
+        ``(B, *spatial, s)`` ids of its first ``s`` stages and returns their codes' sum."""
 
     # ---- checks shared by every quantizer -------------------------------------------
     def check_input(self, z: Tensor) -> None:
@@ -90,10 +103,18 @@ class Quantizer(nn.Module, ABC):
             raise TypeError(f"expected a torch.Tensor of ids, got {type(indices).__name__}")
         if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"expected integer ids (int64), got dtype {indices.dtype}")
-        if indices.ndim < 2 or indices.ndim > 4:
+        stages = self.num_stages
+        extra = 0 if stages is None else 1  # the trailing stage axis
+        if indices.ndim < 2 + extra or indices.ndim > 4 + extra:
+            layout = "(B, *spatial)" if stages is None else "(B, *spatial, stages)"
             raise ValueError(
-                f"expected ids of shape (B, *spatial) with 1 to 3 spatial dims, "
+                f"expected ids of shape {layout} with 1 to 3 spatial dims, "
                 f"got shape {tuple(indices.shape)}"
+            )
+        if stages is not None and not 1 <= indices.shape[-1] <= stages:
+            raise ValueError(
+                f"expected a trailing stage axis of 1 to {stages} stages, got shape "
+                f"{tuple(indices.shape)} ({indices.shape[-1]} stages)"
             )
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
             raise ValueError(
