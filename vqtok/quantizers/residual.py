@@ -127,7 +127,9 @@ class ResidualQuantizer(Quantizer):
             q, idx, stage_losses = self.stages[s].quantize_map(residual)
             z_q = q if z_q is None else z_q + q
             if s + 1 < depth:
-                residual = residual - q
+                # r - q computed as (-q) + r: the same bits, in the layout of q (channels
+                # last for the search-based stages), so the next stage's rows are a view
+                residual = (-q).add_(residual)
             ids.append(idx)
             losses.update({f"stage{s}/{name}": value for name, value in stage_losses.items()})
         assert z_q is not None  # depth >= 1
