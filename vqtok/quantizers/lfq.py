@@ -129,8 +129,8 @@ class LFQ(Quantizer):
         batch, spatial = z.shape[0], z.shape[2:]
         h = pointwise_linear(self.project_in, z.reshape(batch, self.dim, -1))  # (B, d, S)
         if self.spherical:
-            h = F.normalize(h, dim=1)  # Zhao et al. 2024: u = v / ||v||
-        positive = h.detach() > 0  # (B, d, S); a 0 channel reads as negative
+            h = F.normalize(h, dim=1)  # Zhao et al. 2024: u = h / ||h|| (docs: B1)
+        positive = h.detach() > 0  # (B, d, S); a 0 channel reads as negative (L1)
         codes = self._codes(positive)  # (B, d, S): ±1 (LFQ) or ±1/sqrt(d) (BSQ)
         ids = Fq.binary_indices(positive, dim=1)  # (B, S)
         losses = self._losses(h, codes)
@@ -153,7 +153,7 @@ class LFQ(Quantizer):
 
     def _losses(self, h: Tensor, codes: Tensor) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
-        if self.commitment_weight > 0:
+        if self.commitment_weight > 0:  # (L6)
             losses["commitment"] = self.commitment_weight * F.mse_loss(h, codes)
         if self.entropy_weight > 0:
             # p(c | h) ∝ exp(-||h - c||^2 / tau) with c_i = ±s factorises over the bits:
@@ -162,7 +162,7 @@ class LFQ(Quantizer):
                 4.0 * self.code_scale / self.temperature
             )  # (N, d)
             group = self.entropy_group_size if self.codebook_entropy == "grouped" else None
-            # Yu et al. 2023, section 3.1: mean_n H(p(.|h_n)) - gamma H(mean_n p(.|h_n))
+            # Yu et al. 2023, section 3.1: mean_n H(p(.|h_n)) - gamma H(mean_n p(.|h_n)) (L3)
             losses["sample_entropy"] = self.entropy_weight * Fq.sample_entropy(logits)
             losses["codebook_entropy"] = -self.entropy_weight * self.diversity_gamma * (
                 Fq.codebook_entropy(logits, group)
