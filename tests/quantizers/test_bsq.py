@@ -121,6 +121,7 @@ def test_defaults_are_the_released_configuration() -> None:
     assert set(out.losses) == {"sample_entropy", "codebook_entropy"}
 
 
+@pytest.mark.slow  # 7 to 12 s; the default run checks the same entropy code through LFQ's
 def test_d18_forward_backward_peak_memory_under_1_5_gib() -> None:
     result = peak_rss_of("BSQ")
     assert "codebook_entropy" in result["losses"]
