@@ -1,4 +1,4 @@
-"""Quantizers behind one contract (DESIGN.md section 2): VQ-VAE, SimVQ, FSQ, LFQ, BSQ, and
+"""Quantizers behind one contract (``base.Quantizer``): VQ-VAE, SimVQ, FSQ, LFQ, BSQ, and
 residual stacks of any of them."""
 
 from vqtok.quantizers.base import Quantizer, QuantizerOutput
