@@ -13,6 +13,10 @@ data-dependent init), then at least 5 timed steps; we report the median time and
 process's peak RSS (``ru_maxrss``). The time reference is a bare ``x @ C.T`` of the same
 shape ((N, 32) x (32, K)), written into a preallocated output so that it times the
 arithmetic only.
+
+The rows come in groups (``GROUPS``), each a section of RESULTS.md with the conditions of
+its own run. ``--rows NAME`` runs one group's rows (and the reference cases they compare
+with) and rewrites only that group's section, leaving the others as they were.
 """
 
 from __future__ import annotations
@@ -55,14 +59,16 @@ def _feature_map():
     return torch.randn(*MAP_SHAPE, generator=gen).requires_grad_(True)
 
 
-def _step_for(module, unpack: Callable) -> Callable[[], None]:
-    """One forward + backward of ``module`` on a fresh leaf feature map each step."""
+def _step_for(module, unpack: Callable, call: Callable | None = None) -> Callable[[], None]:
+    """One forward + backward of ``module`` (or ``call(z)``) on a fresh leaf feature map
+    each step."""
     z = _feature_map()
+    forward = call or module
 
     def step() -> None:
         z.grad = None
         module.zero_grad(set_to_none=True)
-        out, aux = unpack(module(z))
+        out, aux = unpack(forward(z))
         (out.sum() + aux).backward()
 
     return step
@@ -147,6 +153,51 @@ def build_reference_fsq(levels: list[int]) -> Callable[[], None]:
     return _step_for(module.train(), lambda out: (out[0], torch.zeros(())))
 
 
+RVQ_DEPTH = 8
+
+
+def build_vqtok_residual(k: int, ema: bool) -> Callable[[], None]:
+    from vqtok.quantizers import ResidualQuantizer, VectorQuantizer
+
+    # init="data" for the same reason as the VQ rows: no k-means in the warm-up step
+    stages = [VectorQuantizer(k, DIM, init="data", ema_decay=0.99 if ema else None)
+              for _ in range(RVQ_DEPTH)]
+    return _step_for(ResidualQuantizer(stages).train(), _vqtok_unpack)
+
+
+def build_reference_residual(k: int, ema: bool) -> Callable[[], None]:
+    from vector_quantize_pytorch import ResidualVQ
+
+    if ema:  # the library's default EMA codebooks, decay set to vqtok's 0.99
+        modes = {"decay": 0.99, "commitment_weight": 0.25}
+    else:  # gradient-trained codebooks, as in the VQ rows
+        modes = {"learnable_codebook": True, "ema_update": False, "commitment_weight": 1.0}
+    module = ResidualVQ(dim=DIM, codebook_size=k, num_quantizers=RVQ_DEPTH,
+                        accept_image_fmap=True, **modes)
+    return _step_for(module.train(), lambda out: (out[0], out[2].sum()))
+
+
+def build_vqtok_binary(bits: int, spherical: bool = False,
+                       entropy: str = "exact") -> Callable[[], None]:
+    from vqtok.quantizers import BSQ, LFQ
+
+    # the defaults: LFQ commitment 0.25, entropy 0.1, gamma 1, tau 0.01; BSQ no
+    # commitment, entropy 0.1, gamma 1, tau 1; a projection from dim 32 to the bits
+    module = (BSQ if spherical else LFQ)(bits=bits, dim=DIM, codebook_entropy=entropy)
+    return _step_for(module.train(), _vqtok_unpack)
+
+
+def build_reference_binary(bits: int, spherical: bool = False) -> Callable[[], None]:
+    from vector_quantize_pytorch import LFQ
+
+    module = LFQ(dim=DIM, codebook_size=2**bits, entropy_loss_weight=0.1, diversity_gamma=1.0,
+                 commitment_loss_weight=0.0 if spherical else 0.25, spherical=spherical,
+                 channel_first=True).train()
+    inv_temperature = 1.0 if spherical else 100.0  # vqtok's tau = 1 / inv_temperature
+    return _step_for(module, lambda out: (out[0], out[2]),
+                     call=lambda z: module(z, inv_temperature=inv_temperature))
+
+
 def build_baseline() -> Callable[[], None]:
     """Only the imports and the input map: the RSS every configuration starts from."""
     import vqtok.quantizers  # noqa: F401
@@ -177,6 +228,17 @@ BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
     "ref-simvq-rotation-65536": lambda: build_reference_simvq(65536, True),
     "vqtok-fsq-65536": lambda: build_vqtok_fsq(FSQ_LEVELS),
     "ref-fsq-65536": lambda: build_reference_fsq(FSQ_LEVELS),
+    "vqtok-rvq-1024": lambda: build_vqtok_residual(1024, ema=False),
+    "ref-rvq-1024": lambda: build_reference_residual(1024, ema=False),
+    "vqtok-rvq-ema-1024": lambda: build_vqtok_residual(1024, ema=True),
+    "ref-rvq-ema-1024": lambda: build_reference_residual(1024, ema=True),
+    "vqtok-lfq-18": lambda: build_vqtok_binary(18),
+    "vqtok-lfq-grouped-18": lambda: build_vqtok_binary(18, entropy="grouped"),
+    "ref-lfq-18": lambda: build_reference_binary(18),
+    "vqtok-lfq-14": lambda: build_vqtok_binary(14),
+    "ref-lfq-14": lambda: build_reference_binary(14),
+    "vqtok-bsq-18": lambda: build_vqtok_binary(18, spherical=True),
+    "ref-bsq-18": lambda: build_reference_binary(18, spherical=True),
 }
 
 
@@ -220,6 +282,7 @@ class Row:
     target: str = "info"
     check: Callable[[dict, dict], bool | None] | None = None
     notes: list[str] = field(default_factory=list)
+    group: str = "vq"
 
 
 def _t(results: dict, case: str | None) -> float | None:
@@ -253,13 +316,25 @@ def vs_reference_target(max_time_ratio: float, max_rss_ratio: float | None):
     def check(row_result: dict, results: dict) -> bool | None:
         if not row_result.get("ok"):
             return False
-        ref = results.get(row_result["reference"], {})
+        if row_result["reference"] not in results:
+            return None  # the reference was not run: no verdict
+        ref = results[row_result["reference"]]
         if not ref.get("ok"):
             return True  # vqtok ran within the limit under which the reference failed
         ok = row_result["median_s"] <= max_time_ratio * ref["median_s"]
         if max_rss_ratio is not None:
             ok = ok and row_result["peak_rss_bytes"] <= max_rss_ratio * ref["peak_rss_bytes"]
         return ok
+
+    return check
+
+
+def all_targets(*checks: Callable[[dict, dict], bool | None]):
+    def check(row_result: dict, results: dict) -> bool | None:
+        verdicts = [c(row_result, results) for c in checks]
+        if False in verdicts:
+            return False
+        return None if None in verdicts else True
 
     return check
 
@@ -287,6 +362,27 @@ ROWS: list[Row] = [
     Row(f"vqtok FSQ levels {FSQ_LEVELS}, dim 32 (projection)", "vqtok-fsq-65536", 65536,
         None, "ref-fsq-65536", "<= 1.0x reference time (no slower)",
         vs_reference_target(1.0, None)),
+    Row(f"vqtok ResidualQuantizer, {RVQ_DEPTH} x VectorQuantizer (gradient codebook)",
+        "vqtok-rvq-1024", 1024, None, "ref-rvq-1024",
+        "<= 1/3 reference time and <= 1/4 its peak RSS", vs_reference_target(1 / 3, 1 / 4),
+        group="more"),
+    Row(f"vqtok ResidualQuantizer, {RVQ_DEPTH} x VectorQuantizer (EMA)",
+        "vqtok-rvq-ema-1024", 1024, None, "ref-rvq-ema-1024",
+        "<= 1/3 reference time and <= 1/4 its peak RSS", vs_reference_target(1 / 3, 1 / 4),
+        group="more"),
+    Row("vqtok LFQ d = 18, exact entropy", "vqtok-lfq-18", 2**18, None, "ref-lfq-18",
+        "peak RSS < 1.5 GiB; <= 1/3 reference time and <= 1/4 its peak RSS",
+        all_targets(vq_target(1.5, None), vs_reference_target(1 / 3, 1 / 4)), group="more"),
+    Row("vqtok LFQ d = 18, grouped entropy (2 groups of 9 bits)", "vqtok-lfq-grouped-18",
+        2**18, None, "ref-lfq-18",
+        "peak RSS < 1.5 GiB; <= 1/3 reference time and <= 1/4 its peak RSS",
+        all_targets(vq_target(1.5, None), vs_reference_target(1 / 3, 1 / 4)), group="more"),
+    Row("vqtok LFQ d = 14, exact entropy", "vqtok-lfq-14", 2**14, None, "ref-lfq-14",
+        "<= 1/3 reference time and <= 1/4 its peak RSS", vs_reference_target(1 / 3, 1 / 4),
+        group="more"),
+    Row("vqtok BSQ d = 18, exact entropy", "vqtok-bsq-18", 2**18, None, "ref-bsq-18",
+        "peak RSS < 1.5 GiB; <= 1/3 reference time and <= 1/4 its peak RSS",
+        all_targets(vq_target(1.5, None), vs_reference_target(1 / 3, 1 / 4)), group="more"),
 ]
 
 REFERENCE_LABELS = {
@@ -295,6 +391,10 @@ REFERENCE_LABELS = {
     "ref-vq-ema-rotation": "VectorQuantize, EMA decay 0.99, rotation_trick=True (its default)",
     "ref-simvq-rotation": "SimVQ, rotation_trick=True (its default)",
     "ref-fsq": f"FSQ levels {FSQ_LEVELS}, dim 32 (projection)",
+    "ref-rvq": f"ResidualVQ, {RVQ_DEPTH} x VectorQuantize, learnable codebook",
+    "ref-rvq-ema": f"ResidualVQ, {RVQ_DEPTH} x VectorQuantize, EMA decay 0.99 (its default)",
+    "ref-lfq": "LFQ, entropy loss, inverse temperature 100, dim 32 (projection)",
+    "ref-bsq": "LFQ spherical=True (BSQ), inverse temperature 1, dim 32 (projection)",
 }
 
 
@@ -392,14 +492,81 @@ MODES_MATCHED = (
     "projection on both sides."
 )
 
+MODES_MATCHED_MORE = (
+    f"Modes matched. Residual rows: {RVQ_DEPTH} stages of 1,024 codes of dim 32, no "
+    "projection. vqtok ResidualQuantizer of VectorQuantizer stages with `init='data'` (as "
+    "in the VQ rows), gradient-trained codebooks against ResidualVQ with "
+    "`learnable_codebook=True, ema_update=False, commitment_weight=1.0`, and EMA codebooks "
+    "(`ema_decay=0.99`, commitment 0.25) against ResidualVQ's default EMA with `decay=0.99, "
+    "commitment_weight=0.25`; no quantize dropout on either side. LFQ rows: vqtok's LFQ "
+    "defaults (commitment 0.25, entropy weight 0.1, gamma 1, temperature 0.01) against LFQ "
+    "with `entropy_loss_weight=0.1, commitment_loss_weight=0.25, diversity_gamma=1` and "
+    "its default inverse temperature 100; both project dim 32 to the d bits. Both compute "
+    "the exact batch entropy over all 2^d codes, the reference from an N x 2^d matrix of "
+    "code probabilities; vqtok's grouped row uses the upper bound of two 9-bit groups "
+    "instead. BSQ: vqtok's BSQ defaults (entropy weight 0.1, gamma 1, temperature 1, no "
+    "commitment) against the reference LFQ with `spherical=True` and inverse temperature 1."
+)
 
-def header(info: dict, limit_bytes: int, load: tuple, total_s: float) -> list[str]:
+
+@dataclass
+class Group:
+    """One section of RESULTS.md: rows run together, under one set of conditions."""
+
+    name: str
+    title: str
+    modes: str
+    extra_cases: tuple[str, ...]  # shown in the section's small table (baseline, matmuls)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for row in ROWS if row.group == self.name]
+
+
+GROUPS: dict[str, Group] = {
+    group.name: group
+    for group in (
+        Group(
+            "vq", "VQ, SimVQ and FSQ", MODES_MATCHED,
+            ("baseline", "matmul-1024", "matmul-8192", "matmul-65536", "matmul-262144"),
+            notes=(
+                ("- Matmul: a bare `x @ C.T`, (N, 32) x (32, K), into a preallocated output "
+                "(arithmetic only; at K = 262,144 in 4 GiB row blocks, same FLOPs). It writes "
+                "its whole N x K output to memory; vqtok's search scores 8 MiB tiles that stay "
+                "in the CPU cache, which is how a full training step can take less time than "
+                "the bare matmul."),
+            ),
+        ),
+        Group(
+            "more", "Residual VQ, LFQ and BSQ", MODES_MATCHED_MORE, ("baseline",),
+            notes=(
+                ("- Peak RSS includes the process baseline (imports and input, see the small "
+                "table), so a ratio of peak RSS to the reference's can be no lower than that "
+                "baseline over the reference's peak."),
+            ),
+        ),
+    )
+}
+
+
+def group_cases(name: str) -> list[str]:
+    """Every case a group's rows need, in BUILDERS order."""
+    group = GROUPS[name]
+    wanted = set(group.extra_cases)
+    for row in group.rows:
+        wanted.update(c for c in (row.case, row.matmul, row.reference) if c)
+    return [case for case in BUILDERS if case in wanted]
+
+
+def header(info: dict, limit_bytes: int, load: tuple, total_s: float, group: Group) -> list[str]:
     cpus = info["logical_cpus"]
     return [
-        "# Quantizer benchmarks",
+        f"## {group.title}",
         "",
-        (f"Written by `make bench` (`benchmarks/quantizers.py`): vqtok against "
-         f"vector-quantize-pytorch {info['vector_quantize_pytorch']}, side by side in one run."),
+        (f"Written by `benchmarks/quantizers.py --rows {group.name}` (`make bench` runs every "
+         f"group): vqtok against vector-quantize-pytorch {info['vector_quantize_pytorch']}, "
+         "side by side in one run."),
         "",
         (f"- Machine: {info['cpu']}, {cpus} logical CPUs; "
          f"`torch.set_num_threads({info['threads']})`."),
@@ -416,11 +583,7 @@ def header(info: dict, limit_bytes: int, load: tuple, total_s: float) -> list[st
          "`ru_maxrss` (imports and input included: see the baseline row). Address space "
          f"limited to {limit_bytes / GIB:.1f} GiB (`RLIMIT_AS`), so that a configuration "
          "needing more fails with an allocation error."),
-        ("- Matmul: a bare `x @ C.T`, (N, 32) x (32, K), into a preallocated output "
-         "(arithmetic only; at K = 262,144 in 4 GiB row blocks, same FLOPs). It writes its "
-         "whole N x K output to memory; vqtok's search scores 8 MiB tiles that stay in the "
-         "CPU cache, which is how a full training step can take less time than the bare "
-         "matmul."),
+        *group.notes,
         "",
         ("| Configuration | K | median s | x matmul | reference | ref median s | "
          "time vs ref | peak RSS | ref peak RSS | target | result |"),
@@ -443,7 +606,7 @@ def table_row(row: Row, results: dict, limit_bytes: int) -> str:
     elif row.case not in results:
         verdict = "not run"
     else:
-        verdict = "PASS" if row.check(res, results) else "FAIL"
+        verdict = {True: "PASS", False: "FAIL", None: "reference not run"}[row.check(res, results)]
     time_cell = _fmt_s(t) if res.get("ok") else _fail_text(results.get(row.case, {}),
                                                            limit_bytes)
     return (
@@ -454,23 +617,57 @@ def table_row(row: Row, results: dict, limit_bytes: int) -> str:
     )
 
 
-def report(results: dict, limit_bytes: int, info: dict, load: tuple, total_s: float) -> str:
-    lines = header(info, limit_bytes, load, total_s)
-    lines += [table_row(row, results, limit_bytes) for row in ROWS]
-    lines += ["", "Reference times (bare matmul) and the process baseline:", "",
-              "| Case | median s | peak RSS |", "|---|---:|---:|"]
-    for case in ("baseline", "matmul-1024", "matmul-8192", "matmul-65536", "matmul-262144"):
+def section(name: str, results: dict, limit_bytes: int, info: dict, load: tuple,
+            total_s: float) -> str:
+    """One group's section of RESULTS.md, between its markers."""
+    group = GROUPS[name]
+    lines = [f"<!-- rows: {name} -->"]
+    lines += header(info, limit_bytes, load, total_s, group)
+    lines += [table_row(row, results, limit_bytes) for row in group.rows]
+    small = "Reference times (bare matmul) and the process baseline:" if len(
+        group.extra_cases) > 1 else "The process baseline:"
+    lines += ["", small, "", "| Case | median s | peak RSS |", "|---|---:|---:|"]
+    for case in group.extra_cases:
         res = results.get(case, {})
         median = _fmt_s(_t(results, case)) if case != "baseline" else "-"
         lines.append(f"| {case} | {median} | {_fmt_gib(res.get('peak_rss_bytes'))} |")
-    lines += ["", MODES_MATCHED, "", "Every run (seconds per step):", ""]
-    for case, res in results.items():
+    lines += ["", group.modes, "", "Every run (seconds per step):", ""]
+    for case in group_cases(name):
+        res = results.get(case)
+        if res is None:
+            continue
         if res.get("ok"):
             runs = ", ".join(_fmt_s(t) for t in res["times_s"])
             lines.append(f"- `{case}`: {runs}")
         else:
             lines.append(f"- `{case}`: {res.get('error')}")
+    lines.append(f"<!-- /rows: {name} -->")
     return "\n".join(lines) + "\n"
+
+
+TITLE = (
+    "# Quantizer benchmarks\n\n"
+    "One section per group of rows, each with the conditions of its own run "
+    "(`benchmarks/quantizers.py --rows NAME` re-runs one group and rewrites only its "
+    "section).\n"
+)
+
+
+def update_report(path: Path, sections: dict[str, str]) -> str:
+    """The report with ``sections`` (name -> text) replacing their earlier versions in
+    ``path`` (or appended, in GROUPS order, when absent); other sections stay as they were."""
+    text = path.read_text() if path.exists() else TITLE
+    for name in GROUPS:
+        if name not in sections:
+            continue
+        begin, end = f"<!-- rows: {name} -->", f"<!-- /rows: {name} -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1]
+            text = head + sections[name].rstrip("\n") + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + sections[name]
+    return text
 
 
 def main() -> None:
@@ -479,7 +676,12 @@ def main() -> None:
     parser.add_argument("--limit-bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--limit-gib", type=float, default=DEFAULT_LIMIT_GIB,
                         help="address-space limit per configuration (default 20)")
-    parser.add_argument("--only", default="", help="comma-separated substrings of case names")
+    parser.add_argument("--rows", default=",".join(GROUPS),
+                        help=f"comma-separated groups of rows to run, of {', '.join(GROUPS)} "
+                             "(default: all); only their sections of the output are rewritten")
+    parser.add_argument("--only", default="",
+                        help="comma-separated substrings of case names: run only those cases "
+                             "of the selected groups (rows missing a case read 'not run')")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--raw", type=Path, help="also save the raw results as JSON here")
     parser.add_argument("--render", type=Path,
@@ -490,11 +692,18 @@ def main() -> None:
         return
     if args.render:
         saved = json.loads(args.render.read_text())
-        text = report(saved["results"], saved["limit_bytes"], saved["machine"],
-                      tuple(saved["load"]), saved["total_s"])
-        args.output.write_text(text)
+        sections = {
+            name: section(name, saved["results"], saved["limit_bytes"], saved["machine"],
+                          tuple(saved["load"]), saved["total_s"])
+            for name in saved.get("groups", list(GROUPS))
+        }
+        args.output.write_text(update_report(args.output, sections))
         print(f"wrote {args.output}")
         return
+    groups = [name for name in args.rows.split(",") if name]
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown row groups {unknown}; known: {', '.join(GROUPS)}")
 
     limit_bytes = int(args.limit_gib * GIB)
     available = _mem_available_bytes()
@@ -504,7 +713,9 @@ def main() -> None:
         print(f"address-space limit lowered to {limit_bytes / GIB:.1f} GiB "
               f"(80% of the {available / GIB:.1f} GiB available)", flush=True)
     wanted = [s for s in args.only.split(",") if s]
-    cases = [c for c in BUILDERS if not wanted or any(s in c for s in wanted)]
+    needed = {case for name in groups for case in group_cases(name)}
+    cases = [c for c in BUILDERS
+             if c in needed and (not wanted or any(s in c for s in wanted))]
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     results: dict[str, dict] = {}
@@ -518,9 +729,11 @@ def main() -> None:
     info, load = machine(), (load_start, os.getloadavg()[0])
     if args.raw:
         args.raw.write_text(json.dumps({"results": results, "limit_bytes": limit_bytes,
-                                        "machine": info, "load": load, "total_s": total}))
-    text = report(results, limit_bytes, info, load, total)
-    args.output.write_text(text)
+                                        "machine": info, "load": load, "total_s": total,
+                                        "groups": groups}))
+    sections = {name: section(name, results, limit_bytes, info, load, total)
+                for name in groups}
+    args.output.write_text(update_report(args.output, sections))
     print(f"wrote {args.output}")
 
 

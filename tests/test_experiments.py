@@ -32,7 +32,7 @@ TINY_DATA = {
 def test_there_is_a_config_per_quantizer_and_dataset() -> None:
     names = {p.stem for p in CONFIGS}
     for data in ("photos", "fmnist"):
-        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "fsq"):
+        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "fsq", "lfq", "bsq", "residual_vq"):
             assert f"{data}_{q}" in names
 
 
@@ -66,6 +66,12 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     # the run's config sits beside its history: `vqtok report` reads its data section
     saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
     assert saved["data"]["class_path"].startswith("vqtok.training.data.")
+
+
+def test_configs_work_from_any_checkout() -> None:
+    # data comes from the package or the data cache, never from beside the repository
+    for config in [*CONFIGS, *sorted((ROOT / "experiments").glob("*/*.yaml"))]:
+        assert "../" not in config.read_text(), config.name
 
 
 def test_the_demo_config_ships_with_the_package() -> None:

@@ -1,10 +1,15 @@
 """The quantizer contract (docs/algorithms.md#quantizer-contract), checked for every quantizer configuration
 x spatial rank (1D, 2D, 3D) x precision (float32, bf16 autocast on CPU), in the pattern of
-timm's test_models.py: one table of configurations, every test parametrised over it."""
+timm's test_models.py: one table of configurations, every test parametrised over it.
+
+A multi-stage quantizer (``num_stages = S``, the residual ones) returns ids with a trailing
+stage axis, ``(B, *spatial, s)``: ``s = S`` in eval mode, ``1 <= s <= S`` in training under
+quantize dropout."""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 
@@ -12,7 +17,15 @@ import pytest
 import torch
 
 from vqtok.metrics import CodebookUsage
-from vqtok.quantizers import FSQ, Quantizer, SimVQ, VectorQuantizer
+from vqtok.quantizers import (
+    BSQ,
+    FSQ,
+    LFQ,
+    Quantizer,
+    ResidualQuantizer,
+    SimVQ,
+    VectorQuantizer,
+)
 from vqtok.registry import build, spec_of
 
 # name -> (factory, expected codebook_size, expected dim)
@@ -29,6 +42,33 @@ CONFIGS: dict[str, tuple[Callable[[], Quantizer], int, int]] = {
     "simvq-rotation": (lambda: SimVQ(64, 8, grad_estimator="rotation"), 64, 8),
     "fsq": (lambda: FSQ(levels=[8, 5, 5, 5]), 1000, 4),
     "fsq-projection": (lambda: FSQ(levels=[8, 6, 5], dim=8), 240, 8),
+    "lfq": (lambda: LFQ(bits=6), 64, 6),
+    "lfq-projection-grouped": (
+        lambda: LFQ(bits=6, dim=8, codebook_entropy="grouped", entropy_group_size=4), 64, 8
+    ),
+    "bsq": (lambda: BSQ(bits=6), 64, 6),
+    "bsq-projection-commitment": (lambda: BSQ(codebook_size=64, dim=8, commitment_weight=0.25),
+                                  64, 8),
+    "residual-vq": (
+        lambda: ResidualQuantizer([VectorQuantizer(64, 8) for _ in range(3)]), 64, 8
+    ),
+    # every kind of stage, given as modules and as specs, with quantize dropout
+    "residual-mixed-dropout": (
+        lambda: ResidualQuantizer(
+            [
+                VectorQuantizer(64, 8, grad_estimator="rotation"),
+                {"class_path": "vqtok.quantizers.VectorQuantizer",
+                 "init_args": {"codebook_size": 64, "dim": 8, "ema_decay": 0.9}},
+                SimVQ(64, 8),
+                {"class_path": "vqtok.quantizers.FSQ", "init_args": {"levels": [4, 4, 4], "dim": 8}},
+                LFQ(bits=6, dim=8),
+                BSQ(bits=6, dim=8),
+            ],
+            quantize_dropout=True,
+        ),
+        64,
+        8,
+    ),
 }
 # Spatial shapes with more rows (B * prod(spatial) >= 80) than the VQ codebooks have codes.
 SPATIAL = {1: (40,), 2: (6, 7), 3: (3, 4, 5)}
@@ -65,6 +105,24 @@ def run(quantizer: Quantizer, z: torch.Tensor, precision: str):
         return quantizer(z)
 
 
+def ids_shape(quantizer: Quantizer, spatial: tuple[int, ...], batch: int = BATCH) -> tuple:
+    """The ids' shape in eval mode: ``(B, *spatial)``, plus the stage axis when multi-stage."""
+    stages = () if quantizer.num_stages is None else (quantizer.num_stages,)
+    return (batch, *spatial, *stages)
+
+
+def check_ids_shape(quantizer: Quantizer, ids: torch.Tensor, spatial: tuple[int, ...],
+                    batch: int = BATCH) -> None:
+    """Eval: exactly :func:`ids_shape`. Training: a multi-stage quantizer may run a prefix of
+    1 to S stages (quantize dropout)."""
+    expected = ids_shape(quantizer, spatial, batch)
+    if quantizer.num_stages is None or not quantizer.training:
+        assert ids.shape == expected
+    else:
+        assert ids.shape[:-1] == expected[:-1]
+        assert 1 <= ids.shape[-1] <= quantizer.num_stages
+
+
 def to_precision(z: torch.Tensor, precision: str) -> torch.Tensor:
     """Under autocast the input is bf16, as an encoder running under autocast hands it."""
     return z if precision == "fp32" else z.to(torch.bfloat16)
@@ -82,6 +140,7 @@ def test_is_a_quantizer_with_declared_sizes(name: str) -> None:
     assert isinstance(quantizer, Quantizer)
     assert quantizer.codebook_size == codebook_size
     assert quantizer.dim == dim
+    assert quantizer.num_stages is None or quantizer.num_stages >= 1
 
 
 @config_names
@@ -95,7 +154,7 @@ def test_forward_output_contract(name: str, rank: int, precision: str) -> None:
     assert out.z_q.shape == z.shape
     assert out.z_q.dtype == z.dtype
     assert out.indices.dtype == torch.int64
-    assert out.indices.shape == (BATCH, *SPATIAL[rank])
+    check_ids_shape(quantizer, out.indices, SPATIAL[rank])
     assert int(out.indices.min()) >= 0
     assert int(out.indices.max()) < quantizer.codebook_size
 
@@ -120,6 +179,7 @@ def test_indices_to_codes_reproduces_z_q_in_eval(name: str, rank: int, precision
     quantizer = make(name).eval()
     z = to_precision(feature_map(quantizer.dim, rank), precision)
     out = run(quantizer, z, precision)
+    assert out.indices.shape == ids_shape(quantizer, SPATIAL[rank])
     codes = quantizer.indices_to_codes(out.indices)
     assert codes.dtype == torch.float32
     assert codes.shape == out.z_q.shape
@@ -174,7 +234,7 @@ def test_bad_feature_maps_raise(name: str, rank: int) -> None:
 @ranks
 def test_bad_ids_raise(name: str, rank: int) -> None:
     quantizer = make(name).eval()
-    shape = (BATCH, *SPATIAL[rank])
+    shape = ids_shape(quantizer, SPATIAL[rank])
     k = quantizer.codebook_size
     too_big = torch.zeros(shape, dtype=torch.int64)
     too_big.view(-1)[3] = k
@@ -186,6 +246,13 @@ def test_bad_ids_raise(name: str, rank: int) -> None:
         quantizer.indices_to_codes(negative)
     with pytest.raises(ValueError, match="float32"):
         quantizer.indices_to_codes(torch.zeros(shape, dtype=torch.float32))
+    if quantizer.num_stages is not None:  # one stage more than there are, or no stage axis
+        more = (*shape[:-1], quantizer.num_stages + 1)
+        with pytest.raises(ValueError, match=str(quantizer.num_stages + 1)):
+            quantizer.indices_to_codes(torch.zeros(more, dtype=torch.int64))
+        if rank == 1:  # (B, L) ids read as (B, *spatial, stages) lack a spatial dim
+            with pytest.raises(ValueError, match="stage"):
+                quantizer.indices_to_codes(torch.zeros(BATCH, 1, dtype=torch.int64))
 
 
 @config_names
@@ -195,7 +262,7 @@ def test_batch_smaller_than_codebook(name: str) -> None:
     quantizer = CONFIGS[name][0]().train()
     z = feature_map(quantizer.dim, 1)[:1, :, :3].clone().requires_grad_(True)
     out = quantizer(z)
-    assert out.indices.shape == (1, 3)
+    check_ids_shape(quantizer, out.indices, (3,), batch=1)
     (out.z_q.sum() + sum(out.losses.values())).backward()
     assert torch.isfinite(z.grad).all()
     for loss in out.losses.values():
@@ -204,9 +271,11 @@ def test_batch_smaller_than_codebook(name: str) -> None:
 
 @config_names
 def test_rebuilt_from_registry_spec_gives_same_output(name: str) -> None:
+    """The spec is plain JSON (an exported tokenizer's config.json holds it) and rebuilds
+    the same quantizer."""
     quantizer = make(name).eval()
     spec = spec_of(quantizer)
-    rebuilt = build(copy.deepcopy(spec))
+    rebuilt = build(json.loads(json.dumps(spec)))
     assert type(rebuilt) is type(quantizer)
     rebuilt.load_state_dict(quantizer.state_dict(), strict=True)
     rebuilt.eval()

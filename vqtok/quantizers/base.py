@@ -4,6 +4,12 @@ A quantizer takes a channel-first feature map ``(B, D, *spatial)`` with one, two
 spatial dims and returns a :class:`QuantizerOutput`. It always computes in float32, also
 under bf16/fp16 autocast: rounding in low precision picks other codes (bf16 has 8
 bits of mantissa), which has been seen to halve FSQ's codebook usage.
+
+Ids are ``(B, *spatial)``, one per position, except for a multi-stage quantizer
+(:class:`~vqtok.quantizers.ResidualQuantizer`, ``num_stages = S``): its ids carry a
+trailing stage axis, ``(B, *spatial, s)`` with ``1 <= s <= S``, one id per stage for a
+prefix of its stages, each in ``[0, codebook_size)`` (``codebook_size`` is then the size
+of one stage's codebook).
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ class QuantizerOutput:
     z_q: Tensor
     """``(B, D, *spatial)``, same shape and dtype as the input: what the decoder sees."""
     indices: Tensor
-    """``(B, *spatial)`` int64 code ids in ``[0, codebook_size)``."""
+    """``(B, *spatial)`` int64 code ids in ``[0, codebook_size)``. A multi-stage quantizer
+    (``num_stages = S``) adds a trailing stage axis: ``(B, *spatial, s)``, one id per stage
+    for the ``s`` stages that ran (``s = S`` in eval mode; ``1 <= s <= S`` in training
+    under quantize dropout)."""
     losses: dict[str, Tensor] = field(default_factory=dict)
     """Named, already weighted scalar auxiliary losses; ``{}`` when there are none."""
 
@@ -39,6 +48,9 @@ class Quantizer(nn.Module, ABC):
 
     codebook_size: int
     dim: int
+    num_stages: int | None = None
+    """``None``: one id per position. ``S``: a multi-stage quantizer whose ids carry a
+    trailing stage axis ``(B, *spatial, s)``, ``1 <= s <= S``."""
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         self.check_input(z)
@@ -62,7 +74,8 @@ class Quantizer(nn.Module, ABC):
     @abstractmethod
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """``(B, *spatial)`` ids -> ``(B, D, *spatial)`` float32 codes: exactly the ``z_q``
-        that ``forward`` produced for those ids in eval mode."""
+        that ``forward`` produced for those ids in eval mode. A multi-stage quantizer takes
+        ``(B, *spatial, s)`` ids of its first ``s`` stages and returns their codes' sum."""
 
     # ---- checks shared by every quantizer -------------------------------------------
     def check_input(self, z: Tensor) -> None:
@@ -91,10 +104,18 @@ class Quantizer(nn.Module, ABC):
             raise TypeError(f"expected a torch.Tensor of ids, got {type(indices).__name__}")
         if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"expected integer ids (int64), got dtype {indices.dtype}")
-        if indices.ndim < 2 or indices.ndim > 4:
+        stages = self.num_stages
+        extra = 0 if stages is None else 1  # the trailing stage axis
+        if indices.ndim < 2 + extra or indices.ndim > 4 + extra:
+            layout = "(B, *spatial)" if stages is None else "(B, *spatial, stages)"
             raise ValueError(
-                f"expected ids of shape (B, *spatial) with 1 to 3 spatial dims, "
+                f"expected ids of shape {layout} with 1 to 3 spatial dims, "
                 f"got shape {tuple(indices.shape)}"
+            )
+        if stages is not None and not 1 <= indices.shape[-1] <= stages:
+            raise ValueError(
+                f"expected a trailing stage axis of 1 to {stages} stages, got shape "
+                f"{tuple(indices.shape)} ({indices.shape[-1]} stages)"
             )
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
             raise ValueError(
@@ -152,3 +173,38 @@ def rows_to_map(rows: Tensor, batch: int, spatial: tuple[int, ...] | torch.Size)
     A view with channels-last strides, not a copy: convolutions accept it as it is, and a
     copy here would take about a fifth of an FSQ step (benchmarks/RESULTS.md's setting)."""
     return rows.reshape(batch, *spatial, rows.shape[-1]).movedim(-1, 1)
+
+
+class ProjectedQuantizer(Quantizer):
+    """A quantizer of a few numbers per position (FSQ, LFQ, BSQ), channel-first
+    throughout, with linear maps ``project_in`` (dim -> channels) and ``project_out``
+    (channels -> dim) when the feature width differs from its channel count."""
+
+    def _set_projections(self, dim: int | None, channels: int) -> None:
+        dim = channels if dim is None else dim
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+        self.dim = dim
+        needs_projection = dim != channels
+        self.project_in = nn.Linear(dim, channels) if needs_projection else nn.Identity()
+        self.project_out = nn.Linear(channels, dim) if needs_projection else nn.Identity()
+
+    def _to_channels(self, z: Tensor) -> Tensor:
+        """``(B, dim, *spatial)`` -> ``(B, channels, S)``."""
+        return pointwise_linear(self.project_in, z.reshape(z.shape[0], self.dim, -1))
+
+    def _to_map(self, codes: Tensor, spatial: tuple[int, ...] | torch.Size) -> Tensor:
+        """Codes ``(B, channels, S)`` -> ``(B, dim, *spatial)``."""
+        z_q = pointwise_linear(self.project_out, codes)  # (B, dim, S)
+        return z_q.reshape(codes.shape[0], self.dim, *spatial)
+
+
+def pointwise_linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a ``Linear`` (or ``Identity``) to each position of a ``(B, C, S)`` map.
+
+    One ``baddbmm`` per call: about twice as fast, forward and backward, as moving the
+    channels last for ``nn.Linear`` and back. The result is a contiguous ``(B, out, S)``."""
+    if isinstance(layer, nn.Identity):
+        return x
+    weight = layer.weight.expand(x.shape[0], -1, -1)  # (B, out, in), no copy
+    return torch.baddbmm(layer.bias[None, :, None], weight, x)
