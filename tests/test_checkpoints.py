@@ -3,6 +3,7 @@ checkpoints/README.md says, measured here on held-out data with numpy PSNR."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from vqtok import ImageTokenizer
 from vqtok.data import read_idx
 from vqtok.data.fashion_mnist import default_root, find_file
 from vqtok.formats.decoder_dir import load_decoder_dir
+from vqtok.formats.tokenizer_dir import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "checkpoints"
@@ -27,11 +29,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10.0 * np.log10(255.0**2 / mse))
 
 
-def test_every_checkpoint_loads() -> None:
+def test_every_checkpoint_loads_and_is_checksummed() -> None:
     dirs = sorted(p for p in CHECKPOINTS.iterdir() if p.is_dir())
     assert {p.name for p in dirs} >= {"fmnist_fsq", "photos_fsq", "decoder_fmnist"}
     for path in dirs:
-        fmt = json.loads((path / "config.json").read_text())["format"]
+        config = json.loads((path / "config.json").read_text())
+        digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+        assert config["weights_sha256"] == digest, path.name
+        fmt = config["format"]
         if fmt == "vqtok.tokenizer":
             assert ImageTokenizer.from_pretrained(path).codebook_size > 1
         else:
@@ -42,6 +47,8 @@ def test_every_checkpoint_loads() -> None:
 def test_decoder_fmnist_writes_the_token_grid_of_fmnist_fsq() -> None:
     tokenizer = ImageTokenizer.from_pretrained(CHECKPOINTS / "fmnist_fsq")
     _, vocab, config = load_decoder_dir(CHECKPOINTS / "decoder_fmnist")
+    # the tokenizer it records is the shipped one (vqtok generate warns otherwise)
+    assert config["extra"]["tokenizer"]["sha256"] == fingerprint(CHECKPOINTS / "fmnist_fsq")
     assert vocab.image_codebook_size == tokenizer.codebook_size
     assert tuple(config["image_tokens"]) == tokenizer.tokens_shape(32, 32)
 

@@ -11,8 +11,11 @@ building block vqtok ships before it builds one from a file.
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import inspect
+import types
+import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound=type)
@@ -78,12 +81,68 @@ def build(spec: dict[str, Any]) -> Any:
         raise ValueError(f"unknown keys {sorted(unknown)} in module spec {spec['class_path']!r}")
     cls = resolve(spec["class_path"])
     init_args = spec.get("init_args") or {}
+    if not isinstance(init_args, dict):
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"init_args of {spec['class_path']} must be an object, got "
+            f"{type(init_args).__name__}")
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         bad = sorted(set(init_args) - set(params) - {"self"})
         if bad:
             raise ValueError(f"unknown init_args {bad} for {spec['class_path']}")
+    check_init_args(cls, init_args, spec["class_path"])
     return cls(**init_args)
+
+
+def check_init_args(cls: type, init_args: dict[str, Any], name: str) -> None:
+    """Raise ValueError unless each value has the type its ``__init__`` annotation names,
+    the way JSON spells it: ``true`` is not an int, an int is a float, a list is a
+    sequence. Ranges are the constructor's to check."""
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(cls.__init__))
+    except (NameError, TypeError):  # an annotation that cannot be resolved: no check
+        return
+    for key, value in init_args.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise ValueError(f"init_args.{key} of {name} must be {_describe(hints[key])}, "
+                             f"got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in (Any, object):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_matches, value, args))
+        item = args[0] if args else Any
+        return all(_matches(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        key_type, value_type = args if args else (Any, Any)
+        return isinstance(value, dict) and all(
+            _matches(k, key_type) and _matches(v, value_type) for k, v in value.items())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a typing construct this checker does not read
+
+
+def _describe(hint: Any) -> str:
+    text = getattr(hint, "__name__", None) if isinstance(hint, type) else None
+    return text or str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
 def spec_of(obj: Any) -> dict[str, Any]:

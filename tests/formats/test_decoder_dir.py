@@ -129,14 +129,33 @@ def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
     (lambda c: c.update(surprise=1), r"unknown keys \['surprise'\]"),
     (lambda c: c.pop("image_tokens"), r"missing keys \['image_tokens'\]"),
     (lambda c: c.update(image_tokens=[8]), "image_tokens must be a list of 2 items"),
-    (lambda c: c.update(caption_template="no label"), "caption_template must be a string containing '{label}'"),
+    (lambda c: c.update(caption_template="no label"), "caption_template must be text with exactly one field, {label}"),
     (lambda c: c["vocabulary"].update(image_codebook_size=13), "vocabulary has 276 ids"),
     (lambda c: c["vocabulary"].update(image_codebook_size=0), "image_codebook_size must be"),
     (lambda c: c["decoder"]["init_args"]["config"].update(d_model=17),
      "cannot build the decoder"),
     (lambda c: c["decoder"].update(class_path="os.system"), "unknown class_path 'os.system'"),
+    # every DecoderConfig field has a type and a range
+    (lambda c: c["decoder"]["init_args"]["config"].update(n_heads=True),
+     r"decoder.init_args.config.n_heads must be an integer >= 1 and <= 1024, got true"),
+    (lambda c: c["decoder"]["init_args"]["config"].update(rope_base=-1.0),
+     r"config.rope_base must be a finite number > 0, got -1.0"),
+    (lambda c: c["decoder"]["init_args"]["config"].update(norm_eps=0),
+     r"config.norm_eps must be a finite number > 0"),
+    (lambda c: c["decoder"]["init_args"]["config"].update(d_model=10**9),
+     r"config.d_model must be an integer >= 1 and <= 16384"),
+    # the specials' order gives their ids; a grid must be one generation can finish
+    (lambda c: c["vocabulary"].update(specials=["eos", "bos", "pad", "boi", "eoi", "bov", "eov"]),
+     r"vocabulary.specials must be a list of distinct strings starting with \['bos'"),
+    (lambda c: c.update(image_tokens=[300, 300]), "300 x 300 is 90000 tokens, more than"),
+    (lambda c: c.update(image_tokens=[128, 129]), "128 x 129 is 16512 tokens, more than"),
+    (lambda c: c.update(caption_template="a {label} of {kind}"),
+     "caption_template must be text with exactly one field"),
+    (lambda c: c.update(extra={"tokenizer": "checkpoints/fmnist_fsq"}),
+     "extra.tokenizer must be an object"),
     (lambda c: c.update(decoder={"class_path": "vqtok.quantizers.FSQ",
-                                 "init_args": {"config": {}}}), "cannot build the decoder"),
+                                 "init_args": {"config": {}}}),
+     r"missing keys \['vocab_size'.*\] in decoder.init_args.config"),
 ])
 def test_invalid_config(saved: tuple[MultimodalDecoder, Path], change, match: str) -> None:
     _, path = saved
@@ -159,6 +178,9 @@ def test_tokenizer_directory_is_not_a_decoder(tmp_path: Path) -> None:
 def test_foreign_and_mismatched_weights(saved: tuple[MultimodalDecoder, Path]) -> None:
     model, path = saved
     weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    expect_error(path, "model.safetensors", "SHA-256 is not the weights_sha256")
+    edit_config(path, lambda c: c.pop("weights_sha256"))  # the checks behind the checksum
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(weights))  # no vqtok marker
     expect_error(path, "model.safetensors", "not written by vqtok as a decoder")
@@ -212,3 +234,11 @@ def test_save_replaces_existing_and_refuses_foreign_directory(
     with pytest.raises(ValueError, match="refusing to replace"):
         save_decoder_dir(other, VOCAB, foreign, (2, 3))
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_the_spec_types_every_decoder_config_field() -> None:
+    from dataclasses import fields
+
+    from vqtok.formats.decoder_dir import DECODER_CONFIG
+
+    assert set(DECODER_CONFIG.required) == {f.name for f in fields(DecoderConfig)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -158,9 +159,18 @@ def test_corrupt_config(saved: tuple[VQAutoencoder, Path], text: str) -> None:
     (lambda c: c["encoder"]["init_args"].update(channels=-1), "cannot build the encoder"),
     (lambda c: c["image"].update(channels=1), "image.channels is 1"),
     (lambda c: c.update(codebook_size=7), "codebook_size is 7"),
+    # JSON's true is not a count, a string is not a level, and sizes are capped before
+    # anything is allocated
+    (lambda c: c["encoder"]["init_args"].update(channels=True),
+     r"init_args.channels of vqtok.models.convnet.Encoder must be int, got True"),
+    (lambda c: c["quantizer"]["init_args"].update(levels=[8, "5", 5, 5]),
+     r"init_args.levels of .*FSQ must be list\[int\] \| None"),
+    (lambda c: c["decoder"]["init_args"].update(channels=10**7), "channels must be an int in"),
+    (lambda c: c.update(weights_sha256="abc"), "weights_sha256 must be a SHA-256 in hex"),
 ], ids=["version", "version-str", "format", "unknown-key", "unknown-image-key",
         "unknown-spec-key", "missing-key", "std", "min-size", "class-path", "init-arg",
-        "bad-init-value", "channels", "codebook-size"])
+        "bad-init-value", "channels", "codebook-size", "bool-is-not-int", "str-level",
+        "huge-width", "bad-checksum-text"])
 def test_invalid_config(saved: tuple[VQAutoencoder, Path], change, match: str) -> None:
     _, path = saved
     edit_config(path, change)
@@ -174,17 +184,50 @@ def test_duplicate_json_keys_rejected(saved: tuple[VQAutoencoder, Path]) -> None
     expect_error(path, "config.json", "duplicate keys")
 
 
+def forget_checksum(path: Path) -> None:
+    """A directory written before config.json recorded the weights' SHA-256: the checks
+    behind the checksum must still catch what they catch."""
+    edit_config(path, lambda c: c.pop("weights_sha256"))
+
+
+def test_config_records_the_weights_checksum(saved: tuple[VQAutoencoder, Path]) -> None:
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    assert config["weights_sha256"] == digest
+
+
+def test_flipped_bytes_are_caught_by_the_checksum(saved: tuple[VQAutoencoder, Path],
+                                                  tmp_path: Path) -> None:
+    model, path = saved
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the end of the last tensor
+    (path / "model.safetensors").write_bytes(bytes(data))
+    expect_error(path, "model.safetensors", "SHA-256 is not the weights_sha256")
+    # Without the checksum the same file loads, silently, and changes the model's output:
+    # the failure the checksum exists for.
+    forget_checksum(path)
+    loaded, _ = load_tokenizer_dir(path)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert not torch.equal(model.decode_indices(model.encode(x).indices),
+                               loaded.decode_indices(loaded.encode(x).indices))
+
+
 @pytest.mark.parametrize("keep", [lambda n: 0, lambda n: 7, lambda n: 200, lambda n: n // 2,
                                   lambda n: n - 3], ids=["empty", "7", "200", "half", "n-3"])
 def test_truncated_or_empty_weights(saved: tuple[VQAutoencoder, Path], keep) -> None:
     _, path = saved
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[:keep(len(data))])
+    expect_error(path, "model.safetensors", "SHA-256")
+    forget_checksum(path)
     expect_error(path, "model.safetensors", "not a readable safetensors file")
 
 
 def test_foreign_safetensors(saved: tuple[VQAutoencoder, Path]) -> None:
     model, path = saved
+    forget_checksum(path)
     # the right tensors, but written by someone else (no vqtok marker)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(path / "model.safetensors"))
@@ -198,6 +241,7 @@ def _write_marked(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def test_missing_unexpected_and_misshaped_weights(saved: tuple[VQAutoencoder, Path]) -> None:
     model, path = saved
+    forget_checksum(path)
     state = dict(model.state_dict())
     first = next(iter(state))
 

@@ -212,8 +212,12 @@ def test_bad_input_sizes_name_the_size() -> None:
         ({"channel_mult": ()}, "channel_mult"),
         ({"channel_mult": (1, 0)}, "channel_mult"),
         ({"channel_mult": "12"}, "channel_mult"),
-        ({"dim": 0}, "dim must be a positive int, got 0"),
+        ({"dim": 0}, r"dim must be an int in \[1, 8192\], got 0"),
         ({"num_res_blocks": 0}, "num_res_blocks"),
+        # caps: what a config file asks for is allocated before any weight is read
+        ({"channels": 10**6}, r"channels must be an int in \[1, 8192\]"),
+        ({"channels": 4096, "channel_mult": (1, 4)}, r"must stay <= 8192"),
+        ({"channel_mult": (1,) * 9}, "channel_mult must be a sequence of 1 to 8"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message) -> None:

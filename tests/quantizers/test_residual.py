@@ -204,7 +204,7 @@ def test_copies_of_one_spec_are_independent_stages() -> None:
 @pytest.mark.parametrize(
     ("stages", "kwargs", "match"),
     [
-        ([], {}, "at least one"),
+        ([], {}, "1 to 256 quantizers"),
         (VectorQuantizer(64, 8), {}, "list"),
         ({"class_path": "vqtok.quantizers.FSQ", "init_args": {"levels": [4, 4]}}, {}, "list"),
         ([VectorQuantizer(64, 8), VectorQuantizer(32, 8)], {}, "stage 1 has \\(32, 8\\)"),

@@ -26,6 +26,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,23 @@ from vqtok import registry
 from vqtok.formats import model_dir
 from vqtok.formats.jsonfile import json_copy, read_json
 from vqtok.formats.model_dir import CONFIG_NAME, WEIGHTS_NAME
-from vqtok.formats.schema import Anything, FormatError, Int, ListOf, Nullable, Obj, Str, validate
+from vqtok.formats.schema import (
+    Bool,
+    Float,
+    FormatError,
+    Int,
+    ListOf,
+    Nullable,
+    Obj,
+    OneOf,
+    Spec,
+    Str,
+    validate,
+)
+from vqtok.multimodal.attention import ATTENTION_KINDS
 from vqtok.multimodal.decoder import MultimodalDecoder
-from vqtok.multimodal.streams import Vocabulary
+from vqtok.multimodal.positions import SCHEMES
+from vqtok.multimodal.streams import REQUIRED_SPECIALS, Vocabulary
 
 __all__ = [
     "FORMAT",
@@ -52,16 +67,65 @@ __all__ = [
 FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
 
+MAX_IMAGE_TOKENS = 16384
+"""The most tokens of one generated grid (e.g. 128 x 128): generation is sequential, and a
+file must not be able to ask for a grid that would never finish."""
+
+
+class _Specials(Spec):
+    """The special tokens: the required ones first, in their order (their ids follow from
+    their positions), then any extra, all distinct."""
+
+    def check(self, value: object, where: str) -> None:
+        required = list(REQUIRED_SPECIALS)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)
+                and value[:len(required)] == required and len(set(value)) == len(value)):
+            raise self.fail(where, f"a list of distinct strings starting with {required}", value)
+
+
+class _Template(Spec):
+    """A caption template: text with exactly one field, ``{label}``."""
+
+    def check(self, value: object, where: str) -> None:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value)
+                      if f is not None] if isinstance(value, str) else None
+        except ValueError:  # an unmatched brace
+            fields = None
+        if fields != ["label"]:
+            raise self.fail(where, "text with exactly one field, {label}", value)
+
+
+DECODER_CONFIG = Obj({
+    "vocab_size": Int(min=1, max=1 << 24), "d_model": Int(min=1, max=16384),
+    "n_layers": Int(min=1, max=512), "n_heads": Int(min=1, max=1024),
+    "head_dim": Nullable(Int(min=2, max=4096)), "attention": OneOf(*ATTENTION_KINDS),
+    "n_kv_heads": Nullable(Int(min=1, max=1024)), "d_latent": Nullable(Int(min=1, max=16384)),
+    "d_rope": Nullable(Int(min=2, max=4096)), "mlp_hidden": Nullable(Int(min=1, max=65536)),
+    "position_scheme": OneOf(*SCHEMES), "rope_base": Float(above=0),
+    "norm_eps": Float(above=0), "tie_embeddings": Bool(), "init_std": Float(above=0),
+})
+"""Every ``DecoderConfig`` field with its type and a range that caps the model's size."""
+
 SPEC = Obj({
     **model_dir.header_spec(FORMAT, FORMAT_VERSION, "decoder"),
-    "decoder": Obj({"class_path": Str(nonempty=True), "init_args": Obj({"config": Anything()})}),
-    "vocabulary": Obj({"text_vocab": Int(min=1), "image_codebook_size": Int(min=1),
-                       "specials": ListOf(Str())}),
-    "image_tokens": ListOf(Int(min=1), length=2),
-    "caption_template": Nullable(Str(contains="{label}")),
-}, optional={"extra": Anything()})
-"""``config.json`` of a decoder directory; the ``DecoderConfig`` fields are checked by the
-dataclass when the model is built."""
+    "decoder": Obj({"class_path": Str(nonempty=True),
+                    "init_args": Obj({"config": DECODER_CONFIG})}),
+    "vocabulary": Obj({"text_vocab": Int(min=1, max=1 << 20),
+                       "image_codebook_size": Int(min=1, max=1 << 24),
+                       "specials": _Specials()}),
+    "image_tokens": ListOf(Int(min=1, max=MAX_IMAGE_TOKENS), length=2),
+    "caption_template": Nullable(_Template()),
+}, optional={
+    **model_dir.OPTIONAL_SPEC,
+    "extra": Obj({}, optional={
+        "labels": ListOf(Str()),
+        "tokenizer": Obj({"path": Str(), "sha256": Str(pattern="[0-9a-f]{64}",
+                                                        what="a SHA-256 in hex")}),
+    }, open=True),
+})
+"""``config.json`` of a decoder directory. ``extra`` is free metadata, except the two keys
+``vqtok generate`` reads: the class ``labels`` and which ``tokenizer`` made the tokens."""
 
 
 class DecoderFormatError(FormatError):
@@ -95,6 +159,7 @@ def build_decoder_config(
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
     validate(config, SPEC, CONFIG_NAME, DecoderFormatError)
+    _check_grid(config, CONFIG_NAME)
     vocab_size = config["decoder"]["init_args"]["config"]["vocab_size"]
     if vocab.size != vocab_size:
         raise ValueError(f"vocabulary of size {vocab.size} does not match the decoder's "
@@ -133,7 +198,15 @@ def read_decoder_config(path: Path) -> dict[str, Any]:
     """Parse and validate a decoder's ``config.json``."""
     config = read_json(path, DecoderFormatError)
     validate(config, SPEC, str(path), DecoderFormatError)
+    _check_grid(config, path)
     return config
+
+
+def _check_grid(config: dict[str, Any], path: Path | str) -> None:
+    h, w = config["image_tokens"]
+    if h * w > MAX_IMAGE_TOKENS:
+        raise DecoderFormatError(f"{path}: image_tokens {h} x {w} is {h * w} tokens, more than "
+                                 f"the {MAX_IMAGE_TOKENS} a generated grid may have")
 
 
 def load_decoder_dir(
@@ -149,6 +222,7 @@ def load_decoder_dir(
     root = Path(path)
     config_path, config = model_dir.read_model_config(root, SPEC, "decoder",
                                                       DecoderFormatError)
+    _check_grid(config, config_path)
     model = model_dir.build_module(config["decoder"], "decoder", config_path,
                                    DecoderFormatError)
     try:
@@ -161,6 +235,6 @@ def load_decoder_dir(
     if vocab.size != model.config.vocab_size:
         raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but the "
                                  f"decoder's vocab_size is {model.config.vocab_size}")
-    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError,
-                           "decoder")
+    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError, "decoder",
+                           config.get(model_dir.WEIGHTS_SHA256))
     return model.to(device).eval(), vocab, config

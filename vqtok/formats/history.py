@@ -35,21 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from vqtok.formats import schema
 from vqtok.formats.jsonfile import read_json, write_json
 from vqtok.formats.npzfile import read_npz, write_npz
-from vqtok.formats.schema import (
-    Array,
-    Const,
-    Float,
-    FormatError,
-    Int,
-    ListOf,
-    Nullable,
-    Obj,
-    Str,
-    Version,
-    validate,
-)
+from vqtok.formats.schema import FormatError, validate
 
 __all__ = ["COUNTS_NAME", "COUNTS_SPEC", "FORMAT", "FORMAT_VERSION", "JSON_NAME", "SPEC",
            "read_history", "write_history"]
@@ -59,23 +48,31 @@ FORMAT_VERSION = 1
 JSON_NAME = "codebook_history.json"
 COUNTS_NAME = "codebook_history.npz"
 
-VALIDATION = Obj({
-    "step": Int(min=0), "epoch": Int(min=0), "usage": Float(min=0, max=1),
-    "perplexity": Float(), "dead_codes": Int(min=0), "normalized_entropy": Float(),
-    "psnr": Nullable(Float()), "ssim": Nullable(Float()), "total_ids": Int(min=1),
+VALIDATION = schema.Obj({
+    "step": schema.Int(min=0), "epoch": schema.Int(min=0),
+    "usage": schema.Float(min=0, max=1), "perplexity": schema.Float(),
+    "dead_codes": schema.Int(min=0), "normalized_entropy": schema.Float(),
+    "psnr": schema.Nullable(schema.Float()), "ssim": schema.Nullable(schema.Float()),
+    "total_ids": schema.Int(min=1),
 })
 """One validation run's metrics (docs/algorithms.md#codebook-usage)."""
-TRAIN = Obj({"step": Int(min=0), "epoch": Int(min=0), "batch_usage": Float(min=0, max=1),
-             "batch_perplexity": Float(), "batch_ids": Int(min=1)})
+TRAIN = schema.Obj({
+    "step": schema.Int(min=0), "epoch": schema.Int(min=0),
+    "batch_usage": schema.Float(min=0, max=1), "batch_perplexity": schema.Float(),
+    "batch_ids": schema.Int(min=1),
+})
 """One point of the per-batch training curve."""
 
-SPEC = Obj({
-    "format": Const(FORMAT, "a vqtok codebook history"), "format_version": Version(FORMAT_VERSION),
-    "codebook_size": Int(min=1), "quantizer": Str(), "quantizer_config": Str(),
-    "counts_file": Str(nonempty=True), "every_n_steps": Int(min=1),
-    "validations": ListOf(VALIDATION), "train": ListOf(TRAIN),
+SPEC = schema.Obj({
+    "format": schema.Const(FORMAT, "a vqtok codebook history"),
+    "format_version": schema.Version(FORMAT_VERSION),
+    "codebook_size": schema.Int(min=1), "quantizer": schema.Str(),
+    "quantizer_config": schema.Str(), "counts_file": schema.Str(nonempty=True),
+    "every_n_steps": schema.Int(min=1), "validations": schema.ListOf(VALIDATION),
+    "train": schema.ListOf(TRAIN),
 })
-COUNTS_SPEC = Obj({"counts": Array("iu", (None, None), min=0), "steps": Array("iu", (None,))})
+COUNTS_SPEC = schema.Obj({"counts": schema.Array("iu", (None, None), min=0),
+                          "steps": schema.Array("iu", (None,))})
 
 
 def write_history(directory: Path, doc: dict[str, Any], counts: np.ndarray,

@@ -11,6 +11,7 @@ code named by a file.
 
 from __future__ import annotations
 
+import hashlib
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,12 @@ from vqtok.quantizers import Quantizer  # noqa: F401
 __all__ = [
     "CONFIG_NAME",
     "MODULE_SPEC",
+    "OPTIONAL_SPEC",
     "WEIGHTS_MARKER",
     "WEIGHTS_NAME",
+    "WEIGHTS_SHA256",
     "build_module",
+    "file_sha256",
     "header_spec",
     "load_weights",
     "new_header",
@@ -50,6 +54,15 @@ WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming the directory
 MODULE_SPEC = Obj({"class_path": Str(nonempty=True), "init_args": Anything()})
 """A module as ``{"class_path": registered name, "init_args": {...}}``; the registry checks
 the init args when it builds the module."""
+
+WEIGHTS_SHA256 = "weights_sha256"
+OPTIONAL_SPEC: dict[str, Spec] = {
+    "extra": Anything(),
+    WEIGHTS_SHA256: Str(pattern="[0-9a-f]{64}", what="a SHA-256 in hex (64 digits)"),
+}
+"""Keys every ``config.json`` may hold: free metadata, and the SHA-256 of the weights file
+(written by every save, verified at load; directories written before it existed load
+without the check)."""
 
 
 def vqtok_version() -> str:
@@ -75,7 +88,11 @@ def read_model_config(root: Path, spec: Spec, what: str, error: type[Exception]
                       ) -> tuple[Path, dict[str, Any]]:
     """``(config path, validated config)`` of the model directory ``root``; a missing
     directory, invalid JSON or a config that does not follow ``spec`` raise ``error``."""
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except (OSError, ValueError) as err:  # a NUL byte in the path, a path too long
+        raise error(f"{str(root)!r}: not a usable path ({err})") from err
+    if not found:
         raise error(f"{root}: not a {what} directory (it does not exist or is not a directory)")
     path = root / CONFIG_NAME
     config = read_json(path, error)
@@ -103,13 +120,23 @@ def save_model_dir(target: Path, config: dict[str, Any], model: nn.Module, fmt: 
     if target.exists() or target.is_symlink():
         _check_replaceable(target, what)
     with atomic_directory(target) as tmp:
-        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as f:
-            f.write(to_json(config, "config") + "\n")
         # save_model drops aliases of shared tensors (a tied embedding, say), recording
         # them in the metadata, and makes every tensor contiguous; load_model restores them.
         save_model(model, str(tmp / WEIGHTS_NAME),
                    metadata={WEIGHTS_MARKER: fmt, "format": "pt"}, force_contiguous=True)
+        config = {**config, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS_NAME)}
+        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as f:
+            f.write(to_json(config, "config") + "\n")
     return target
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, in hex (about 1 ms per MB here)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_replaceable(target: Path, what: str) -> None:
@@ -124,11 +151,15 @@ def _check_replaceable(target: Path, what: str) -> None:
 
 
 def load_weights(model: nn.Module, path: Path, fmt: str, error: type[Exception],
-                 what: str) -> None:
-    """Load ``model.safetensors`` into ``model`` strictly, after checking it is marked as
-    format ``fmt``; every problem raises ``error`` naming the file."""
+                 what: str, sha256: str | None = None) -> None:
+    """Load ``model.safetensors`` into ``model`` strictly, after checking its SHA-256
+    against ``sha256`` (the config's ``weights_sha256``, when it has one) and that it is
+    marked as format ``fmt``; every problem raises ``error`` naming the file."""
     if not path.is_file():
         raise error(f"{path}: missing {WEIGHTS_NAME}")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise error(f"{path}: the file's SHA-256 is not the {WEIGHTS_SHA256} recorded in "
+                    f"{CONFIG_NAME}: it is corrupt or was changed")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             marker = (f.metadata() or {}).get(WEIGHTS_MARKER)

@@ -35,6 +35,8 @@ def read_npz(path: str | os.PathLike[str], what: str, error: type[Exception] = F
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such {what}")
+    if not zipfile.is_zipfile(path):  # else numpy reads it as a pickle and says so
+        raise error(f"{path}: not a readable {what} (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}

@@ -15,6 +15,7 @@ a count), floats are finite, an integer is accepted where a float is expected (J
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ def _show(value: Any) -> str:
     arrays, never a long repr."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, np.generic):
+        value = value.item()  # np.int64(5) reads as 5
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -117,18 +120,23 @@ class Float(Spec):
 
 @dataclass(frozen=True)
 class Str(Spec):
-    """A string; ``contains``: a substring it must hold; ``nonempty``: not ``""``."""
+    """A string; ``contains``: a substring it must hold; ``nonempty``: not ``""``;
+    ``pattern``: a regular expression the whole string matches, described by ``what``."""
 
     contains: str | None = None
     nonempty: bool = False
+    pattern: str | None = None
+    what: str = "a string"
 
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, str):
-            raise self.fail(where, "a string", value)
+            raise self.fail(where, self.what, value)
         if self.nonempty and not value:
             raise self.fail(where, "a non-empty string", value)
         if self.contains is not None and self.contains not in value:
             raise self.fail(where, f"a string containing {self.contains!r}", value)
+        if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+            raise self.fail(where, self.what, value)
 
 
 class Bool(Spec):

@@ -37,7 +37,7 @@ from vqtok.formats import model_dir
 from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.jsonfile import json_copy, read_json
 from vqtok.formats.model_dir import CONFIG_NAME, MODULE_SPEC, WEIGHTS_NAME
-from vqtok.formats.schema import Anything, Float, FormatError, Int, Obj, validate
+from vqtok.formats.schema import Float, FormatError, Int, Obj, validate
 from vqtok.models.autoencoder import VQAutoencoder
 
 __all__ = [
@@ -66,7 +66,7 @@ SPEC = Obj({
                   "min_size": Int(min=1)}),
     "normalization": Obj({"mean": Float(), "std": Float(above=0)}),
     "codebook_size": Int(min=1),
-}, optional={"extra": Anything()})
+}, optional=model_dir.OPTIONAL_SPEC)
 """``config.json`` of a tokenizer directory."""
 
 
@@ -160,8 +160,8 @@ def load_tokenizer_dir(
     except (ValueError, TypeError) as err:
         raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
     _check_model_matches(model, config, config_path)
-    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError,
-                           "tokenizer")
+    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError, "tokenizer",
+                           config.get(model_dir.WEIGHTS_SHA256))
     return model.to(device).eval(), config
 
 
@@ -181,11 +181,12 @@ def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Pat
 
 def fingerprint(tokenizer_dir: str | os.PathLike[str]) -> str:
     """SHA-256 of what a tokenizer's ids depend on: its config (modules, image and
-    normalisation; not the free ``extra`` metadata or the vqtok version) and its tensors by
-    name. Two exports of the same weights share it even when the files' bytes differ."""
+    normalisation; not the free ``extra`` metadata, the vqtok version or the file checksum)
+    and its tensors by name. Two exports of the same weights share it even when the files'
+    bytes differ."""
     root = Path(tokenizer_dir)
     config = read_config(root / CONFIG_NAME)
-    for key in ("extra", "vqtok_version"):
+    for key in ("extra", "vqtok_version", model_dir.WEIGHTS_SHA256):
         config.pop(key, None)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     with safe_open(str(root / WEIGHTS_NAME), framework="np") as f:

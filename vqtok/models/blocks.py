@@ -131,6 +131,13 @@ def middle_blocks(channels: int, attention: bool, norm: NormFactory) -> list[nn.
     return blocks
 
 
+MAX_WIDTH = 8192
+"""The widest level, and the largest ``dim``: caps what a config file can make vqtok
+allocate before any weight is read."""
+MAX_LEVELS = 8  # a downsampling factor of at most 2^7
+MAX_RES_BLOCKS = 64
+
+
 def check_widths(
     channels: int, channel_mult: Sequence[int], num_res_blocks: int, dim: int, num_groups: int
 ) -> tuple[int, ...]:
@@ -138,17 +145,21 @@ def check_widths(
     is_sequence = isinstance(channel_mult, Sequence) and not isinstance(
         channel_mult, (str, bytes)
     )
-    if not is_sequence or len(channel_mult) == 0 or any(
+    if not is_sequence or not 0 < len(channel_mult) <= MAX_LEVELS or any(
         not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in channel_mult
     ):
-        raise ValueError(
-            f"channel_mult must be a non-empty sequence of positive ints, got {channel_mult!r}"
-        )
-    for name, value in (("channels", channels), ("num_res_blocks", num_res_blocks),
-                        ("dim", dim), ("num_groups", num_groups)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return tuple(channels * m for m in channel_mult)
+        raise ValueError(f"channel_mult must be a sequence of 1 to {MAX_LEVELS} positive ints, "
+                         f"got {channel_mult!r}")
+    for name, value, most in (("channels", channels, MAX_WIDTH),
+                              ("num_res_blocks", num_res_blocks, MAX_RES_BLOCKS),
+                              ("dim", dim, MAX_WIDTH), ("num_groups", num_groups, MAX_WIDTH)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise ValueError(f"{name} must be an int in [1, {most}], got {value!r}")
+    widths = tuple(channels * m for m in channel_mult)
+    if max(widths) > MAX_WIDTH:
+        raise ValueError(f"channels * channel_mult must stay <= {MAX_WIDTH}, got widths "
+                         f"{list(widths)}")
+    return widths
 
 
 def check_feature_map(x: Tensor, channels: int, factor: int, what: str) -> None:

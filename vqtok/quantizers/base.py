@@ -128,6 +128,9 @@ class Quantizer(nn.Module, ABC):
 
 
 GRAD_ESTIMATORS = ("ste", "rotation")
+MAX_CODEBOOK_ELEMENTS = 1 << 28
+"""At most 2^28 codebook entries (K x D, 1 GiB of float32): caps what a config file can make
+vqtok allocate before any weight is read (K = 262,144 codes of dim 1,024 fit)."""
 """Gradient estimators of the search-based quantizers (docs/algorithms.md#rotation-trick)."""
 
 
@@ -155,6 +158,9 @@ class CodebookQuantizer(Quantizer):
                              f"{grad_estimator!r}")
         if chunk_rows is not None:
             check_positive_int("chunk_rows", chunk_rows)
+        if codebook_size * dim > MAX_CODEBOOK_ELEMENTS:
+            raise ValueError(f"codebook_size x dim must stay <= 2^28, got {codebook_size} x "
+                             f"{dim}")
         self.codebook_size, self.dim = codebook_size, dim
         self.codebook_weight = float(codebook_weight)
         self.commitment_weight = float(commitment_weight)
@@ -182,8 +188,8 @@ class ProjectedQuantizer(Quantizer):
 
     def _set_projections(self, dim: int | None, channels: int) -> None:
         dim = channels if dim is None else dim
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"dim must be a positive int or None, got {dim!r}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 1 << 16:
+            raise ValueError(f"dim must be an int in [1, 65536] or None, got {dim!r}")
         self.dim = dim
         needs_projection = dim != channels
         self.project_in = nn.Linear(dim, channels) if needs_projection else nn.Identity()

@@ -5,8 +5,8 @@ channels are normalised, u = v / ||v||, and quantized to the nearest corner of t
 inscribed in the unit sphere, q = sign(u) / sqrt(d). Input and code both have norm 1, so
 the quantization error is bounded, ||u - q||^2 = 2 - 2 u.q <= 2 - 2 / sqrt(d) (LFQ's grows
 with ||v||), and the ids are LFQ's. The straight-through estimator passes the gradient to
-u, and through the normalisation to v. The entropy penalty is LFQ's with the codes at ±1/sqrt(d); the maths is
-in docs/algorithms.md#bsq.
+u, and through the normalisation to v. The entropy penalty is LFQ's with the codes at
+±1/sqrt(d); the maths is in docs/algorithms.md#bsq.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class FSQ(ProjectedQuantizer):
             isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in levels
         ):
             raise ValueError(f"levels must be a non-empty list of ints >= 2, got {levels!r}")
+        if math.prod(levels) > 1 << 32:
+            raise ValueError(f"levels give {math.prod(levels)} codes; at most 2^32 are supported")
         self._set_projections(dim, len(levels))
         self.levels_list = levels
         self.codebook_size = math.prod(levels)

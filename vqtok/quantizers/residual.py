@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from vqtok.quantizers.base import Quantizer
 from vqtok.registry import build, class_path, register, spec_of
 
+MAX_STAGES = 256
+
 
 @register
 class ResidualQuantizer(Quantizer):
@@ -68,8 +70,8 @@ class ResidualQuantizer(Quantizer):
             raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
                 f"stages must be a list of quantizers or their specs, got {type(stages).__name__}"
             )
-        if not stages:
-            raise ValueError("stages must hold at least one quantizer, got an empty list")
+        if not 1 <= len(stages) <= MAX_STAGES:
+            raise ValueError(f"stages must hold 1 to {MAX_STAGES} quantizers, got {len(stages)}")
         modules = [stage if isinstance(stage, nn.Module) else _build_stage(stage, i)
                    for i, stage in enumerate(stages)]
         for i, stage in enumerate(modules):
@@ -90,7 +92,8 @@ class ResidualQuantizer(Quantizer):
                     f"({stage.codebook_size}, {stage.dim})"
                 )
         if not isinstance(quantize_dropout, bool):
-            raise ValueError(f"quantize_dropout must be a bool, got {quantize_dropout!r}")  # noqa: TRY004
+            raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+                f"quantize_dropout must be a bool, got {quantize_dropout!r}")
         if not isinstance(dropout_seed, int) or isinstance(dropout_seed, bool) or dropout_seed < 0:
             raise ValueError(f"dropout_seed must be an int >= 0, got {dropout_seed!r}")
 
