@@ -90,11 +90,16 @@ def test_export_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not (tmp_path / "out").exists()
 
 
-def test_export_replaces_existing_tokenizer_atomically(checkpoint: Path, tmp_path: Path) -> None:
+def test_export_replaces_an_existing_tokenizer_only_when_asked(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tok_dir = tmp_path / "tok"
     assert main(["export", str(checkpoint), str(tok_dir)]) == 0
     first = load_file(tok_dir / "model.safetensors")
-    assert main(["export", str(checkpoint), str(tok_dir)]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tok_dir.iterdir()}
+    assert main(["export", str(checkpoint), str(tok_dir)]) == 2
+    assert "tok exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in tok_dir.iterdir()} == before
+    assert main(["export", str(checkpoint), str(tok_dir), "--overwrite"]) == 0
     second = load_file(tok_dir / "model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 log = logging.getLogger("vqtok")
@@ -63,8 +64,11 @@ def vqtok_version() -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vqtok.formats.outputs import check_new_output
     from vqtok.training.checkpoint import load_tokenizer_module
 
+    check_new_output(args.out_dir, inputs=[Path(args.checkpoint)], overwrite=args.overwrite,
+                     folder=True)
     module = load_tokenizer_module(args.checkpoint)
     out = module.export(args.out_dir)
     print(f"exported {args.checkpoint} -> {out}")
@@ -75,10 +79,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import encode_files
     from vqtok.tokenizer import ImageTokenizer
 
-    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
-    summary = encode_files(
-        args.images, tokenizer, args.out, batch_size=args.batch_size, progress=not args.quiet
-    )
+    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
+                                               max_pixels=args.max_pixels)
+    summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
+                           progress=not args.quiet, overwrite=args.overwrite)
     print(summary)
     # The good files' ids are saved either way; a non-zero status tells scripts some failed.
     return 1 if summary.failed else 0
@@ -88,9 +92,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import decode_file
     from vqtok.tokenizer import ImageTokenizer
 
-    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device)
+    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
+                                               max_pixels=args.max_pixels)
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
-                          progress=not args.quiet)
+                          progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(written)} images to {args.out}")
     return 0
 
@@ -102,6 +107,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.run_dirs, args.out, tokenizers=args.tokenizer, data=args.data,
         same_codebook=args.same_codebook, image_size=args.image_size,
         max_images=args.max_images, samples=args.samples, device=args.device,
+        overwrite=args.overwrite,
     )
     print(f"wrote {html} and {json_path}")
     return 0
@@ -112,7 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     print(write_generated(args.decoder, args.tokenizer, args.prompt, args.out, num=args.num,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                          raw=args.raw, device=args.device))
+                          raw=args.raw, device=args.device, overwrite=args.overwrite))
     return 0
 
 
@@ -145,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqtok", description="Train image tokenizers and turn images into tokens and back.")
     parser.add_argument("--version", action="version", version=f"vqtok {vqtok_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)",
@@ -169,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory")
     p.add_argument("checkpoint", help="a .ckpt written by `vqtok fit`")
-    p.add_argument("out_dir", help="tokenizer directory to write (replaced atomically)")
+    p.add_argument("out_dir", help="tokenizer directory to write (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("encode", help="encode images to token ids (.npz)")
@@ -200,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true",
                    help="feed the prompt as is, without the caption template")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("report", help="codebook-collapse report (HTML + JSON) of "
@@ -221,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same-codebook", action="store_true",
                    help="refuse runs whose codebook sizes differ")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing page and JSON")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
@@ -240,48 +251,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     """The options ``encode`` and ``decode`` share."""
+    from vqtok.formats.images import DEFAULT_MAX_PIXELS
+
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
+                   help=f"the largest image, in pixels (default {DEFAULT_MAX_PIXELS:,}; memory "
+                        f"grows with it; 'none': no limit)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _pixels(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    value = int(text.replace(",", "").replace("_", ""))
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     configure_logging(quiet="--quiet" in argv)
-    if argv and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] == ["decoder"] and (
-            len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS):
-        return _lightning(argv)
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    lightning = argv[:1] and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] == ["decoder"] and (
+        len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS)
+    command = " ".join(argv[:2] if argv[:1] == ["decoder"] else argv[:1]) or "vqtok"
     try:
+        if lightning:
+            return _lightning(argv)
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vqtok {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"vqtok {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; --debug shows the traceback
+        if debug:
+            raise
+        known = isinstance(err, (ValueError, FileNotFoundError))
+        kind = "" if known else f"{type(err).__name__}: "
+        print(f"vqtok {command}: error: {kind}{_first_line(err)}", file=sys.stderr)
+        return 2 if known else 1
 
 
 def _lightning(argv: list[str]) -> int:
-    """A LightningCLI subcommand; a missing data set or a bad file is one line, exit 2."""
+    """A LightningCLI subcommand. An interrupted run (SIGTERM, as a scheduler sends it)
+    exits with 143 after its last checkpoint is saved."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from vqtok.training.cli import run_decoder_cli, run_tokenizer_cli
 
     decoder = argv[0] == "decoder"
-    command = " ".join(argv[:2] if decoder else argv[:1])
     try:
         (run_decoder_cli(argv[1:]) if decoder else run_tokenizer_cli(argv))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vqtok {command}: error: {_first_line(err)}", file=sys.stderr)
-        return 2
+    except SIGTERMException:
+        command = " ".join(argv[:2] if decoder else argv[:1])
+        print(f"vqtok {command}: stopped by SIGTERM; resume with --ckpt_path "
+              f"<run dir>/checkpoints/last.ckpt", file=sys.stderr)
+        return 143
     return 0
 
 
 def _first_line(err: BaseException) -> str:
-    # jsonargparse wraps an error raised while it builds a class in its own message.
-    cause = err
-    while cause.__cause__ is not None and isinstance(cause.__cause__, (ValueError, OSError)):
+    """The message to show: jsonargparse wraps an error raised while it builds a class in
+    a message of its own, so the outermost vqtok error in the chain speaks for it."""
+    shown, cause = err, err
+    while not type(shown).__module__.startswith("vqtok") and cause.__cause__ is not None:
         cause = cause.__cause__
-    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if type(cause).__module__.startswith("vqtok"):
+            shown = cause
+    text = str(shown).strip()
+    return text.splitlines()[0] if text else type(shown).__name__
 
 
 if __name__ == "__main__":

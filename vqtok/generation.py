@@ -9,6 +9,7 @@ Plain torch: nothing here imports Lightning.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from PIL import Image
 from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
 from vqtok.multimodal.decoder import generate_image
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizer import ImageTokenizer, resolve_device
 
 __all__ = ["caption_for", "expand_prompt", "generate_from_prompt"]
 
@@ -69,9 +70,11 @@ def generate_from_prompt(
     Raises ValueError for a bad decoder or tokenizer directory, an empty prompt, or a
     decoder whose image codebook does not match the tokenizer's.
     """
-    if num < 1 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(f"need num >= 1, temperature >= 0 and top_k >= 1, got {num}, "
-                         f"{temperature}, {top_k}")
+    if not (isinstance(num, int) and num >= 1 and math.isfinite(temperature)
+            and temperature >= 0 and (top_k is None or (isinstance(top_k, int) and top_k >= 1))):
+        raise ValueError(f"need num >= 1, a finite temperature >= 0 and top_k >= 1, got num "
+                         f"{num}, temperature {temperature}, top_k {top_k}")
+    device = str(resolve_device(device))
     if not prompt.strip():
         raise ValueError(f"prompt must be non-empty text, got {prompt!r}")
     model, vocab, config = load_decoder_dir(decoder_dir, device=device)

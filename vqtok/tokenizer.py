@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization, to_uint8_pixels
+from vqtok.formats.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_NORMALIZATION,
+    Normalization,
+    check_pixels,
+    to_uint8_pixels,
+)
 from vqtok.formats.tokenizer_dir import (
     load_tokenizer_dir,
     normalization_of,
@@ -66,6 +72,9 @@ class ImageTokenizer:
         batch_invariant: keep ids and pixels independent of the batch (module doc). False
             uses torch's fastest kernels (1.7-1.9x faster on the CPU for a 64-channel
             model at 128 px, measured here) at the risk of rare low-bit differences.
+        max_pixels: the largest image, in pixels, that is encoded or decoded (checked
+            before anything is allocated; ``None``: no limit). Memory grows with the
+            pixels of one image (:data:`~vqtok.formats.images.DEFAULT_MAX_PIXELS`).
     """
 
     def __init__(
@@ -76,10 +85,14 @@ class ImageTokenizer:
         normalization: Normalization = DEFAULT_NORMALIZATION,
         min_size: int | None = None,
         batch_invariant: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
-        self.device = torch.device(device)
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.normalization = normalization
         self.min_size = model.downsample_factor if min_size is None else int(min_size)
@@ -91,13 +104,15 @@ class ImageTokenizer:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-        batch_invariant: bool = True,
+        batch_invariant: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> ImageTokenizer:
         """Load a tokenizer directory (config.json + model.safetensors; no pickle).
         Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
         for a bad directory."""
+        device = resolve_device(device)  # before reading anything
         model, config = load_tokenizer_dir(path)
         return cls(model, device=device, normalization=normalization_of(config),
+                   max_pixels=max_pixels,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
 
     def save_pretrained(
@@ -135,8 +150,12 @@ class ImageTokenizer:
         """One image -> float32 ``(C, H, W)`` model input (unpadded); see the module doc
         for the accepted types and conversions. Raises ValueError for anything else."""
         if isinstance(image, Tensor):
+            check_pixels(image.shape[-1], image.shape[-2], self.max_pixels, "the image")
             return self._check_tensor(image)
         if isinstance(image, (Image.Image, np.ndarray)):
+            width, height = image.size if isinstance(image, Image.Image) else (
+                image.shape[1] if image.ndim > 1 else 1, image.shape[0])
+            check_pixels(width, height, self.max_pixels, "the image")
             pixels = to_uint8_pixels(image, self.channels)  # (H, W, C) uint8
         else:
             raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
@@ -298,6 +317,9 @@ class ImageTokenizer:
         if ids.ndim not in (2, 3) or min(ids.shape[-2:]) < 1:
             raise ValueError(f"expected ids of shape (B, h, w) or (h, w), got shape "
                              f"{tuple(ids.shape)}")
+        f = self.downsample_factor
+        check_pixels(ids.shape[-1] * f, ids.shape[-2] * f, self.max_pixels,
+                     f"a {ids.shape[-2]} x {ids.shape[-1]} token grid decodes to an image that")
         ids = ids.to("cpu", torch.int64)
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
             raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got values in "
@@ -340,6 +362,25 @@ class ImageTokenizer:
                 stack.enter_context(torch.backends.cudnn.flags(
                     enabled=True, benchmark=False, deterministic=True, allow_tf32=False))
             yield
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists here; a ValueError that says why not."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA device; use cpu")
+    if found.type == "cuda" and found.index is not None and (
+            found.index >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                         f"device(s) here")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use cpu")
+    if found.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: vqtok runs on cpu, cuda or mps")
+    return found
 
 
 @contextlib.contextmanager
@@ -396,4 +437,4 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-__all__ = ["ImageTokenizer", "split_images"]
+__all__ = ["ImageTokenizer", "resolve_device", "split_images"]

@@ -185,6 +185,6 @@ def test_failed_write_keeps_previous_npz(tmp_path: Path, tok: ImageTokenizer,
 
     monkeypatch.setattr(vqtok.formats.atomic.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
-        encode_files([tmp_path / "a.png"], tok, npz, progress=False)
+        encode_files([tmp_path / "a.png"], tok, npz, progress=False, overwrite=True)
     assert npz.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "t.npz"]

@@ -130,7 +130,7 @@ def test_tokenizer_measured_on_data(run: dict, tmp_path: Path) -> None:
         "class_path": "vqtok.training.data.ImageFolderDataModule",
         "init_args": {"root": str(run["images"]), "size": 16, "val_fraction": 0.4}}}))
     assert main(["report", "--tokenizer", str(tok_dir), "--data", str(config),
-                 "--out", str(out), "--samples", "2"]) == 0
+                 "--out", str(out), "--samples", "2", "--overwrite"]) == 0
     (entry,) = json.loads(out.with_suffix(".json").read_text())["runs"]
     assert entry["final"]["total_ids"] == 2 * run["tokens"]  # 2 of the 5 images held out
     assert entry["samples"] == {"source": str(config), "count": 2}
@@ -190,7 +190,7 @@ def test_a_run_reconstructs_its_own_validation_data(run: dict, tmp_path: Path) -
 
     data["init_args"]["root"] = str(tmp_path / "moved")  # the data is not here any more
     (copy / "config.yaml").write_text(yaml.safe_dump({"data": data}))
-    assert main(["report", str(copy), "--out", str(out), "--samples", "2"]) == 0
+    assert main(["report", str(copy), "--out", str(out), "--samples", "2", "--overwrite"]) == 0
     (entry,) = json.loads(out.with_suffix(".json").read_text())["runs"]
     assert entry["samples"]["source"].startswith("embedded held-out photos")
     assert any("run's own data could not be loaded" in n and "moved" in n

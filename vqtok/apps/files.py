@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
-from vqtok.formats.images import image_files, load_image
+from vqtok.formats.images import check_pixels, image_files, load_image
+from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
 
@@ -72,43 +73,73 @@ def encode_files(
     out_npz: str | os.PathLike[str],
     batch_size: int = 16,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> EncodeSummary:
     """Encode image files and folders to ``out_npz``, ``batch_size`` files at a time.
 
-    A file that cannot be read or encoded (truncated, not an image, smaller than one
-    token) is logged, listed in the summary and in the ``.npz``, and the others go on.
-    The ``.npz`` is written to a temporary file and renamed into place.
+    ``out_npz`` may not be one of the images, nor exist unless ``overwrite``: that is
+    checked before anything is read. A file that cannot be read or encoded for any reason
+    (truncated, not an image, over the tokenizer's pixel budget, smaller than one token,
+    out of memory) is logged, listed in the summary and in the ``.npz``, and the others
+    go on. The ``.npz`` is written to a temporary file and renamed into place.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     files = find_images(paths_or_folders)
+    out = check_new_output(out_npz, inputs=[path for path, _ in files], overwrite=overwrite)
     names: list[str] = []
     paths: list[str] = []
     sizes: list[tuple[int, int]] = []
     grids: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
+
+    def fail(path: Path, err: BaseException) -> None:
+        reason = str(err).removeprefix(f"{path}: ") or type(err).__name__
+        log.warning("skipping %s: %s", path, reason)
+        failed.append((str(path), reason))
+
     with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
         for start in range(0, len(files), batch_size):
             chunk, inputs = [], []
             for path, name in files[start:start + batch_size]:
                 try:
-                    inputs.append(tokenizer.preprocess(load_image(path)))
+                    check_plain_name(name, str(path))  # decode writes <out>/<name>.png
+                    image = load_image(path, max_pixels=tokenizer.max_pixels)
+                    inputs.append(tokenizer.preprocess(image))
                     chunk.append((path, name))
-                except ValueError as err:
-                    reason = str(err).removeprefix(f"{path}: ")
-                    log.warning("skipping %s: %s", path, reason)
-                    failed.append((str(path), reason))
-            for (path, name), (ids, size) in zip(chunk, tokenizer.encode_tensors(inputs)):
+                except Exception as err:  # noqa: BLE001 - any failure skips the file only
+                    fail(path, err)
+            for (path, name), result in zip(chunk, _encode_each(tokenizer, inputs)):
+                if isinstance(result, BaseException):
+                    fail(path, result)
+                    continue
+                ids, size = result
                 names.append(name)
                 paths.append(str(path))
                 sizes.append(size)
                 grids.append(ids.numpy())
             bar.update(len(files[start:start + batch_size]))
-    out = write_tokens(out_npz, names=names, paths=paths, sizes=sizes, grids=grids,
+    out = write_tokens(out, names=names, paths=paths, sizes=sizes, grids=grids,
                        failed=failed, codebook_size=tokenizer.codebook_size,
                        downsample_factor=tokenizer.downsample_factor)
     return EncodeSummary(out_path=out, encoded=len(names),
                          tokens=int(sum(g.size for g in grids)), failed=failed)
+
+
+def _encode_each(tokenizer: ImageTokenizer, inputs: list[torch.Tensor]
+                 ) -> list[tuple[torch.Tensor, tuple[int, int]] | BaseException]:
+    """The batch in one pass; if that fails, each image alone, so one bad image costs only
+    itself (its exception takes its place in the result)."""
+    try:
+        return list(tokenizer.encode_tensors(inputs))
+    except Exception:  # noqa: BLE001 - find the image that failed
+        results: list[tuple[torch.Tensor, tuple[int, int]] | BaseException] = []
+        for x in inputs:
+            try:
+                results += tokenizer.encode_tensors([x])
+            except Exception as err:  # noqa: BLE001
+                results.append(err)
+        return results
 
 
 def decode_file(
@@ -117,10 +148,16 @@ def decode_file(
     out_dir: str | os.PathLike[str],
     batch_size: int = 16,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Decode a tokens ``.npz`` to PNGs in ``out_dir`` named after the sources
     (``photos/cat.jpg`` -> ``out_dir/photos/cat.png``; clashes get ``-1``, ``-2``...);
-    returns the written paths in the file's order. Each PNG is written atomically."""
+    returns the written paths in the file's order.
+
+    Before anything is written: the names must be plain relative paths, two of them may
+    not need the same path as a file and as a folder, no PNG may exist already unless
+    ``overwrite`` (nor be the tokens file), and every declared image must fit the
+    tokenizer's pixel budget. Each PNG is written atomically."""
     tokens = read_tokens(npz)
     if (tokens.codebook_size, tokens.downsample_factor) != (
         tokenizer.codebook_size, tokenizer.downsample_factor
@@ -130,8 +167,11 @@ def decode_file(
             f"downsample_factor={tokens.downsample_factor}, but the tokenizer has "
             f"{tokenizer.codebook_size} and {tokenizer.downsample_factor}"
         )
-    out = Path(out_dir)
-    targets = _output_paths(tokens.names, out, str(npz))
+    for name, (height, width) in zip(tokens.names, tokens.sizes):
+        check_pixels(width, height, tokenizer.max_pixels, f"{npz}: image {name!r}")
+    out = check_new_output(out_dir, inputs=[Path(npz)], overwrite=True, folder=True)
+    targets = check_outputs(_output_paths(tokens.names, out, str(npz)), inputs=[Path(npz)],
+                            overwrite=overwrite)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(tokens.ids):
         groups.setdefault(grid.shape, []).append(i)
@@ -142,24 +182,28 @@ def decode_file(
                 ids = torch.from_numpy(np.stack([tokens.ids[i] for i in batch]))
                 images = tokenizer.decode(ids, [tokens.sizes[i] for i in batch], batch_size)
                 for i, image in zip(batch, images):
-                    targets[i].parent.mkdir(parents=True, exist_ok=True)
                     atomic_write(targets[i], lambda f, im=image: im.save(f, format="PNG"))
                 bar.update(len(batch))
     return targets
 
 
 def _output_paths(names: list[str], out: Path, source: str) -> list[Path]:
+    """Where each name's PNG goes: its relative path under ``out``, with the suffix
+    ``.png``; names that land on the same file get ``-1``, ``-2``... The names were
+    checked to be plain relative paths when the file was read
+    (:func:`~vqtok.formats.tokens.read_tokens`); the targets are checked to stay inside
+    ``out`` (a symbolic link in ``out`` cannot lead them out)."""
     used: set[Path] = set()
     targets = []
     for name in names:
-        rel = PurePosixPath(name)
-        if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
-            raise ValueError(f"{source}: unsafe image name {name!r} (absolute or with '..')")
-        stem = out.joinpath(*rel.parts).with_suffix("")
+        stem = out.joinpath(*PurePosixPath(name).parts).with_suffix("")
         target, n = stem.with_name(stem.name + ".png"), 0
         while target in used:
             n += 1
             target = stem.with_name(f"{stem.name}-{n}.png")
+        if not is_within(target, out):
+            raise ValueError(f"{source}: image name {name!r} leads outside {out} (through a "
+                             f"symbolic link)")
         used.add(target)
         targets.append(target)
     return targets

@@ -4,6 +4,10 @@ never half of one. The one implementation every writer in vqtok uses.
 New files and directories get the usual permissions (``0o666`` / ``0o777`` less the
 umask), not the private ``0o600`` / ``0o700`` of :mod:`tempfile`, so a tokenizer written
 for a team is readable by it.
+
+Temporary siblings are named ``.<name>.tmp-<pid>-<random>`` (and ``.<name>.old-<pid>-...``
+for a directory being swapped out). A process killed mid-write cannot remove its own, so
+the next write of the same path removes those whose process is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_directory", "atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_directory", "atomic_write", "atomic_write_bytes", "remove_stale_temporaries"]
 
 
 def _umask() -> int:
@@ -29,11 +34,43 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a pid
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary siblings of ``target`` left by processes that no longer run
+    (module doc); returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)-")
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:  # no parent folder yet: nothing stale
+        return removed
+    for sibling in siblings:
+        match = pattern.match(sibling.name)
+        if match is None or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary sibling of ``path``, fsync it and rename it into
     place; on any error the temporary file is removed and ``path`` is untouched."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     # "xb" creates a fresh file with the usual permissions (umask), unlike mkstemp's 0600.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -61,7 +98,8 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``path`` is untouched. Callers check that replacing ``path`` is acceptable first."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         mask = _umask()

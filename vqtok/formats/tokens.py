@@ -9,7 +9,7 @@ unicode (:data:`SPEC`):
 ``tokenizer_format_version``   the tokenizer directory format version
 ``codebook_size``              ids lie in ``[0, codebook_size)``; ``downsample_factor``: f
 ``names``                      ``(N,)`` source name per image: its path under the folder
-                               that was given, or its file name
+                               that was given, or its file name; a plain relative path
 ``paths``                      ``(N,)`` source paths as found
 ``sizes``                      ``(N, 2)`` original (height, width) in pixels
 ``grids``                      ``(N, 2)`` token grid (h, w) = ceil(size / f)
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vqtok.formats.npzfile import read_npz, write_npz
+from vqtok.formats.outputs import check_plain_name
 from vqtok.formats.schema import Array, Const, FormatError, Int, Obj, Scalar, Version, validate
 from vqtok.formats.tokenizer_dir import FORMAT_VERSION as TOKENIZER_FORMAT_VERSION
 
@@ -109,6 +110,8 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
         raise fail(f"ids hold {ids.size} values but the grids need {int(counts.sum())}")
     if ids.size and (ids.min() < 0 or ids.max() >= k):
         raise fail(f"ids must lie in [0, {k}), got values in [{ids.min()}, {ids.max()}]")
+    for name in names:
+        check_plain_name(str(name), str(path))
     offsets = np.concatenate([[0], np.cumsum(counts)])
     return TokenFile(
         names=[str(s) for s in names],

@@ -20,6 +20,7 @@ import numpy as np
 
 from vqtok.formats import report as report_format
 from vqtok.formats.atomic import atomic_write_bytes
+from vqtok.formats.outputs import check_outputs
 from vqtok.report import plots
 from vqtok.report.analysis import comparison_notes, final_metrics, thresholds, verdict
 from vqtok.report.codebook import (
@@ -48,6 +49,7 @@ def build_report(
     max_images: int | None = None,
     samples: int = 6,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Write the report for ``run_dirs`` (and ``tokenizers`` measured on ``data``).
 
@@ -65,6 +67,7 @@ def build_report(
         max_images: measure ``tokenizers`` on at most this many images.
         samples: images reconstructed per run.
         device: where tokenizers run.
+        overwrite: replace an existing page or JSON (checked before anything is read).
 
     Returns:
         ``(html path, json path)``.
@@ -80,6 +83,10 @@ def build_report(
     for name, value in (("image_size", image_size), ("samples", samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    inputs = [p for d in [*run_dirs, *tokenizers] if Path(d).is_dir()
+              for p in Path(d).rglob("*") if p.is_file()]
+    json_path = html_path.with_suffix(".json")
+    check_outputs([html_path, json_path], inputs=inputs, overwrite=overwrite)
     runs = [load_run(d) for d in run_dirs]
     runs += [measure_tokenizer(t, data, image_size=image_size, max_images=max_images,
                                device=device) for t in tokenizers]
@@ -98,7 +105,6 @@ def build_report(
     }
     figures = _comparison_figures(runs) if len(runs) > 1 else []
     page = render_html(report, [figs for _, figs in analysed], figures)
-    json_path = html_path.with_suffix(".json")
     report_format.write_report(json_path, report)
     atomic_write_bytes(html_path, page.encode("utf-8"))
     return html_path, json_path

@@ -24,12 +24,48 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from vqtok.formats import history as history_format
 from vqtok.metrics import usage_stats
 
-__all__ = ["CodebookHistory"]
+__all__ = ["CodebookHistory", "RunCheckpoint"]
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with what a run needs to resume from wherever it
+    stopped: ``checkpoints/last.ckpt`` every ``every_n_train_steps`` steps, at the end of
+    training, and when the run is interrupted (SIGTERM, as schedulers send it, or Ctrl-C).
+    Resume with ``vqtok fit --config ... --ckpt_path <run dir>/checkpoints/last.ckpt``.
+
+    Args:
+        every_n_train_steps: save every this many optimizer steps.
+        **kwargs: any other ``ModelCheckpoint`` argument (``monitor``, ``save_top_k``...).
+    """
+
+    def __init__(self, every_n_train_steps: int = 100, save_last: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, **kwargs)
+
+    def last_path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    def _save_last_now(self, trainer: pl.Trainer) -> None:
+        if self.dirpath is None or trainer.global_step == 0 or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.last_path())
+        self.last_model_path = str(self.last_path())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self._save_last_now(trainer)
 
 
 def _scalar(value: Any) -> float | None:

@@ -18,7 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
-from vqtok.training.callbacks import CodebookHistory
+from vqtok.formats.outputs import is_within
+from vqtok.training.callbacks import CodebookHistory, RunCheckpoint
 from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
 from vqtok.training.module import TokenizerModule
 
@@ -64,11 +65,45 @@ class VqtokCLI(LightningCLI):
             "--export_dir", default=None,
             help=f"Where `fit` exports the trained {self.export_name} "
                  f"(default: <run dir>/{self.export_name}).")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="Let `fit` write into a run directory or an --export_dir that already "
+                 "holds files (resuming a run with --ckpt_path needs no --overwrite).")
+        # On by default: last.ckpt every N steps, at the end and on SIGTERM/Ctrl-C, so an
+        # interrupted run can resume; `--checkpoint null` leaves Lightning's default.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint", subclass_mode=True,
+                                        required=False)
+        parser.set_defaults({"checkpoint": {
+            "class_path": f"{RunCheckpoint.__module__}.{RunCheckpoint.__qualname__}",
+            "init_args": {"every_n_train_steps": 100},
+        }})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.config.subcommand]
+        if config.get("trainer", {}).get("enable_checkpointing") is False:
+            config["checkpoint"] = None  # Lightning refuses a checkpoint callback then
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [c for c in trainer.callbacks if c is not None]  # `null`: off
         return trainer
+
+    def before_fit(self) -> None:
+        """Refuse, before anything is written, to train into another run's directory or to
+        export over files that exist (unless ``--overwrite``, or resuming that run)."""
+        config = self.config[self.config.subcommand]
+        run = Path(run_dir(self.trainer))  # every rank asks: a collective under DDP
+        ckpt = config.get("ckpt_path")
+        resuming_here = ckpt is not None and is_within(Path(ckpt), run)
+        if config.get("overwrite") or resuming_here:
+            return
+        if self.trainer.loggers and run.is_dir() and any(run.iterdir()):
+            raise ValueError(f"the run directory {run} already holds a run; resume it with "
+                             f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}, let the logger "
+                             f"pick a new version, or pass --overwrite")
+        export = config.get("export_dir")
+        if export is not None and Path(export).exists():
+            raise ValueError(f"--export_dir {export} exists; pass --overwrite to replace it")
 
     def after_fit(self) -> None:
         run = run_dir(self.trainer)

@@ -97,6 +97,10 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
         super().__init__()
         check_positive(patch_size=patch_size, train_patches=train_patches,
                         val_patches=val_patches, batch_size=batch_size)
+        for split in ("train", "test"):  # fail now, before a run folder or a model exists
+            if root is not None and not (Path(root) / split).is_dir():
+                raise FileNotFoundError(f"photo folder {Path(root) / split} does not exist "
+                                        f"(root must hold train/ and test/ folders)")
         self.save_hyperparameters()
         self.root, self.patch_size, self.seed = root, patch_size, seed
         self.train_patches, self.val_patches = train_patches, val_patches
@@ -194,6 +198,8 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
         check_positive(size=size, batch_size=batch_size)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+        if not Path(root).is_dir():  # fail now, before a run folder or a model exists
+            raise FileNotFoundError(f"image folder {Path(root).resolve()} does not exist")
         self.save_hyperparameters()
         self.root, self.size, self.val_fraction, self.seed = root, size, val_fraction, seed
         self.batch_size, self.num_workers = batch_size, num_workers
