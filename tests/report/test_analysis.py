@@ -10,7 +10,13 @@ import torch
 
 from tests.report.synthetic import stats_by_hand
 from vqtok.quantizers import FSQ, VectorQuantizer
-from vqtok.report.analysis import comparison_notes, final_metrics, percent, verdict
+from vqtok.report.analysis import (
+    comparison_notes,
+    expected_distinct,
+    final_metrics,
+    percent,
+    verdict,
+)
 from vqtok.report.codebook import (
     codebook_vectors,
     duplicate_count,
@@ -68,7 +74,24 @@ def test_small_validation_set_is_judged_on_what_it_can_show() -> None:
     counts[:300] = 1  # 300 tokens, all different codes: usage 3%, but nothing more could show
     v = verdict(counts)
     assert v.level == "healthy"
-    assert "only 300 validation tokens: at most 3% of the codes can show" in v.text
+    assert ("only 300 validation tokens: even equal use of every code would show about 3% of "
+            "them") in v.text
+
+
+def test_512_tokens_of_a_perfect_codebook_are_healthy() -> None:
+    # 512 ids drawn from 1,000 equally likely codes: about 401 distinct ones show, which
+    # used to read as "partly collapsed" (401 of 512)
+    rng = np.random.default_rng(0)
+    counts = np.bincount(rng.integers(0, 1000, 512), minlength=1000)
+    used = int((counts > 0).sum())
+    assert 380 < used < 420
+    v = verdict(counts)
+    assert v.level == "healthy", v.text
+    assert "even equal use of every code would show about 40% of them" in v.text
+    # the expectation by hand, for K = 1,000 and N = 512: 1000 (1 - 0.999^512)
+    assert expected_distinct(1000, 512) == pytest.approx(1000 * (1 - 0.999**512), rel=1e-12)
+    assert expected_distinct(1000, 10**6) == pytest.approx(1000.0)
+    assert expected_distinct(10_000, 300) == pytest.approx(10_000 * (1 - (1 - 1e-4) ** 300))
 
 
 def test_percent() -> None:

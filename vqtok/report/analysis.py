@@ -1,12 +1,14 @@
 """What a run's counts say: final metrics and a one-line verdict with fixed thresholds.
 
-The statistics come from :func:`vqtok.metrics.usage_stats` (docs/algorithms.md#codebook-usage); this
-module only classifies them.
+The statistics come from :func:`vqtok.metrics.usage_stats`
+(docs/algorithms.md#codebook-usage); this module only classifies them.
 
 Verdict (read from the last validation run's counts, n_k over the whole validation set):
 
-- ``measurable`` = min(K, total validation ids): a validation set of N ids cannot show more
-  than N codes, so usage is judged against what it could show;
+- ``measurable`` = K (1 - (1 - 1/K)^N), the number of distinct codes N validation ids show
+  on average when every code is equally likely: a small validation set cannot show every
+  code even of a perfect codebook (N = 512 ids of K = 1,000 codes show about 401), so
+  usage is judged against what it could show;
 - ``collapsed`` when used / measurable < :data:`COLLAPSED_BELOW` (25%);
 - ``partly collapsed`` when it is < :data:`PARTIAL_BELOW` (80%);
 - ``skewed`` when enough codes are used but log(perplexity) / log(measurable) (the
@@ -36,6 +38,7 @@ __all__ = [
     "SKEWED_ENTROPY_BELOW",
     "Verdict",
     "comparison_notes",
+    "expected_distinct",
     "final_metrics",
     "percent",
     "thresholds",
@@ -98,13 +101,14 @@ def verdict(counts: np.ndarray) -> Verdict:
     """Classify a codebook from its ``(K,)`` validation counts (module docstring)."""
     s = _stats(counts)
     k, used, total = int(counts.shape[0]), s["used_codes"], s["total_ids"]
-    measurable = min(k, total)
+    measurable = expected_distinct(k, total)
     share = used / measurable
     dead_text = f"{percent(s['dead_codes'] / k)} of {k:,} codes never used on validation"
     used_text = f"{percent(used / k)} of {k:,} codes used on validation"
     ppl, h = s["perplexity"], s["normalized_entropy"]
-    # entropy judged against the most that N tokens could show: log(min(K, N))
-    h_measurable = math.log(ppl) / math.log(measurable) if measurable > 1 else 1.0
+    # entropy judged against what N tokens could show: log(min(K, N))
+    shown = min(k, total)
+    h_measurable = math.log(ppl) / math.log(shown) if shown > 1 else 1.0
     if share < COLLAPSED_BELOW:
         level, text = "collapsed", f"collapsed: {dead_text} (perplexity {ppl:,.1f})"
     elif share < PARTIAL_BELOW:
@@ -116,9 +120,17 @@ def verdict(counts: np.ndarray) -> Verdict:
     else:
         level, text = "healthy", f"healthy: {used_text}, normalised entropy {h:.2f}"
     if total < k:
-        text += (f" (only {total:,} validation tokens: at most {percent(total / k)} of the "
-                 f"codes can show)")
+        text += (f" (only {total:,} validation tokens: even equal use of every code would show "
+                 f"about {percent(measurable / k)} of them)")
     return Verdict(level, text)
+
+
+def expected_distinct(k: int, n: int) -> float:
+    """The mean number of distinct values among ``n`` draws from ``k`` equally likely
+    ones: ``k (1 - (1 - 1/k)^n)``, computed without cancellation."""
+    if k <= 1 or n <= 0:
+        return float(min(k, max(n, 1)))
+    return -k * math.expm1(n * math.log1p(-1.0 / k))
 
 
 def comparison_notes(sizes: dict[str, int], same_codebook: bool) -> list[str]:

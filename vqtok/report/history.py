@@ -65,6 +65,10 @@ def load_run(run_dir: str | Path) -> RunHistory:
     if not root.is_dir():
         raise ValueError(f"{root}: not a run directory (it does not exist or is not a folder)")
     if not (root / history_format.JSON_NAME).is_file():
+        if (root / "config.yaml").is_file() or (root / "hparams.yaml").is_file():
+            raise ValueError(
+                f"{root}: no codebook history yet: it is written after each validation run, "
+                f"and this run has not validated (or ran with --codebook_history null)")
         raise ValueError(
             f"{root}: no codebook history ({history_format.JSON_NAME} is missing). Train with "
             f"the CodebookHistory callback (on by default in `vqtok fit`), or measure an "
