@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -36,3 +40,14 @@ def tiny_model(quantizer: torch.nn.Module | None = None, seed: int = 0, in_chann
     quantizer = FSQ(levels=[8, 5, 5, 5]) if quantizer is None else quantizer
     return VQAutoencoder(Encoder(in_channels=in_channels, norm=norm, **TINY), quantizer,
                          Decoder(out_channels=in_channels, norm=norm, **TINY))
+
+
+class SigtermAtStep(pl.Callback):
+    """Sends this process SIGTERM after optimizer step ``step``, as a scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

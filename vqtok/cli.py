@@ -208,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true",
                    help="feed the prompt as is, without the caption template")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _device_and_overwrite(p, "replace existing output files")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("report", help="codebook-collapse report (HTML + JSON) of "
@@ -230,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=6, help="images reconstructed per run")
     p.add_argument("--same-codebook", action="store_true",
                    help="refuse runs whose codebook sizes differ")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing page and JSON")
+    _device_and_overwrite(p, "replace an existing page and JSON")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
@@ -256,12 +254,17 @@ def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
                    help=f"the largest image, in pixels (default {DEFAULT_MAX_PIXELS:,}; memory "
                         f"grows with it; 'none': no limit)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _device_and_overwrite(p, "replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _device_and_overwrite(p: argparse.ArgumentParser, overwrite: str) -> None:
+    """The options of every command that runs a model and writes files."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
 def _pixels(text: str) -> int | None:
@@ -318,15 +321,20 @@ def _lightning(argv: list[str]) -> int:
 
 
 def _first_line(err: BaseException) -> str:
-    """The message to show: jsonargparse wraps an error raised while it builds a class in
-    a message of its own, so the outermost vqtok error in the chain speaks for it."""
-    shown, cause = err, err
-    while not type(shown).__module__.startswith("vqtok") and cause.__cause__ is not None:
-        cause = cause.__cause__
-        if type(cause).__module__.startswith("vqtok"):
-            shown = cause
-    text = str(shown).strip()
-    return text.splitlines()[0] if text else type(shown).__name__
+    """The message to show: jsonargparse wraps an error raised while it builds a class
+    (a DataModule whose data is missing, say) in a message of its own, so its cause
+    speaks for it."""
+    while err.__cause__ is not None and _raised_in(err, "jsonargparse"):
+        err = err.__cause__
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(package)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vqtok.data import PHOTOS_DIR
+from vqtok.formats.atomic import atomic_write
 from vqtok.tokenizer import ImageTokenizer
 
 __all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "DemoOptions", "max_time", "psnr_uint8",
@@ -82,7 +83,7 @@ def run_demo(args: DemoOptions) -> list[str]:
     side_by_side = Image.new("RGB", (photo.width * 2, photo.height))
     side_by_side.paste(photo, (0, 0))
     side_by_side.paste(reconstruction.convert("RGB"), (photo.width, 0))
-    side_by_side.save(run / "demo_roundtrip.png")
+    atomic_write(run / "demo_roundtrip.png", lambda f: side_by_side.save(f, format="PNG"))
 
     metrics = cli.trainer.callback_metrics
     k = tokenizer.codebook_size

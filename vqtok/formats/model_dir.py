@@ -88,9 +88,11 @@ def read_model_config(root: Path, spec: Spec, what: str, error: type[Exception]
                       ) -> tuple[Path, dict[str, Any]]:
     """``(config path, validated config)`` of the model directory ``root``; a missing
     directory, invalid JSON or a config that does not follow ``spec`` raise ``error``."""
+    if any(ord(c) < 32 for c in str(root)):  # a NUL byte cannot reach the file system
+        raise error(f"{str(root)!r}: not a usable path (it holds a control character)")
     try:
         found = root.is_dir()
-    except (OSError, ValueError) as err:  # a NUL byte in the path, a path too long
+    except (OSError, ValueError) as err:  # a path too long, say
         raise error(f"{str(root)!r}: not a usable path ({err})") from err
     if not found:
         raise error(f"{root}: not a {what} directory (it does not exist or is not a directory)")
