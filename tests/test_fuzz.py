@@ -1,6 +1,6 @@
-"""Property: whatever the bytes on disk, loading a tokenizer, loading a decoder and `vqtok
-decode` either work or raise ValueError (a one-line CLI error, exit 2); never another
-exception, and decode never writes outside --out. Inputs are random bytes and random small
+"""Property: whatever the bytes on disk, reading an image, loading a tokenizer or a decoder,
+and `vqtok decode` either work or raise ValueError (a one-line CLI error, exit 2); never
+another exception, and decode never writes outside --out. Inputs are random bytes and random small
 mutations of valid PNG, NPZ and JSON files (hypothesis)."""
 
 from __future__ import annotations
@@ -195,3 +195,18 @@ def test_decode_fails_cleanly_and_writes_only_inside_out(
             assert len(err.strip().splitlines()) == 1
         new = {p for p in root.rglob("*")} - before
         assert all(p == root / "out" or (root / "out") in p.parents for p in new), new
+
+
+@given(data=st.data())
+@SETTINGS
+def test_reading_an_image_file_raises_only_value_error(originals: dict[str, bytes],
+                                                       data: st.DataObject) -> None:
+    from vqtok.formats.images import load_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.png"
+        path.write_bytes(mutate_bytes(data, originals["a.png"]))
+        try:
+            load_image(path)
+        except ValueError as err:
+            assert str(path) in str(err)

@@ -79,6 +79,9 @@ def generate_from_prompt(
         raise ValueError(f"prompt must be non-empty text, got {prompt!r}")
     model, vocab, config = load_decoder_dir(decoder_dir, device=device)
     tokenizer = ImageTokenizer.from_pretrained(tokenizer_dir, device=device)
+    if tokenizer.num_stages is not None:
+        raise ValueError(f"tokenizer {tokenizer_dir} gives several ids per position (a "
+                         f"multi-stage quantizer); the decoder writes one id per image token")
     if vocab.image_codebook_size != tokenizer.codebook_size:
         raise ValueError(
             f"decoder {decoder_dir} writes image codes of a codebook of "

@@ -9,6 +9,9 @@ Conventions, all documented on the methods:
   these. Images become 8-bit pixels of the model's channels exactly as training data does
   (:func:`vqtok.formats.images.to_uint8_pixels`: alpha composited on white, grey repeated
   to RGB, RGB to grey with Pillow's luma, 16-bit values divided by 257 and rounded).
+* **Stages.** A tokenizer whose quantizer has several stages (a residual quantizer of S
+  stages) gives ids with a trailing stage axis, ``(B, h, w, S)``; :meth:`decode` takes the
+  ids of any first ``s <= S`` stages (a coarser image from fewer tokens).
 * **Padding.** A side that is not a multiple of the downsampling factor ``f`` is padded
   at the bottom/right by repeating the edge pixels (replicate) up to the next multiple, so
   an ``H x W`` image gives ``ceil(H/f) x ceil(W/f)`` tokens (:meth:`tokens_shape`). Pass
@@ -134,6 +137,11 @@ class ImageTokenizer:
         return self.model.downsample_factor
 
     @property
+    def num_stages(self) -> int | None:
+        """S when ids carry a trailing stage axis (a multi-stage quantizer), else None."""
+        return self.model.quantizer.num_stages
+
+    @property
     def channels(self) -> int:
         """Image channels of the model: 1 (grey, decoded as mode L) or 3 (RGB)."""
         return self.model.in_channels
@@ -218,8 +226,8 @@ class ImageTokenizer:
             batch = torch.stack([pad_to(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
             with self._kernels():
                 ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
-            if tuple(ids.shape[1:]) != (hp // f, wp // f):
-                raise RuntimeError(f"model gave a token grid {tuple(ids.shape[1:])} for a "
+            if tuple(ids.shape[1:3]) != (hp // f, wp // f):
+                raise RuntimeError(f"model gave a token grid {tuple(ids.shape[1:3])} for a "
                                    f"{hp}x{wp} input; expected {(hp // f, wp // f)}")
             for j, i in enumerate(members):
                 # clone outside inference mode: callers get ordinary, writable tensors
@@ -314,20 +322,25 @@ class ImageTokenizer:
                 f"expected token ids as a tensor or numpy array, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ValueError(f"expected integer token ids, got dtype {ids.dtype}")
-        if ids.ndim not in (2, 3) or min(ids.shape[-2:]) < 1:
-            raise ValueError(f"expected ids of shape (B, h, w) or (h, w), got shape "
-                             f"{tuple(ids.shape)}")
+        stages = self.num_stages
+        axes = 2 if stages is None else 3  # (h, w) or (h, w, s)
+        if ids.ndim not in (axes, axes + 1) or min(ids.shape[-axes:]) < 1 or (
+                stages is not None and ids.shape[-1] > stages):
+            expected = ("(B, h, w) or (h, w)" if stages is None else
+                        f"(B, h, w, s) or (h, w, s) with s <= {stages} stages")
+            raise ValueError(f"expected ids of shape {expected}, got shape {tuple(ids.shape)}")
         f = self.downsample_factor
-        check_pixels(ids.shape[-1] * f, ids.shape[-2] * f, self.max_pixels,
-                     f"a {ids.shape[-2]} x {ids.shape[-1]} token grid decodes to an image that")
+        h, w = ids.shape[-axes:][:2]
+        check_pixels(w * f, h * f, self.max_pixels,
+                     f"a {h} x {w} token grid decodes to an image that")
         ids = ids.to("cpu", torch.int64)
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.codebook_size):
             raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        return ids if ids.ndim == 3 else ids[None]
+        return ids if ids.ndim == axes + 1 else ids[None]
 
     def _check_sizes(self, sizes: Sequence[Size] | None, grid: Tensor) -> list[Size]:
-        h, w = grid.shape[1:]
+        h, w = grid.shape[1:3]
         f = self.downsample_factor
         if sizes is None:
             return [(h * f, w * f)] * grid.shape[0]

@@ -149,7 +149,7 @@ ONE = {"grids": np.array([[4, 4]]), "sizes": np.array([[16, 16]]), "names": np.a
     ({"format_version": np.array(2)}, "unsupported format"),
     ({"sizes": np.array([[40, 16]])}, "grids do not match sizes"),
     ({"names": np.array(["../escape.png"])}, "unsafe image name"),
-    ({"codebook_size": np.array(4096)}, "codebook_size=4096, downsample_factor=4, but"),
+    ({"codebook_size": np.array(4096)}, "codebook_size=4096, downsample_factor=4, num_stages=1, but"),
 ])
 def test_bad_tokens_file(tmp_path: Path, tok: ImageTokenizer, changes, match: str) -> None:
     Image.fromarray(pixels(16, 16, 0)).save(tmp_path / "a.png")

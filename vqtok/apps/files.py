@@ -121,7 +121,8 @@ def encode_files(
             bar.update(len(files[start:start + batch_size]))
     out = write_tokens(out, names=names, paths=paths, sizes=sizes, grids=grids,
                        failed=failed, codebook_size=tokenizer.codebook_size,
-                       downsample_factor=tokenizer.downsample_factor)
+                       downsample_factor=tokenizer.downsample_factor,
+                       num_stages=tokenizer.num_stages)
     return EncodeSummary(out_path=out, encoded=len(names),
                          tokens=int(sum(g.size for g in grids)), failed=failed)
 
@@ -159,14 +160,12 @@ def decode_file(
     ``overwrite`` (nor be the tokens file), and every declared image must fit the
     tokenizer's pixel budget. Each PNG is written atomically."""
     tokens = read_tokens(npz)
-    if (tokens.codebook_size, tokens.downsample_factor) != (
-        tokenizer.codebook_size, tokenizer.downsample_factor
-    ):
+    made = (tokens.codebook_size, tokens.downsample_factor, tokens.num_stages)
+    here = (tokenizer.codebook_size, tokenizer.downsample_factor, tokenizer.num_stages or 1)
+    if made != here:
         raise ValueError(
-            f"{npz}: tokens made with codebook_size={tokens.codebook_size}, "
-            f"downsample_factor={tokens.downsample_factor}, but the tokenizer has "
-            f"{tokenizer.codebook_size} and {tokenizer.downsample_factor}"
-        )
+            f"{npz}: tokens made with codebook_size={made[0]}, downsample_factor={made[1]}, "
+            f"num_stages={made[2]}, but the tokenizer has {here[0]}, {here[1]} and {here[2]}")
     for name, (height, width) in zip(tokens.names, tokens.sizes):
         check_pixels(width, height, tokenizer.max_pixels, f"{npz}: image {name!r}")
     out = check_new_output(out_dir, inputs=[Path(npz)], overwrite=True, folder=True)

@@ -6,7 +6,8 @@ between the two leaves an ``.npz`` with one extra row, which readers ignore::
 
     codebook_history.json                       (SPEC)
       {"format": "vqtok.codebook_history", "format_version": 1,
-       "codebook_size": K,                         # int >= 1
+       "codebook_size": K,                         # int >= 1, codes of each stage
+       "num_stages": S,                            # optional, 1 when absent
        "quantizer": "vqtok.quantizers.fsq.FSQ",    # class path of the quantizer
        "quantizer_config": "levels=[8, 5, 5, 5], codebook_size=1000, dim=16",
        "counts_file": "codebook_history.npz",
@@ -20,8 +21,9 @@ between the two leaves an ``.npz`` with one extra row, which readers ignore::
           "batch_ids": int}]}
 
     codebook_history.npz                        (COUNTS_SPEC; no pickled objects)
-      counts  (V, K) int64   row v: per-code counts over the whole validation set at
-                             validation run v, summed over all ranks
+      counts  (V, S K) int64 row v: per-code counts over the whole validation set at
+                             validation run v, summed over all ranks; stage s's code k
+                             is column s K + k
       steps   (V,)   int64   the global step of each row
 
 The train curve is *per batch*: the usage and perplexity of the ids of one training batch,
@@ -70,7 +72,7 @@ SPEC = schema.Obj({
     "quantizer_config": schema.Str(), "counts_file": schema.Str(nonempty=True),
     "every_n_steps": schema.Int(min=1), "validations": schema.ListOf(VALIDATION),
     "train": schema.ListOf(TRAIN),
-})
+}, optional={"num_stages": schema.Int(min=1, max=256)})
 COUNTS_SPEC = schema.Obj({"counts": schema.Array("iu", (None, None), min=0),
                           "steps": schema.Array("iu", (None,))})
 
@@ -85,7 +87,7 @@ def write_history(directory: Path, doc: dict[str, Any], counts: np.ndarray,
 
 
 def read_history(directory: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """``(JSON document, counts (V, K) int64)`` of the history in ``directory``, validated:
+    """``(JSON document, counts (V, S K) int64)`` of the history in ``directory``, validated:
     V equals the number of validation runs and the rows' steps match theirs. Raises
     :class:`~vqtok.formats.schema.FormatError` naming the file and the problem."""
     json_path = directory / JSON_NAME
@@ -102,9 +104,11 @@ def read_history(directory: Path) -> tuple[dict[str, Any], np.ndarray]:
     arrays = read_npz(counts_path, "counts file")
     validate(arrays, COUNTS_SPEC, str(counts_path))
     counts, steps = arrays["counts"].astype(np.int64), arrays["steps"].astype(np.int64)
-    if counts.shape[1] != doc["codebook_size"]:
+    slots = doc["codebook_size"] * doc.get("num_stages", 1)
+    if counts.shape[1] != slots:
         raise FormatError(f"{counts_path}: counts have {counts.shape[1]} columns but "
-                          f"{json_path} says codebook_size = {doc['codebook_size']}")
+                          f"{json_path} says codebook_size = {doc['codebook_size']} and "
+                          f"num_stages = {doc.get('num_stages', 1)}")
     n = len(doc["validations"])
     if counts.shape[0] < n or steps.shape[0] != counts.shape[0] or (
             steps[:n].tolist() != [v["step"] for v in doc["validations"]]):

@@ -133,8 +133,9 @@ def load_image(path: str | os.PathLike[str], draft: int | None = None,
         if str(err).startswith(f"{path}: "):
             raise
         raise ValueError(f"{path}: cannot read the image ({err})") from err
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err})") from err
+    except Exception as err:  # a damaged file can fail any way inside a decoder
+        raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})"
+                         ) from err
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -13,7 +13,9 @@ unicode (:data:`SPEC`):
 ``paths``                      ``(N,)`` source paths as found
 ``sizes``                      ``(N, 2)`` original (height, width) in pixels
 ``grids``                      ``(N, 2)`` token grid (h, w) = ceil(size / f)
-``ids``                        ``(sum h*w,)`` int64, each image's grid row-major, concatenated
+``ids``                        ``(sum h*w*S,)`` int64, each image's grid row-major, concatenated
+``num_stages``                 optional, S of a multi-stage tokenizer (then each grid is
+                               ``(h, w, S)``); 1 when absent
 ``failed_paths``               ``(M,)`` files that could not be encoded; ``failed_reasons`` why
 =============================  ===========================================================
 """
@@ -50,7 +52,7 @@ SPEC = Obj({
     "ids": Array("iu", (None,)),
     "failed_paths": Array("U", (None,)),
     "failed_reasons": Array("U", (None,)),
-})
+}, optional={"num_stages": Scalar(Int(min=1, max=256))})
 """The arrays of a tokens file; how they relate is checked by :func:`read_tokens`."""
 
 
@@ -61,16 +63,18 @@ class TokenFile:
     names: list[str]
     sizes: list[tuple[int, int]]
     ids: list[np.ndarray]
-    """One int64 ``(h, w)`` grid per image."""
+    """One int64 ``(h, w)`` grid per image, ``(h, w, S)`` for a multi-stage tokenizer."""
     codebook_size: int
     downsample_factor: int
+    num_stages: int = 1
 
 
 def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[str],
                  sizes: list[tuple[int, int]], grids: list[np.ndarray],
                  failed: list[tuple[str, str]], codebook_size: int,
-                 downsample_factor: int) -> Path:
-    """Write a tokens file atomically; ``grids`` are the ``(h, w)`` id arrays per image."""
+                 downsample_factor: int, num_stages: int | None = None) -> Path:
+    """Write a tokens file atomically; ``grids`` are the ``(h, w)`` id arrays per image
+    (``(h, w, S)`` with ``num_stages = S``)."""
     arrays = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -80,11 +84,13 @@ def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[
         "names": np.array(names, dtype=str),
         "paths": np.array(paths, dtype=str),
         "sizes": np.array(sizes, dtype=np.int64).reshape(-1, 2),
-        "grids": np.array([g.shape for g in grids], dtype=np.int64).reshape(-1, 2),
+        "grids": np.array([g.shape[:2] for g in grids], dtype=np.int64).reshape(-1, 2),
         "ids": np.concatenate([g.reshape(-1) for g in grids] or [np.zeros(0)]).astype(np.int64),
         "failed_paths": np.array([p for p, _ in failed], dtype=str),
         "failed_reasons": np.array([r for _, r in failed], dtype=str),
     }
+    if num_stages is not None:
+        arrays["num_stages"] = np.array(num_stages, dtype=np.int64)
     return write_npz(path, arrays)
 
 
@@ -98,6 +104,7 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
         return FormatError(f"{path}: {problem}")
 
     k, f = int(arrays["codebook_size"]), int(arrays["downsample_factor"])
+    stages = int(arrays["num_stages"]) if "num_stages" in arrays else 1
     names, sizes, grids, ids = (arrays[key] for key in ("names", "sizes", "grids", "ids"))
     n = len(names)
     if sizes.shape[0] != n or grids.shape[0] != n:
@@ -105,7 +112,7 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
                    f"grids")
     if n and np.any(-(-sizes // f) != grids):
         raise fail(f"grids do not match sizes / downsample_factor {f}")
-    counts = grids.prod(axis=1)
+    counts = grids.prod(axis=1) * stages
     if counts.sum() != ids.size:
         raise fail(f"ids hold {ids.size} values but the grids need {int(counts.sum())}")
     if ids.size and (ids.min() < 0 or ids.max() >= k):
@@ -116,8 +123,10 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
     return TokenFile(
         names=[str(s) for s in names],
         sizes=[(int(h), int(w)) for h, w in sizes],
-        ids=[ids[a:b].astype(np.int64).reshape(tuple(g)) for a, b, g in
-             zip(offsets[:-1], offsets[1:], grids)],
+        ids=[ids[a:b].astype(np.int64).reshape((*g, stages) if "num_stages" in arrays
+                                               else tuple(g))
+             for a, b, g in zip(offsets[:-1], offsets[1:], grids)],
         codebook_size=k,
         downsample_factor=f,
+        num_stages=stages,
     )

@@ -1,8 +1,14 @@
 """Codebook utilisation from code ids alone (docs/algorithms.md#codebook-usage).
 
-The state is one length-K count vector, summed across processes, so the metric works for
-every quantizer and under DDP. Usage must be read from counts accumulated over many
-batches: one batch of N ids cannot show more than N/K usage.
+The state is one count vector, summed across processes, so the metric works for every
+quantizer and under DDP. Usage must be read from counts accumulated over many batches: one
+batch of N ids cannot show more than N/K usage.
+
+A multi-stage quantizer (residual, S stages of K codes each) gives ids with a trailing
+stage axis; its counts are S x K "slots", stage s's code k at slot ``s K + k``
+(:func:`stage_slots`), so the pooled statistics are those of the S codebooks side by side
+(usage pooled = the mean of the stages' usage) and :meth:`CodebookUsage.stage_stats`
+gives each stage's own.
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["CodebookUsage", "usage_stats"]
+__all__ = ["CodebookUsage", "stage_slots", "usage_stats"]
+
+
+def stage_slots(indices: Tensor, codebook_size: int) -> Tensor:
+    """Ids ``(..., s)`` of a multi-stage quantizer -> slot ids ``(..., s)``: stage j's id
+    plus ``j * codebook_size``, so each (stage, code) pair counts apart."""
+    offsets = torch.arange(indices.shape[-1], device=indices.device) * codebook_size
+    return indices.to(torch.int64) + offsets
 
 
 def usage_stats(counts: Tensor) -> dict[str, Tensor]:
@@ -79,7 +92,9 @@ class CodebookUsage(Metric):
     ``TypeError``) and leave the counts untouched.
 
     Args:
-        codebook_size: K, the number of codes.
+        codebook_size: K, the number of codes (of each stage).
+        num_stages: S for a multi-stage quantizer, whose ids have a trailing stage axis of
+            at most S entries (module doc); None for one stage.
 
     Example:
         >>> metric = CodebookUsage(codebook_size=4)
@@ -94,16 +109,16 @@ class CodebookUsage(Metric):
 
     counts: Tensor
 
-    def __init__(self, codebook_size: int, **kwargs) -> None:
+    def __init__(self, codebook_size: int, num_stages: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or (
-            codebook_size < 1
-        ):
-            raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+        for name, value in (("codebook_size", codebook_size), ("num_stages", num_stages or 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.codebook_size = codebook_size
+        self.num_stages = num_stages
         self.add_state(
             "counts",
-            default=torch.zeros(codebook_size, dtype=torch.int64),
+            default=torch.zeros((num_stages or 1) * codebook_size, dtype=torch.int64),
             dist_reduce_fx="sum",
         )
 
@@ -120,9 +135,19 @@ class CodebookUsage(Metric):
             raise ValueError(
                 f"code ids must lie in [0, {self.codebook_size}), got values in [{low}, {high}]"
             )
+        if self.num_stages is not None:
+            if indices.ndim < 1 or indices.shape[-1] > self.num_stages:
+                raise ValueError(f"expected ids with a trailing stage axis of at most "
+                                 f"{self.num_stages}, got shape {tuple(indices.shape)}")
+            indices = stage_slots(indices, self.codebook_size)
         ids = indices.reshape(-1).to(device=self.counts.device, dtype=torch.int64)
-        self.counts += torch.bincount(ids, minlength=self.codebook_size)
+        self.counts += torch.bincount(ids, minlength=self.counts.numel())
 
     def compute(self) -> dict[str, Tensor]:
-        """Utilisation statistics of the accumulated counts (see :func:`usage_stats`)."""
+        """Utilisation statistics of the accumulated counts (see :func:`usage_stats`);
+        pooled over the stages of a multi-stage quantizer."""
         return usage_stats(self.counts)
+
+    def stage_stats(self) -> list[dict[str, Tensor]]:
+        """:func:`usage_stats` of each stage's own counts (one entry for one stage)."""
+        return [usage_stats(row) for row in self.counts.view(-1, self.codebook_size)]

@@ -22,7 +22,14 @@ from vqtok.formats import report as report_format
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.outputs import check_outputs
 from vqtok.report import plots
-from vqtok.report.analysis import comparison_notes, final_metrics, thresholds, verdict
+from vqtok.report.analysis import (
+    LEVELS,
+    Verdict,
+    comparison_notes,
+    final_metrics,
+    thresholds,
+    verdict,
+)
 from vqtok.report.codebook import (
     DUPLICATE_REL_TOL,
     codebook_vectors,
@@ -141,6 +148,7 @@ def analyse_run(run: RunHistory, *, data: str | Path | None = None, image_size: 
                              f"history of {run.path} counts {run.codebook_size}")
     counts = run.final_counts
     final = final_metrics(counts, run.validations[-1])
+    run_verdict = verdict(counts)
     notes: list[str] = []
     figures: list[Figure] = []
     if run.source == "history":
@@ -149,6 +157,8 @@ def analyse_run(run: RunHistory, *, data: str | Path | None = None, image_size: 
         figures.append((caption, plots.training_curves([run])))
     else:
         notes.append("measured once on the given data: no training history, so no curves")
+    if run.num_stages > 1:
+        run_verdict = _stage_verdicts(counts, run, notes)
     steps = [v["step"] for v in run.validations]
     figures.append(("sorted code frequencies, log-log", plots.sorted_frequencies(
         [(run.name, counts)])))
@@ -170,11 +180,22 @@ def analyse_run(run: RunHistory, *, data: str | Path | None = None, image_size: 
         "name": run.name, "path": str(run.path), "source": run.source,
         "quantizer": run.quantizer, "quantizer_config": run.quantizer_config,
         "codebook_size": run.codebook_size,
-        "verdict": asdict(verdict(counts)),
+        "verdict": asdict(run_verdict),
         "final": final, "validations": run.validations, "train": run.train,
         "codebook": book, "samples": sample_info, "notes": notes,
     }
     return doc, figures
+
+
+def _stage_verdicts(counts: np.ndarray, run: RunHistory, notes: list[str]) -> Verdict:
+    """A multi-stage run: a verdict per stage in the notes; the run's is its worst stage's.
+    The final metrics are pooled over the stages' (stage, code) slots."""
+    per_stage = [verdict(row) for row in counts.reshape(run.num_stages, -1)]
+    notes.append(f"{run.num_stages} stages of {run.codebook_size:,} codes: usage and "
+                 f"perplexity are pooled over the stages; each stage's own verdict follows")
+    notes += [f"stage {s}: {v.text}" for s, v in enumerate(per_stage)]
+    worst = max(range(run.num_stages), key=lambda s: (-LEVELS.index(per_stage[s].level), s))
+    return Verdict(per_stage[worst].level, f"stage {worst}: {per_stage[worst].text}")
 
 
 def _codebook_figures(run: RunHistory, tokenizer: ImageTokenizer, book: dict[str, Any],

@@ -36,7 +36,10 @@ root-mean-square norm."""
 
 @torch.no_grad()
 def codebook_vectors(quantizer: Quantizer, chunk: int = 65536) -> Tensor:
-    """``(K, D)`` float32 codes on the CPU: ``quantizer.indices_to_codes`` of every id."""
+    """``(K, D)`` float32 codes on the CPU: ``quantizer.indices_to_codes`` of every id; for
+    a multi-stage quantizer its stages' codebooks one after the other, ``(S K, D)``."""
+    if quantizer.num_stages is not None:
+        return torch.cat([codebook_vectors(stage, chunk) for stage in quantizer.stages])
     quantizer = quantizer.eval()
     device = next((p.device for p in quantizer.parameters()), torch.device("cpu"))
     k = quantizer.codebook_size

@@ -44,6 +44,9 @@ class RunHistory:
     every_n_steps: int | None = None
     source: str = "history"  # "history": recorded in training; "measured": vqtok report --data
     tokenizer_dir: Path | None = None
+    num_stages: int = 1
+    """S for a multi-stage quantizer: ``counts`` then has S K columns, stage s's code k at
+    column s K + k."""
 
     @property
     def final_counts(self) -> np.ndarray:
@@ -82,6 +85,7 @@ def load_run(run_dir: str | Path) -> RunHistory:
         train=[_floats(r) for r in doc["train"]], quantizer=doc["quantizer"],
         quantizer_config=doc["quantizer_config"], every_n_steps=doc["every_n_steps"],
         source="history", tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
+        num_stages=doc.get("num_stages", 1),
     )
 
 

@@ -119,7 +119,8 @@ def measure_tokenizer(tokenizer_dir: str | Path, data: str | Path, *, image_size
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))
     k = tokenizer.codebook_size
-    usage = CodebookUsage(k)
+    quantizer = tokenizer.model.quantizer
+    usage = CodebookUsage(k, quantizer.num_stages)
     psnr = PeakSignalNoiseRatio(data_range=2.0)
     ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
     measured_ssim = True
@@ -146,13 +147,12 @@ def measure_tokenizer(tokenizer_dir: str | Path, data: str | Path, *, image_size
     }
     root = Path(tokenizer_dir)
     label = run_name(root.parent) if root.resolve().name == TOKENIZER_SUBDIR else run_name(root)
-    quantizer = tokenizer.model.quantizer
     return RunHistory(
         name=f"{label} on {Path(data).name}", path=root, codebook_size=k,
         counts=counts.numpy()[None].astype(np.int64), validations=[record], train=[],
         quantizer=f"{type(quantizer).__module__}.{type(quantizer).__qualname__}",
         quantizer_config=quantizer.extra_repr(), every_n_steps=None, source="measured",
-        tokenizer_dir=root,
+        tokenizer_dir=root, num_stages=quantizer.num_stages or 1,
     )
 
 

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from vqtok.formats import history as history_format
-from vqtok.metrics import usage_stats
+from vqtok.metrics import stage_slots, usage_stats
 
 __all__ = ["CodebookHistory", "RunCheckpoint"]
 
@@ -95,6 +95,7 @@ class CodebookHistory(pl.Callback):
         self.every_n_steps = every_n_steps
         self.dirpath = dirpath
         self.codebook_size: int | None = None
+        self.num_stages = 1
         self.validations: list[dict[str, Any]] = []
         self.counts: list[Tensor] = []  # each (K,) int64 on the CPU
         self.train: list[dict[str, Any]] = []
@@ -121,8 +122,14 @@ class CodebookHistory(pl.Callback):
             raise ValueError(f"the history holds counts for {self.codebook_size} codes but the "
                              f"module's quantizer has {size}")
         self.codebook_size = size
+        self.num_stages = getattr(quantizer, "num_stages", None) or 1
         self._quantizer_name = f"{type(quantizer).__module__}.{type(quantizer).__qualname__}"
         self._quantizer_config = quantizer.extra_repr() if hasattr(quantizer, "extra_repr") else ""
+
+    @property
+    def slots(self) -> int:
+        """Counted ids: K, or S x K (stage, code) pairs for a multi-stage quantizer."""
+        return (self.codebook_size or 0) * self.num_stages
 
     # ---- train-time curve (per batch) ---------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -140,7 +147,10 @@ class CodebookHistory(pl.Callback):
                 self._warned_no_train_ids = True
             return
         self._last_train_step = step
-        counts = torch.bincount(ids.detach().reshape(-1), minlength=self.codebook_size)
+        ids = ids.detach()
+        if self.num_stages > 1:  # (stage, code) slots, as the validation counts
+            ids = stage_slots(ids, self.codebook_size)
+        counts = torch.bincount(ids.reshape(-1), minlength=self.slots)
         stats = usage_stats(counts)  # one batch: usage <= batch_ids / K
         self.train.append({
             "step": int(step),
@@ -157,11 +167,11 @@ class CodebookHistory(pl.Callback):
         if trainer.sanity_checking:
             return
         counts = getattr(pl_module, "last_usage_counts", None)
-        if not isinstance(counts, Tensor) or counts.shape != (self.codebook_size,):
+        if not isinstance(counts, Tensor) or counts.shape != (self.slots,):
             shape = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
             raise ValueError(
                 f"CodebookHistory needs the module to keep `last_usage_counts` of shape "
-                f"({self.codebook_size},) after each validation run, got {shape}"
+                f"({self.slots},) after each validation run, got {shape}"
             )
         counts = counts.detach().to("cpu", torch.int64).clone()
         total = int(counts.sum())
@@ -194,6 +204,7 @@ class CodebookHistory(pl.Callback):
             "format": history_format.FORMAT,
             "format_version": history_format.FORMAT_VERSION,
             "codebook_size": self.codebook_size,
+            "num_stages": self.num_stages,
             "quantizer": self._quantizer_name,
             "quantizer_config": self._quantizer_config,
             "counts_file": history_format.COUNTS_NAME,
@@ -212,8 +223,8 @@ class CodebookHistory(pl.Callback):
 
     # ---- checkpoints: a resumed run keeps its history -----------------------------------
     def state_dict(self) -> dict[str, Any]:
-        k = self.codebook_size or 0
-        stacked = torch.stack(self.counts) if self.counts else torch.zeros(0, k, dtype=torch.int64)
+        stacked = torch.stack(self.counts) if self.counts else torch.zeros(0, self.slots,
+                                                                           dtype=torch.int64)
         return {"format_version": history_format.FORMAT_VERSION,
                 "codebook_size": self.codebook_size, "validations": list(self.validations),
                 "train": list(self.train), "counts": stacked}

@@ -149,6 +149,10 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer_dir = str(tokenizer)
         self.tokenizer = ImageTokenizer.from_pretrained(tokenizer)
+        if self.tokenizer.num_stages is not None:
+            raise ValueError(f"tokenizer {tokenizer} gives {self.tokenizer.num_stages} ids per "
+                             f"position (a multi-stage quantizer); the decoder's streams take "
+                             f"one id per image token")
         self.fingerprint = fingerprint(tokenizer)
         self.class_names = [c.lower() for c in FashionMNIST.CLASSES]
         self.caption_template = caption_template

@@ -87,7 +87,7 @@ class TokenizerModule(pl.LightningModule):
         self.loss_weights = dict(loss_weights or {})
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
-        self.val_usage = CodebookUsage(quantizer.codebook_size)
+        self.val_usage = CodebookUsage(quantizer.codebook_size, quantizer.num_stages)
 
     @property
     def quantizer(self) -> Quantizer:
@@ -174,6 +174,10 @@ class TokenizerModule(pl.LightningModule):
         # restores the local counts after compute()); CodebookHistory records them.
         with self.val_usage.sync_context(dist_sync_fn=self.val_usage.dist_sync_fn):
             self.last_usage_counts = self.val_usage.counts.detach().clone()
+            if self.quantizer.num_stages is not None:  # each stage's own usage too
+                for s, stage_stats in enumerate(self.val_usage.stage_stats()):
+                    self.log(f"{stage}/usage/stage{s}", stage_stats["usage"])
+                    self.log(f"{stage}/perplexity/stage{s}", stage_stats["perplexity"])
         for metric in (self.val_psnr, self.val_ssim, self.val_usage):
             metric.reset()
 
