@@ -1,11 +1,13 @@
 """The collapse study: every quantizer family in one autoencoder, side by side.
 
-One small Fashion-MNIST autoencoder (vqtok's Encoder and Decoder at 16 channels, 4x
-downsampling of the 28 x 28 images to 7 x 7 tokens of dim 16) is trained with each quantizer at
+One small Fashion-MNIST autoencoder (vqtok's Encoder and Decoder at 8, 16 and 32 channels,
+4x downsampling of the 28 x 28 images to 7 x 7 tokens of dim 16) is trained with each quantizer at
 codebook sizes around 1k, 16k and 65k, and with vector-quantize-pytorch's equivalents in
 the same autoencoder, with the same seed, the same batches in the same order and the same
 optimiser. Each run is then measured on the whole Fashion-MNIST test split (10,000 images):
 codebook usage and perplexity of the ids (docs/algorithms.md#codebook-usage), and PSNR.
+For LFQ and BSQ it also measures, on the same test batches, how far the grouped bound of
+the batch entropy lies above its exact value (docs/algorithms.md#lfq, L4 and L5).
 
 Sizes: VQ, SimVQ and residual VQ use K = 1,024, 16,384 and 65,536 codes (the residual
 quantizer: 2 stages of K); FSQ the presets 1,000, 15,360 and 64,000; LFQ and BSQ 2^10,
@@ -26,7 +28,9 @@ runs). RESULTS_collapse.md says how long the full study took here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -62,13 +66,15 @@ from vqtok.training.optim import adamw_warmup_cosine
 
 HERE = Path(__file__).resolve().parent
 DIM = 16
-AUTOENCODER = {"channels": 16, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": DIM}
+AUTOENCODER = {"channels": 8, "channel_mult": (1, 2, 4), "num_res_blocks": 1, "dim": DIM}
 SIZES = {"1k": 1024, "16k": 16384, "65k": 65536}
 FSQ_LEVELS = {"1k": [8, 5, 5, 5], "16k": [8, 8, 8, 6, 5], "65k": [8, 8, 8, 5, 5, 5]}
 BITS = {"1k": 10, "16k": 14, "65k": 16}
 QUICK_SIZES = {"1k": 64}
 QUICK_FSQ = {"1k": [4, 4, 4]}
 QUICK_BITS = {"1k": 6}
+RESULT_NAME = "result.json"
+GROUP_BITS = 9  # LFQ and BSQ default entropy_group_size
 
 
 # ---- the quantizers ---------------------------------------------------------------------
@@ -166,6 +172,27 @@ class Result:
     psnr: float
     seconds_per_step: float
     run_dir: Path
+    entropy: tuple[float, float] | None = None
+    load: float = math.nan  # the 1-minute load average when the run started
+    minutes: float = math.nan  # training and evaluation
+
+    def save(self, settings: dict) -> None:
+        """``result.json`` in the run directory: a later study with the same settings
+        reuses the run instead of training it again."""
+        doc = {**dataclasses.asdict(self), "run_dir": str(self.run_dir), "settings": settings}
+        (self.run_dir / RESULT_NAME).write_text(json.dumps(doc, indent=1) + "\n")
+
+    @classmethod
+    def load_saved(cls, run_dir: Path, settings: dict) -> Result | None:
+        try:
+            doc = json.loads((run_dir / RESULT_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        if doc.pop("settings", None) != settings:
+            return None
+        doc["run_dir"] = run_dir
+        doc["entropy"] = tuple(doc["entropy"]) if doc.get("entropy") else None
+        return cls(**doc)
 
 
 def train_one(quantizer: nn.Module, data: FashionMNIST, test: FashionMNIST, steps: int,
@@ -208,7 +235,7 @@ def train_one(quantizer: nn.Module, data: FashionMNIST, test: FashionMNIST, step
                                     "batch_ids": int(ids.numel())})
             if step == steps:
                 break
-    usage, psnr = evaluate(encoder, quantizer, decoder, test, k, stages)
+    usage, psnr, gap = evaluate(encoder, quantizer, decoder, test, k, stages)
     counts = usage.counts.clone()
     stats = usage_stats(counts)
     record = {"step": steps, "epoch": 0, "usage": float(stats["usage"]),
@@ -221,25 +248,45 @@ def train_one(quantizer: nn.Module, data: FashionMNIST, test: FashionMNIST, step
                            run_dir / "tokenizer")
     per_step = statistics.median(times[min(5, len(times) - 1):])
     return Result(run_dir.name, library, "", k, record["usage"], record["perplexity"], psnr,
-                  per_step, run_dir)
+                  per_step, run_dir, gap)
 
 
 @torch.no_grad()
 def evaluate(encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module,
-             test: FashionMNIST, k: int, stages: int | None) -> tuple[CodebookUsage, float]:
-    """Per-code counts of the test split's ids, and the PSNR of the reconstructions (pixels
-    in [-1, 1], data range 2)."""
+             test: FashionMNIST, k: int, stages: int | None
+             ) -> tuple[CodebookUsage, float, tuple[float, float] | None]:
+    """Per-code counts of the test split's ids, the PSNR of the reconstructions (pixels
+    in [-1, 1], data range 2), and for LFQ/BSQ the mean exact and grouped batch entropy."""
     for module in (encoder, quantizer, decoder):
         module.eval()
     usage = CodebookUsage(k, stages)
-    squared, pixels = 0.0, 0
-    for x, _ in DataLoader(test, batch_size=32):  # 32 x 64 rows: references hold N x K
-        out = quantizer(encoder(x))
+    squared, pixels, gaps = 0.0, 0, []
+    for x, _ in DataLoader(test, batch_size=32):  # 32 x 49 rows: references hold N x K
+        z = encoder(x)
+        out = quantizer(z)
         usage.update(out.indices)
         x_hat = decoder(out.z_q).clamp(-1, 1)
         squared += float(((x_hat - x) ** 2).sum())
         pixels += x.numel()
-    return usage, 10 * math.log10(4.0 / (squared / pixels))
+        if isinstance(quantizer, LFQ) and quantizer.entropy_weight > 0:
+            gaps.append(entropy_gap(quantizer, z))
+    gap = (statistics.mean(g[0] for g in gaps), statistics.mean(g[1] for g in gaps)) \
+        if gaps else None
+    return usage, 10 * math.log10(4.0 / (squared / pixels)), gap
+
+
+def entropy_gap(quantizer: LFQ, z: Tensor) -> tuple[float, float]:
+    """``(exact H, grouped bound)`` in nats of one batch's mean code distribution, read from
+    the quantizer's own ``codebook_entropy`` loss in each mode (it is -w_e gamma H)."""
+    mode, values = quantizer.codebook_entropy, []
+    try:
+        for entropy in ("exact", "grouped"):
+            quantizer.codebook_entropy = entropy
+            loss = quantizer(z).losses["codebook_entropy"]
+            values.append(-float(loss) / (quantizer.entropy_weight * quantizer.diversity_gamma))
+    finally:
+        quantizer.codebook_entropy = mode
+    return values[0], values[1]
 
 
 def write_run(run_dir: Path, quantizer: nn.Module, k: int, stages: int | None,
@@ -263,7 +310,7 @@ def write_run(run_dir: Path, quantizer: nn.Module, k: int, stages: int | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per run (400; 5 with --quick)")
+                        help="training steps per run (300; 5 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -276,17 +323,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/collapse_study", help="run directories")
     parser.add_argument("--out", default=str(HERE / "RESULTS_collapse.md"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--again", action="store_true",
+                        help="train every run again, even one whose result.json has these "
+                             "settings (by default such runs are reused: a study can be "
+                             "stopped and continued)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.steps is None:
-        args.steps = 5 if args.quick else 400
+        args.steps = 5 if args.quick else 300
     sizes = ["1k"] if args.quick else args.sizes
     data = FashionMNIST(None, "train", pad_to=None)  # 28 x 28: 7 x 7 tokens
     test = FashionMNIST(None, "test", pad_to=None)
     if args.quick:
         test = torch.utils.data.Subset(test, range(64))
     started, results = time.perf_counter(), []
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = _load_average()
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                "quick": args.quick, "autoencoder": repr(AUTOENCODER), "threads": args.threads}
     for size in sizes:
         libraries = {"vqtok": vqtok_quantizers(size, args.quick)}
         if not args.no_reference:
@@ -297,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = Path(args.runs) / f"{name}-{size}-{tag}"
                 print(f"[{time.perf_counter() - started:7.0f} s] {library} {name} {size}",
                       flush=True)
+                saved = Result.load_saved(run_dir, settings)
+                if saved is not None and not args.again:
+                    print("    reused (result.json with the same settings)", flush=True)
+                    results.append(saved)
+                    continue
+                run_load, run_started = _load_average(), time.perf_counter()
                 try:
                     result = train_one(factories[name](), data, test, args.steps,
                                        args.batch_size, args.seed, run_dir, library)
@@ -306,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
                                           math.nan, math.nan, math.nan, math.nan, run_dir))
                     continue
                 result.name, result.library, result.size = name, library, size
+                result.load = run_load
+                result.minutes = (time.perf_counter() - run_started) / 60
+                result.save(settings)
                 results.append(result)
+                print(f"    usage {result.usage:.1%}, PSNR {result.psnr:.2f} dB, "
+                      f"{result.seconds_per_step:.3f} s/step", flush=True)
+                # the table so far, so a long study interrupted still leaves its rows
+                write_table(Path(args.out), results, args,
+                            (time.perf_counter() - started) / 60, load, len(test))
     minutes = (time.perf_counter() - started) / 60
     write_table(Path(args.out), results, args, minutes, load, len(test))
     run_dirs = [r.run_dir for r in results if r.codebook_size]
@@ -320,32 +387,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
 def write_table(out: Path, results: list[Result], args: argparse.Namespace, minutes: float,
                 load: float, n_test: int) -> None:
     rows = [("| quantizer | size | library | codes | test usage | perplexity | PSNR (dB) | "
-            "s/step |"), "|---|---|---|---:|---:|---:|---:|---:|"]
+            "s/step | load |"), "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if not r.codebook_size:
-            rows.append(f"| {r.name} | {r.size} | {r.library} | | failed | | | |")
+            rows.append(f"| {r.name} | {r.size} | {r.library} | | failed | | | | |")
             continue
         rows.append(f"| {r.name} | {r.size} | {r.library} | {r.codebook_size:,} | "
                     f"{100 * r.usage:.1f}% | {r.perplexity:,.1f} | {r.psnr:.2f} | "
-                    f"{r.seconds_per_step:.3f} |")
+                    f"{r.seconds_per_step:.3f} | {r.load:.1f} |")
+    gap_rows = [f"| {r.name} | {r.size} | {r.codebook_size:,} | {r.entropy[0]:.3f} | "
+                f"{r.entropy[1]:.3f} | {r.entropy[1] - r.entropy[0]:.3f} | "
+                f"{math.log(r.codebook_size):.3f} |" for r in results if r.entropy]
+    if gap_rows:
+        gap_rows = [
+            ("Exact batch entropy against the grouped upper bound (groups of "
+             f"{GROUP_BITS} bits, the last smaller), on each batch of 32 test images (1,568 "
+             "ids), mean over the test split, in nats; log K is the most either can be."),
+            "",
+            "| quantizer | size | codes | exact H | grouped bound | gap | log K |",
+            "|---|---|---:|---:|---:|---:|---:|",
+            *gap_rows,
+            "",
+        ]
     text = [
         "# Collapse study: every quantizer in the same autoencoder",
         "",
         (f"`{' '.join([Path(sys.argv[0]).name, *(sys.argv[1:])])}` on "
         f"{dt.date.today().isoformat()}, {platform.machine()}, {torch.get_num_threads()} "
-        f"threads, load average {load:.2f} at the start; {minutes:.0f} minutes in all."),
+        f"threads, load average {load:.2f} at the start; {minutes:.0f} minutes in this "
+        f"invocation; the runs' own training and evaluation took "
+        f"{sum(r.minutes for r in results if not math.isnan(r.minutes)):.0f} minutes."),
         "",
-        (f"Fashion-MNIST, {args.steps} steps of {args.batch_size} images (seed {args.seed}, the "
-        f"same batches for every run), Encoder/Decoder at 16 channels, channel_mult "
-        f"(1, 2, 2), one residual block per level (7 x 7 tokens of dim 16), AdamW 1e-3 with warm-up and cosine decay. Usage, perplexity and "
+        (f"Fashion-MNIST at 28 x 28, {args.steps} steps of {args.batch_size} images (seed "
+        f"{args.seed}, the same batches for every run), Encoder/Decoder at 8 channels, "
+        f"channel_mult (1, 2, 4), one residual block per level (7 x 7 tokens of dim 16), AdamW 1e-3 with warm-up and cosine decay. Usage, perplexity and "
         f"PSNR on {n_test:,} test images. Residual VQ: 2 stages of K codes, usage pooled over "
-        f"the stages. s/step: median training step (forward, backward, update)."),
+        f"the stages. s/step: median training step (forward, backward, update); load: the "
+        f"1-minute load average when the run started (above 2, other work shared the 2 "
+        f"cores and the run's s/step is slower than the machine's)."),
         "",
         *rows,
         "",
+        *gap_rows,
     ]
     out.write_text("\n".join(text))
 
