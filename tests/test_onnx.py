@@ -147,3 +147,15 @@ def test_onnx_matches_pytorch(kind: str, tmp_path: Path) -> None:
     assert (encoder.parent, decoder.parent) == (tmp_path / kind, tmp_path / kind)
     # f = 4; the traced example was 2 x 16 x 16
     check_parity(tokenizer, tmp_path / kind, [(1, 16, 24), (3, 40, 32)])
+
+
+def test_an_exporter_failure_is_one_line_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ValueError("Failed to export the model with torch.export.\nstep 1/3\n...")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(RuntimeError, match=r"^encoder.onnx: the ONNX exporter failed: Failed "
+                                           r"to export the model with torch.export. \(--debug"):
+        export_onnx(ImageTokenizer(tiny_model()), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary sibling

@@ -40,6 +40,7 @@ FORMAT = "vqtok.onnx"
 OPSET = 18
 """The ONNX opset of both graphs (onnxruntime 1.16 and later run it)."""
 _EXAMPLE_TOKENS = 4  # tokens per side of the example input traced
+log = logging.getLogger(__name__)
 
 
 def require_onnx() -> None:
@@ -74,7 +75,9 @@ def export_onnx(tokenizer: ImageTokenizer, out_dir: str | os.PathLike[str], *,
     Each graph records the tokenizer's facts in its metadata (``vqtok.json``: downsampling
     factor, channels, codebook size, stages, normalisation, smallest side). Raises
     ValueError when ``out_dir`` exists and ``overwrite`` is false, or exists and holds
-    other files; ImportError naming ``pip install vqtok[onnx]`` without the extra.
+    other files; :class:`~vqtok.extras.MissingExtraError` (an ImportError) naming ``pip
+    install vqtok[onnx]`` without the extra; RuntimeError, in one line, when the exporter
+    cannot trace the model.
     """
     require_onnx()
     target = check_new_output(out_dir, overwrite=overwrite, folder=True)
@@ -113,6 +116,7 @@ def _export(module: nn.Module, example: Tensor, dynamic: dict[str, Any], input_n
             output_name: str, path: Path, metadata: dict[str, str]) -> None:
     # The exporter prints its progress and logs warnings about packages vqtok does not use
     # (torchvision); vqtok's commands print what they did, once.
+    log.info("exporting %s (tracing takes seconds to minutes)", path.name)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)
@@ -123,6 +127,11 @@ def _export(module: nn.Module, example: Tensor, dynamic: dict[str, Any], input_n
             program = torch.onnx.export(
                 module, (example,), dynamo=True, dynamic_shapes=dynamic, opset_version=OPSET,
                 input_names=[input_name], output_names=[output_name], verbose=False)
+    except Exception as err:  # the exporter's own errors run to pages: one line here
+        lines = str(err).strip().splitlines()
+        raise RuntimeError(f"{path.name}: the ONNX exporter failed: "
+                           f"{lines[0] if lines else type(err).__name__} (--debug shows the "
+                           f"exporter's report)") from err
     finally:
         exporter_log.setLevel(level)
     program.model.metadata_props.update(metadata)
