@@ -124,6 +124,15 @@ def test_neither_a_directory_nor_a_repo_is_one_line(cache: Path, name: str, mess
     assert "\n" not in str(info.value)
 
 
+def test_a_path_object_is_always_local(cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    put_in_cache(cache, "vqtok-test/fmnist-fsq", FMNIST, COMMIT_A)
+    monkeypatch.chdir(tmp_path)
+    assert ImageTokenizer.from_pretrained("vqtok-test/fmnist-fsq").codebook_size == 1000
+    with pytest.raises(ValueError, match="^vqtok-test/fmnist-fsq: not a tokenizer directory"):
+        ImageTokenizer.from_pretrained(Path("vqtok-test/fmnist-fsq"))
+
+
 def test_a_revision_of_a_local_path_is_refused() -> None:
     with pytest.raises(ValueError, match="applies to a Hub repo id"):
         ImageTokenizer.from_pretrained(FMNIST, revision="main")

@@ -39,8 +39,8 @@ def looks_like_repo_id(name: str) -> bool:
 
 def resolve_model_dir(name: str | os.PathLike[str], what: str, error: type[Exception],
                       revision: str | None = None) -> Path:
-    """The local directory for ``name``: ``name`` itself when it exists here (or is not
-    shaped like a repo id), else the snapshot of the Hub repo ``name`` at ``revision``
+    """The local directory for ``name``: ``name`` itself when it exists here, is a
+    ``Path`` (not text) or is not shaped like a repo id, else the snapshot of the Hub repo ``name`` at ``revision``
     (a branch, tag or commit; default ``main``) in the Hub cache, downloaded unless
     ``HF_HUB_OFFLINE=1``. Only ``config.json`` and ``model.safetensors`` are fetched.
 
@@ -56,7 +56,7 @@ def resolve_model_dir(name: str | os.PathLike[str], what: str, error: type[Excep
         exists = local.exists()
     except (OSError, ValueError):  # a path too long, a NUL byte: the loader says so
         exists = False
-    if exists or not looks_like_repo_id(text):
+    if exists or not isinstance(name, str) or not looks_like_repo_id(text):
         if revision is not None:
             raise error(f"{text}: revision {revision!r} applies to a Hub repo id ('org/name'), "
                         f"not to a local path")
