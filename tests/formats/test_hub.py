@@ -261,3 +261,19 @@ def test_without_huggingface_hub_local_paths_still_load(
     assert not (tmp_path / "tok").exists()  # checked before anything was written
     tokenizer.save_pretrained(tmp_path / "tok")  # a plain save needs no Hub
     assert ImageTokenizer.from_pretrained(tmp_path / "tok").codebook_size == 1000
+
+
+def test_a_decoder_directory_is_pushed_as_it_is(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqtok.formats.hub import push_model_dir
+
+    FakeApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    push_model_dir(DECODER, "vqtok-test/decoder", commit_message="decoder v1")
+    upload = FakeApi.calls[-1][1]
+    assert upload["commit_message"] == "decoder v1"
+    assert upload["files"] == {p.name: p.read_bytes() for p in DECODER.iterdir()}
+    FakeApi.calls = []
+    with pytest.raises(ValueError, match=r"not a saved model directory \(missing \["):
+        push_model_dir(tmp_path, "vqtok-test/empty")
+    assert FakeApi.calls == []
