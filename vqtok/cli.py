@@ -63,25 +63,6 @@ def vqtok_version() -> str:
 # ---- plain subcommands ----------------------------------------------------------------
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from vqtok.formats.outputs import check_new_output
-
-    if args.onnx:
-        return _export_onnx(args)
-    if Path(args.checkpoint).is_dir():
-        raise ValueError(f"{args.checkpoint} is a folder; `vqtok export` turns a training "
-                         f"checkpoint (.ckpt) into a tokenizer directory (add --onnx to export "
-                         f"a tokenizer directory as ONNX)")
-    from vqtok.training.checkpoint import load_tokenizer_module
-
-    check_new_output(args.out_dir, inputs=[Path(args.checkpoint)], overwrite=args.overwrite,
-                     folder=True)
-    module = load_tokenizer_module(args.checkpoint)
-    out = module.export(args.out_dir)
-    print(f"exported {args.checkpoint} -> {out}")
-    return 0
-
-
 def _export_onnx(args: argparse.Namespace) -> int:
     """``vqtok export --onnx``: a checkpoint, tokenizer directory or Hub repo id as the two
     graphs of :func:`vqtok.onnx_export.export_onnx`."""
@@ -101,6 +82,25 @@ def _export_onnx(args: argparse.Namespace) -> int:
         tokenizer = ImageTokenizer.from_pretrained(args.checkpoint)
     encoder, decoder = export_onnx(tokenizer, args.out_dir, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {encoder} and {decoder}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vqtok.formats.outputs import check_new_output
+
+    if args.onnx:
+        return _export_onnx(args)
+    if Path(args.checkpoint).is_dir():
+        raise ValueError(f"{args.checkpoint} is a folder; `vqtok export` turns a training "
+                         f"checkpoint (.ckpt) into a tokenizer directory (add --onnx to export "
+                         f"a tokenizer directory as ONNX)")
+    from vqtok.training.checkpoint import load_tokenizer_module
+
+    check_new_output(args.out_dir, inputs=[Path(args.checkpoint)], overwrite=args.overwrite,
+                     folder=True)
+    module = load_tokenizer_module(args.checkpoint)
+    out = module.export(args.out_dir)
+    print(f"exported {args.checkpoint} -> {out}")
     return 0
 
 
