@@ -3,6 +3,7 @@ collapse study runs end to end at toy sizes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -102,7 +103,16 @@ def test_collapse_study_runs_every_quantizer_and_writes_its_table(tmp_path: Path
     out = tmp_path / "RESULTS.md"
     argv = ["--quick", "--no-reference", "--runs", str(tmp_path / "runs"), "--out", str(out)]
     assert study.main(argv) == 0
-    table = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    lines = out.read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| quantizer |")))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
+    # the second table: LFQ and BSQ, exact batch entropy <= its grouped bound <= log K
+    gaps = [line for line in lines[start + 2 + len(table):] if line.startswith("| ")][1:]
+    assert {row.split("|")[1].strip() for row in gaps} == {"lfq", "bsq"}
+    for row in gaps:
+        exact, bound, gap, log_k = (float(c) for c in row.split("|")[4:8])
+        assert exact <= bound + 1e-3 and bound <= log_k + 1e-3
+        assert gap == pytest.approx(bound - exact, abs=2e-3)
     names = {"vq_ste", "vq_rotation", "vq_ema_restart", "simvq", "fsq", "lfq", "bsq",
              "residual_vq"}
     assert {row.split("|")[1].strip() for row in table} == names
