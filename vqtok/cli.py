@@ -80,7 +80,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels)
+                                               max_pixels=args.max_pixels,
+                                               tile_size=args.tile_size)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
                            progress=not args.quiet, overwrite=args.overwrite)
     print(summary)
@@ -93,7 +94,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels)
+                                               max_pixels=args.max_pixels,
+                                               tile_size=args.tile_size)
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
                           progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(written)} images to {args.out}")
@@ -249,14 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     """The options ``encode`` and ``decode`` share."""
-    from vqtok.formats.images import DEFAULT_MAX_PIXELS
+    from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
+    from vqtok.tokenizer import DEFAULT_TILE_SIZE
 
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
-                   help=f"the largest image, in pixels (default {DEFAULT_MAX_PIXELS:,}; memory "
-                        f"grows with it; 'none': no limit)")
+    p.add_argument("--max-pixels", type=_positive_or_word, default="auto",
+                   help=f"the largest image, in pixels (default 'auto': {TILED_MAX_PIXELS:,} "
+                        f"for a model that runs on tiles, else {DEFAULT_MAX_PIXELS:,}, as a "
+                        f"whole image's memory grows with it; 'none': no limit)")
+    p.add_argument("--tile-size", type=_positive_or_word, default="auto",
+                   help=f"run images with a side over N pixels on N x N tiles, with the same "
+                        f"result and the memory of one tile (default 'auto': "
+                        f"{DEFAULT_TILE_SIZE} when the model allows it; 'none': never)")
     _device_and_overwrite(p, "replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -267,9 +275,10 @@ def _device_and_overwrite(p: argparse.ArgumentParser, overwrite: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
-def _pixels(text: str) -> int | None:
-    if text.strip().lower() == "none":
-        return None
+def _positive_or_word(text: str) -> int | str | None:
+    """A positive count (``1,000`` and ``1_000`` too), ``none`` or ``auto``."""
+    if text.strip().lower() in ("none", "auto"):
+        return None if text.strip().lower() == "none" else "auto"
     value = int(text.replace(",", "").replace("_", ""))
     if value < 1:
         raise ValueError(text)

@@ -25,6 +25,14 @@ Conventions, all documented on the methods:
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
   The flags are process-wide while a call runs, and restored after it.
+* **Tiles.** An image with a side over ``tile_size`` pixels is encoded and decoded tile by
+  tile, so the model's memory stays that of one tile whatever the image size. Each tile is
+  run with a halo around it that covers the model's receptive field, computed from its
+  layers (:func:`vqtok.models.receptive.receptive_radius`), and only the tile's own
+  positions are kept: ids and pixels equal those of the whole image bit for bit (the
+  per-sample kernels above give each position the same arithmetic in any input size).
+  Models with GroupNorm or self-attention mix all positions and are never tiled
+  (docs/architecture.md#tiled-inference).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from torch import Tensor
 from vqtok.formats.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_NORMALIZATION,
+    TILED_MAX_PIXELS,
     Normalization,
     check_pixels,
     to_uint8_pixels,
@@ -55,11 +64,17 @@ from vqtok.formats.tokenizer_dir import (
     save_tokenizer_dir,
 )
 from vqtok.models.autoencoder import VQAutoencoder
+from vqtok.models.receptive import NotTileableError, receptive_radius
 
 ImageLike = Image.Image | np.ndarray | Tensor
 Images = ImageLike | Sequence[ImageLike]
 Size = tuple[int, int]  # (height, width) in pixels
+Span = tuple[int, int, int, int]  # (start, stop) of a tile's own positions, then of its crop
 
+DEFAULT_TILE_SIZE = 512
+"""Images with a side over this many pixels are run on tiles of this side (plus halo).
+One 512 x 512 tile of ``checkpoints/photos_fsq`` with its halo peaks near 1 GiB when
+decoded."""
 
 
 class ImageTokenizer:
@@ -76,8 +91,15 @@ class ImageTokenizer:
             uses torch's fastest kernels (1.7-1.9x faster on the CPU for a 64-channel
             model at 128 px, measured here) at the risk of rare low-bit differences.
         max_pixels: the largest image, in pixels, that is encoded or decoded (checked
-            before anything is allocated; ``None``: no limit). Memory grows with the
-            pixels of one image (:data:`~vqtok.formats.images.DEFAULT_MAX_PIXELS`).
+            before anything is allocated; ``None``: no limit). ``"auto"``:
+            :data:`~vqtok.formats.images.TILED_MAX_PIXELS` when the model runs on tiles,
+            else :data:`~vqtok.formats.images.DEFAULT_MAX_PIXELS` (whole images cost
+            memory in proportion to their pixels).
+        tile_size: images with a side over this many pixels (rounded down to a multiple
+            of the downsampling factor) are encoded and decoded on tiles of this side, with
+            the same result (module doc). ``"auto"``: :data:`DEFAULT_TILE_SIZE` when the
+            model allows tiling, else ``None`` (never tile). A number for a model with
+            GroupNorm or self-attention is refused with a ValueError.
     """
 
     def __init__(
@@ -88,13 +110,18 @@ class ImageTokenizer:
         normalization: Normalization = DEFAULT_NORMALIZATION,
         min_size: int | None = None,
         batch_invariant: bool = True,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None | str = "auto",
+        tile_size: int | None | str = "auto",
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+        self.halo, self.tile_size = _tiling(model, tile_size)
+        if max_pixels == "auto":
+            max_pixels = DEFAULT_MAX_PIXELS if self.tile_size is None else TILED_MAX_PIXELS
         if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
-            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-        self.max_pixels = max_pixels
+            raise ValueError(f"max_pixels must be a positive int, None or 'auto', got "
+                             f"{max_pixels!r}")
+        self.max_pixels: int | None = max_pixels
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.normalization = normalization
@@ -107,7 +134,8 @@ class ImageTokenizer:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-        batch_invariant: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        batch_invariant: bool = True, max_pixels: int | None | str = "auto",
+        tile_size: int | None | str = "auto",
     ) -> ImageTokenizer:
         """Load a tokenizer directory (config.json + model.safetensors; no pickle).
         Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
@@ -115,7 +143,7 @@ class ImageTokenizer:
         device = resolve_device(device)  # before reading anything
         model, config = load_tokenizer_dir(path)
         return cls(model, device=device, normalization=normalization_of(config),
-                   max_pixels=max_pixels,
+                   max_pixels=max_pixels, tile_size=tile_size,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
 
     def save_pretrained(
@@ -223,6 +251,11 @@ class ImageTokenizer:
         for i, x in enumerate(tensors):
             groups.setdefault(self._padded(tuple(x.shape[1:])), []).append(i)
         for (hp, wp), members in groups.items():
+            if self._tiled(hp, wp):
+                for i in members:
+                    out[i] = (self._encode_tiled(pad_to(tensors[i], hp, wp)),
+                              tuple(tensors[i].shape[1:]))
+                continue
             batch = torch.stack([pad_to(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
             with self._kernels():
                 ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
@@ -251,8 +284,8 @@ class ImageTokenizer:
             raise ValueError(f"decoding to PIL needs a 1- or 3-channel model, this one has "
                              f"{self.channels} channels")
         images: list[Image.Image] = []
-        for x_hat in self._decode_chunks(grid, batch_size):
-            pixels = self.to_uint8(x_hat).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
+        for pixels in self._decode_chunks(grid, batch_size, self.to_uint8):
+            pixels = pixels.permute(0, 2, 3, 1).numpy()  # (n, H, W, C) uint8
             for arr, (height, width) in zip(pixels, crops[len(images):]):
                 arr = arr[:height, :width]
                 images.append(Image.fromarray(arr[..., 0] if self.channels == 1 else arr))
@@ -262,17 +295,69 @@ class ImageTokenizer:
         """Ids ``(B, h, w)`` or ``(h, w)`` -> float32 ``(B, C, h * f, w * f)`` on the CPU in
         the model's input space (uncropped, unrounded); validated as in :meth:`decode`."""
         grid = self._check_ids(ids)
-        chunks = list(self._decode_chunks(grid, batch_size))
+        chunks = list(self._decode_chunks(grid, batch_size, _to_cpu_float))
         f = self.downsample_factor
         empty = torch.zeros(0, self.channels, grid.shape[1] * f, grid.shape[2] * f)
         return torch.cat(chunks) if chunks else empty
 
-    def _decode_chunks(self, grid: Tensor, batch_size: int) -> Iterator[Tensor]:
+    def _decode_chunks(self, grid: Tensor, batch_size: int, convert: Any) -> Iterator[Tensor]:
+        """``convert``-ed images ``(n, C, h*f, w*f)``, ``batch_size`` grids at a time, or
+        one at a time on tiles."""
         _check_batch_size(batch_size)
+        f = self.downsample_factor
+        if self._tiled(grid.shape[1] * f, grid.shape[2] * f):
+            for one in grid:
+                yield self._decode_tiled(one, convert)[None]
+            return
         for start in range(0, grid.shape[0], batch_size):
             with self._kernels():
                 x_hat = self._run(self.model.decode_indices, grid[start:start + batch_size])
-            yield x_hat.to("cpu", torch.float32).clone()  # (n, C, h*f, w*f)
+            yield convert(x_hat)  # (n, C, h*f, w*f)
+
+    # ---- tiles --------------------------------------------------------------------------
+    def _tiled(self, height: int, width: int) -> bool:
+        """Whether a padded ``height x width`` image runs on tiles."""
+        return self.tile_size is not None and max(height, width) > self.tile_size
+
+    def _tiles(self, h: int, w: int, halo: int) -> Iterator[tuple[Span, Span]]:
+        """Row and column spans, in tokens, of every tile of an ``h x w`` token grid."""
+        size = self.tile_size // self.downsample_factor  # type: ignore[operator]
+        for rows in tile_spans(h, size, halo):
+            for cols in tile_spans(w, size, halo):
+                yield rows, cols
+
+    def _encode_tiled(self, x: Tensor) -> Tensor:
+        """One padded image ``(C, H, W)`` -> ids ``(h, w)`` (or ``(h, w, S)``), a tile at
+        a time: each tile's crop reaches ``halo[0]`` tokens past it on every side (less at
+        the image's border, where the whole image's zero padding begins too)."""
+        f = self.downsample_factor
+        h, w = x.shape[1] // f, x.shape[2] // f
+        ids: Tensor | None = None
+        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[0]):
+            crop = x[None, :, cr0 * f:cr1 * f, cc0 * f:cc1 * f]
+            with self._kernels():
+                part = self._run(lambda b: self.model.encode(b).indices, crop)[0]
+            part = part[r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0].to("cpu", torch.int64)
+            if ids is None:
+                ids = torch.empty((h, w, *part.shape[2:]), dtype=torch.int64)
+            ids[r0:r1, c0:c1] = part
+        return ids  # type: ignore[return-value]
+
+    def _decode_tiled(self, grid: Tensor, convert: Any) -> Tensor:
+        """One token grid ``(h, w)`` (or ``(h, w, s)``) -> ``convert``-ed image
+        ``(C, h * f, w * f)``, a tile at a time with a halo of ``halo[1]`` tokens."""
+        f = self.downsample_factor
+        h, w = grid.shape[:2]
+        image: Tensor | None = None
+        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[1]):
+            with self._kernels():
+                part = self._run(self.model.decode_indices, grid[None, cr0:cr1, cc0:cc1])
+            piece = convert(part[:, :, (r0 - cr0) * f:(r1 - cr0) * f,
+                                 (c0 - cc0) * f:(c1 - cc0) * f])[0]
+            if image is None:
+                image = torch.empty((piece.shape[0], h * f, w * f), dtype=piece.dtype)
+            image[:, r0 * f:r1 * f, c0 * f:c1 * f] = piece
+        return image  # type: ignore[return-value]
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space images -> uint8 pixels on the CPU: ``round((x * std + mean) * 255)``
@@ -377,6 +462,45 @@ class ImageTokenizer:
             yield
 
 
+def tile_spans(n: int, size: int, halo: int) -> list[Span]:
+    """Cut ``n`` positions into tiles of ``size`` (the last may be shorter):
+    ``(start, stop, crop_start, crop_stop)`` with the crop reaching ``halo`` positions
+    past the tile on each side, clipped to ``[0, n)``."""
+    return [(start, min(n, start + size), max(0, start - halo), min(n, start + size + halo))
+            for start in range(0, n, size)]
+
+
+def _tiling(model: VQAutoencoder, tile_size: int | None | str
+            ) -> tuple[tuple[int, int] | None, int | None]:
+    """``(halo, tile_size)``: the halo in tokens of the encoder and of the decoder (None
+    when the model cannot be tiled) and the tile side in pixels (None: never tile)."""
+    f = model.downsample_factor
+    try:
+        # The encoder's window is in pixels, the decoder's in tokens; one more token covers
+        # the rounding of nearest-neighbour upsampling (docs/architecture.md#tiled-inference).
+        halo: tuple[int, int] | None = (math.ceil(receptive_radius(model.encoder) / f),
+                                        math.ceil(receptive_radius(model.decoder)) + 1)
+        reason = ""
+    except NotTileableError as err:
+        halo, reason = None, str(err)
+    if tile_size == "auto":
+        return halo, (None if halo is None else max(f, DEFAULT_TILE_SIZE // f * f))
+    if tile_size is None:
+        return halo, None
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < f:
+        raise ValueError(f"tile_size must be an int >= the downsampling factor {f}, None or "
+                         f"'auto', got {tile_size!r}")
+    if halo is None:
+        raise ValueError(f"tile_size={tile_size}: this model cannot run on tiles: {reason}; "
+                         f"use no tiling (tile_size None, --tile-size none)")
+    return halo, tile_size // f * f
+
+
+def _to_cpu_float(x: Tensor) -> Tensor:
+    """Model output -> an ordinary float32 CPU tensor (cloned outside inference mode)."""
+    return x.to("cpu", torch.float32).clone()
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device that exists here; a ValueError that says why not."""
     try:
@@ -450,4 +574,5 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-__all__ = ["ImageTokenizer", "resolve_device", "split_images"]
+__all__ = ["DEFAULT_TILE_SIZE", "ImageTokenizer", "resolve_device", "split_images",
+           "tile_spans"]
