@@ -83,7 +83,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
                                                max_pixels=args.max_pixels,
                                                tile_size=args.tile_size)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
-                           progress=not args.quiet, overwrite=args.overwrite)
+                           progress=not args.quiet, overwrite=args.overwrite,
+                           workers=args.workers)
     print(summary)
     # The good files' ids are saved either way; a non-zero status tells scripts some failed.
     return 1 if summary.failed else 0
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode images to token ids (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that read images while the model runs (default: one per "
+                        "CPU core, at most 4, none for 64 files or fewer; 0: read here)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images")

@@ -188,3 +188,17 @@ def test_failed_write_keeps_previous_npz(tmp_path: Path, tok: ImageTokenizer,
         encode_files([tmp_path / "a.png"], tok, npz, progress=False, overwrite=True)
     assert npz.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "t.npz"]
+
+
+def test_loader_workers_give_the_same_file(folder: Path, tok: ImageTokenizer,
+                                           tmp_path: Path) -> None:
+    """Images read in two worker processes, bad files among them, give the file that
+    reading them here gives."""
+    here = encode_files([folder], tok, tmp_path / "here.npz", progress=False, workers=0)
+    there = encode_files([folder], tok, tmp_path / "there.npz", progress=False, workers=2)
+    assert here.failed == there.failed and len(there.failed) == len(BAD)
+    a, b = read_tokens(tmp_path / "here.npz"), read_tokens(tmp_path / "there.npz")
+    assert a.names == b.names and a.sizes == b.sizes
+    assert all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        encode_files([folder], tok, tmp_path / "x.npz", progress=False, workers=-1)
