@@ -244,21 +244,25 @@ class ImageTokenizer:
     def encode_each(self, images: Images, batch_size: int = 16) -> list[tuple[Tensor, Size]]:
         """Images of any sizes -> ``[(ids (h_i, w_i), (height_i, width_i)), ...]``.
 
-        Runs ``batch_size`` images at a time; within a batch, images with the same padded
-        size share one forward pass.
+        Runs ``batch_size`` images at a time (small images: up to a fixed batch of them,
+        :meth:`fixed_batch`, so none of it is filled with blanks needlessly); within a
+        batch, images with the same padded size share one forward pass.
         """
         items = split_images(images)
         _check_batch_size(batch_size)
         results: list[tuple[Tensor, Size]] = []
-        for start in range(0, len(items), batch_size):
-            chunk = []
-            for i, item in enumerate(items[start:start + batch_size], start):
-                try:
-                    chunk.append(self.preprocess(item))
-                except ValueError as err:
-                    raise ValueError(f"image {i}: {err}") from err
-            results += self.encode_tensors(chunk)
-        return results
+        chunk: list[Tensor] = []
+        for i, item in enumerate(items):
+            try:
+                chunk.append(self.preprocess(item))
+            except ValueError as err:
+                raise ValueError(f"image {i}: {err}") from err
+            pixels = sum(x.shape[1] * x.shape[2] for x in chunk)
+            if len(chunk) >= batch_size and (len(chunk) >= MAX_FIXED_BATCH or
+                                             pixels >= BATCH_PIXELS):
+                results += self.encode_tensors(chunk)
+                chunk = []
+        return results + (self.encode_tensors(chunk) if chunk else [])
 
     def encode_tensors(self, tensors: Sequence[Tensor]) -> list[tuple[Tensor, Size]]:
         """Already preprocessed ``(C, H, W)`` tensors -> ``[(ids (h, w), (H, W)), ...]``
