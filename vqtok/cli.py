@@ -260,7 +260,9 @@ def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
 
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default 16; encode runs small images in fixed "
+                        "batches of up to 64 that depend on their size alone)")
     p.add_argument("--max-pixels", type=_positive_or_word, default="auto",
                    help=f"the largest image, in pixels (default 'auto': {TILED_MAX_PIXELS:,} "
                         f"for a model that runs on tiles, else {DEFAULT_MAX_PIXELS:,}, as a "
