@@ -15,11 +15,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
-from vqtok.formats.images import check_pixels, image_files, load_image
+from vqtok.formats.images import IMAGE_FORMATS, check_pixels, image_files, load_image
 from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
@@ -86,6 +87,9 @@ def encode_files(
     per padded size until the bucket holds a batch (``batch_size`` images, or the fixed
     batch the tokenizer uses for that size, :meth:`ImageTokenizer.fixed_batch`), so a
     forward pass never mixes sizes; the ids of an image do not depend on its batch.
+    Images over :data:`ALONE_PIXELS` are read here instead, one at a time when their turn
+    comes, and encoded at once (on tiles, if the model allows): memory stays bounded
+    whatever the images' sizes.
 
     ``out_npz`` may not be one of the images, nor exist unless ``overwrite``: that is
     checked before anything is read. A file that cannot be read or encoded for any reason
@@ -112,7 +116,9 @@ def encode_files(
     buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
 
     def flush(key: tuple[int, int], bar: tqdm) -> None:
-        members = buckets.pop(key)
+        encode(buckets.pop(key), bar)
+
+    def encode(members: list[tuple[int, torch.Tensor]], bar: tqdm) -> None:
         inputs = [tokenizer.normalization.to_model(pixels) for _, pixels in members]
         for (i, _), result in zip(members, _encode_each(tokenizer, inputs)):
             if isinstance(result, BaseException):
@@ -124,10 +130,19 @@ def encode_files(
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if len(files) > LOAD_CHUNK else 0
     loader = DataLoader(_FileChunks(files, tokenizer), batch_size=None, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=4 if workers else None)
+                        collate_fn=_as_is, prefetch_factor=2 if workers else None)
     with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
         for chunk in loader:
             for i, item in chunk:
+                if item is None:  # a large image: read it here, now
+                    try:
+                        item = tokenizer.pixels(load_image(files[i][0],
+                                                           max_pixels=tokenizer.max_pixels))
+                    except Exception as err:  # noqa: BLE001 - any failure skips the file only
+                        item = str(err) or type(err).__name__
+                    if not isinstance(item, str):
+                        encode([(i, item)], bar)
+                        continue
                 if isinstance(item, str):
                     fail(i, item)
                     bar.update(1)
@@ -137,7 +152,8 @@ def encode_files(
                 buckets.setdefault(key, []).append((i, item))
                 if len(buckets[key]) >= (tokenizer.fixed_batch(*key) or batch_size):
                     flush(key, bar)
-            if sum(map(len, buckets.values())) > PENDING_IMAGES:  # many sizes: bound memory
+            pending = sum(x.numel() for bucket in buckets.values() for _, x in bucket)
+            if pending > PENDING_VALUES:  # many sizes: bound the memory they hold
                 for key in list(buckets):
                     flush(key, bar)
         for key in list(buckets):
@@ -158,13 +174,17 @@ def encode_files(
 
 LOAD_CHUNK = 64
 """Files a loader worker reads per task."""
-PENDING_IMAGES = 1024
-"""Decoded images that may wait for a full batch before every bucket is encoded."""
+ALONE_PIXELS = 1 << 20
+"""Images over this many pixels (from the file's header) skip the loader workers and the
+buckets: they are read and encoded one at a time."""
+PENDING_VALUES = 1 << 26
+"""uint8 values (64 MiB) of decoded images that may wait for a full batch before every
+bucket is encoded."""
 
 
 class _FileChunks(Dataset):
-    """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W) or a failure's reason),
-    ...]``, read in a loader worker."""
+    """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker."""
 
     def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer) -> None:
         self.files = files
@@ -173,12 +193,15 @@ class _FileChunks(Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.files) / LOAD_CHUNK)
 
-    def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str]]:
-        chunk: list[tuple[int, torch.Tensor | str]] = []
+    def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str | None]]:
+        chunk: list[tuple[int, torch.Tensor | str | None]] = []
         for i in range(k * LOAD_CHUNK, min(len(self.files), (k + 1) * LOAD_CHUNK)):
             path, name = self.files[i]
             try:
                 check_plain_name(name, str(path))  # decode writes <out>/<name>.png
+                if _pixels_in_header(path) > ALONE_PIXELS:
+                    chunk.append((i, None))  # read in the main process, alone
+                    continue
                 image = load_image(path, max_pixels=self.tokenizer.max_pixels)
                 chunk.append((i, self.tokenizer.pixels(image)))
             except Exception as err:  # noqa: BLE001 - any failure skips the file only
@@ -188,6 +211,16 @@ class _FileChunks(Dataset):
 
 def _as_is(chunk: list) -> list:
     return chunk
+
+
+def _pixels_in_header(path: Path) -> int:
+    """Width x height from the image's header (nothing decoded); 0 when it cannot be read
+    (the full read then says why)."""
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001 - load_image reports the problem
+        return 0
 
 
 def _encode_each(tokenizer: ImageTokenizer, inputs: list[torch.Tensor]
