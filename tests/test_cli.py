@@ -106,6 +106,32 @@ def test_export_replaces_an_existing_tokenizer_only_when_asked(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp dirs left
 
 
+def test_export_onnx_reads_a_checkpoint_as_export_would(
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--onnx`` from a .ckpt exports the tokenizer that plain ``export`` writes (the graphs
+    themselves are checked against PyTorch in tests/test_onnx.py; here the export is
+    recorded, not run, to keep the suite fast)."""
+    pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install vqtok[onnx]")
+    import vqtok.onnx_export
+
+    given = []
+    monkeypatch.setattr(vqtok.onnx_export, "export_onnx", lambda tokenizer, out, overwrite: (
+        given.append(tokenizer) or (Path(out) / "encoder.onnx", Path(out) / "decoder.onnx")))
+    assert main(["export", "--onnx", str(checkpoint), str(tmp_path / "onnx")]) == 0
+    assert main(["export", str(checkpoint), str(tmp_path / "tok")]) == 0
+    exported = ImageTokenizer.from_pretrained(tmp_path / "tok")
+    (tokenizer,) = given
+    assert tokenizer.normalization == exported.normalization
+    assert tokenizer.min_size == exported.min_size
+    state = exported.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in tokenizer.model.state_dict().items())
+    capsys.readouterr()
+    # a tokenizer directory is already exported: without --onnx there is nothing to do
+    assert main(["export", str(tmp_path / "tok"), str(tmp_path / "again")]) == 2
+    assert "is a folder; `vqtok export` turns a training checkpoint" in capsys.readouterr().err
+
+
 def test_console_script_is_installed() -> None:
     exe = shutil.which("vqtok", path=str(Path(sys.executable).parent))
     assert exe is not None

@@ -1,9 +1,13 @@
-"""Every config in experiments/ parses and trains two steps on tiny data, then exports."""
+"""Every config in experiments/ parses and trains two steps on tiny data, then exports; the
+collapse study runs end to end at toy sizes."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -78,3 +82,57 @@ def test_the_demo_config_ships_with_the_package() -> None:
     # experiments/photos_fsq.yaml is the packaged config itself, not a copy of it
     packaged = ROOT / "vqtok" / "configs" / "photos_fsq.yaml"
     assert (ROOT / "experiments" / "photos_fsq.yaml").resolve() == packaged.resolve()
+
+
+def _collapse_study():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "collapse_study", ROOT / "experiments" / "collapse_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_fashion_mnist
+def test_collapse_study_runs_every_quantizer_and_writes_its_table(tmp_path: Path) -> None:
+    study = _collapse_study()
+    out = tmp_path / "RESULTS.md"
+    argv = ["--quick", "--no-reference", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert study.main(argv) == 0
+    table = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    names = {"vq_ste", "vq_rotation", "vq_ema_restart", "simvq", "fsq", "lfq", "bsq",
+             "residual_vq"}
+    assert {row.split("|")[1].strip() for row in table} == names
+    for name in names:
+        run = tmp_path / "runs" / f"{name}-1k-vqtok"
+        doc = json.loads((run / "codebook_history.json").read_text())
+        counts = np.load(run / "codebook_history.npz")["counts"]
+        # every test image's 7 x 7 tokens, once per residual stage, counted exactly once
+        stages = doc.get("num_stages", 1)
+        assert counts.sum() == 64 * 7 * 7 * stages
+        assert counts.shape == (1, doc["codebook_size"] * stages)
+        # the table's usage is the share of codes the test ids hit
+        row = next(r for r in table if r.split("|")[1].strip() == name)
+        usage = float(row.split("|")[5].strip().rstrip("%")) / 100
+        assert usage == pytest.approx((counts > 0).mean(), abs=1e-3)
+        tok = ImageTokenizer.from_pretrained(run / "tokenizer")
+        assert tok.codebook_size == doc["codebook_size"]
+    html = out.with_suffix(".html").read_text()  # one report page names every run
+    assert all(f"{name}-1k-vqtok" in html for name in names)
+
+
+@needs_fashion_mnist
+def test_collapse_study_reference_adapter_matches_vqtok_shapes(tmp_path: Path) -> None:
+    pytest.importorskip("vector_quantize_pytorch")
+    study = _collapse_study()
+    for name, factory in study.reference_quantizers("1k", quick=True).items():
+        ref = factory()
+        z = torch.randn(2, study.DIM, 7, 7)
+        out = ref(z)
+        assert out.z_q.shape == z.shape, name
+        stages = ref.num_stages
+        assert out.indices.shape == ((2, 7, 7, stages) if stages else (2, 7, 7)), name
+        assert 0 <= int(out.indices.min()) and int(out.indices.max()) < ref.codebook_size, name

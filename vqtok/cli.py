@@ -63,8 +63,37 @@ def vqtok_version() -> str:
 # ---- plain subcommands ----------------------------------------------------------------
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    """``vqtok export --onnx``: a checkpoint, tokenizer directory or Hub repo id as the two
+    graphs of :func:`vqtok.onnx_export.export_onnx`."""
+    from vqtok.formats.outputs import check_new_output
+    from vqtok.onnx_export import export_onnx, require_onnx
+    from vqtok.tokenizer import ImageTokenizer
+
+    require_onnx()  # before anything is loaded
+    source = Path(args.checkpoint)
+    check_new_output(args.out_dir, inputs=[source], overwrite=args.overwrite, folder=True)
+    if source.is_file():  # a training checkpoint: the one case that loads Lightning
+        from vqtok.training.checkpoint import load_tokenizer_module
+
+        module = load_tokenizer_module(source)
+        tokenizer = ImageTokenizer(module.model, normalization=module.normalization)
+    else:
+        tokenizer = ImageTokenizer.from_pretrained(args.checkpoint)
+    encoder, decoder = export_onnx(tokenizer, args.out_dir, overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {encoder} and {decoder}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from vqtok.formats.outputs import check_new_output
+
+    if args.onnx:
+        return _export_onnx(args)
+    if Path(args.checkpoint).is_dir():
+        raise ValueError(f"{args.checkpoint} is a folder; `vqtok export` turns a training "
+                         f"checkpoint (.ckpt) into a tokenizer directory (add --onnx to export "
+                         f"a tokenizer directory as ONNX)")
     from vqtok.training.checkpoint import load_tokenizer_module
 
     check_new_output(args.out_dir, inputs=[Path(args.checkpoint)], overwrite=args.overwrite,
@@ -178,10 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or Lightning info")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory")
-    p.add_argument("checkpoint", help="a .ckpt written by `vqtok fit`")
-    p.add_argument("out_dir", help="tokenizer directory to write (atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer")
+    p = sub.add_parser("export", help="export a training checkpoint as a tokenizer directory, "
+                       "or a tokenizer as ONNX (--onnx)")
+    p.add_argument("checkpoint", help="a .ckpt written by `vqtok fit`; with --onnx also a "
+                   "tokenizer directory or Hugging Face Hub repo id")
+    p.add_argument("out_dir", help="tokenizer directory to write (atomically); with --onnx "
+                   "the folder for encoder.onnx and decoder.onnx")
+    p.add_argument("--onnx", action="store_true", help="write encoder.onnx (pixels -> ids) and "
+                   "decoder.onnx (ids -> pixels) with dynamic batch and size (the onnx extra)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("encode", help="encode images to token ids (.npz)")
@@ -311,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # one line for the user; --debug shows the traceback
         if debug:
             raise
-        known = isinstance(err, (ValueError, FileNotFoundError))
+        from vqtok.extras import MissingExtraError
+
+        known = isinstance(err, (ValueError, FileNotFoundError, MissingExtraError))
         kind = "" if known else f"{type(err).__name__}: "
         print(f"vqtok {command}: error: {kind}{_first_line(err)}", file=sys.stderr)
         return 2 if known else 1

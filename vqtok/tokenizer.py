@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from vqtok.formats.hub import check_push, push_model_dir
 from vqtok.formats.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_NORMALIZATION,
@@ -149,23 +150,38 @@ class ImageTokenizer:
     def from_pretrained(
         cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
         batch_invariant: bool = True, max_pixels: int | None | str = "auto",
-        tile_size: int | None | str = "auto",
+        revision: str | None = None, tile_size: int | None | str = "auto",
     ) -> ImageTokenizer:
-        """Load a tokenizer directory (config.json + model.safetensors; no pickle).
+        """Load a tokenizer directory (config.json + model.safetensors; no pickle): a
+        local path, or a Hugging Face Hub repo id ``"org/name"`` at ``revision`` (branch,
+        tag or commit; needs the ``hub`` extra; see docs/formats.md#hugging-face-hub).
         Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
-        for a bad directory."""
+        for a bad directory or a repo id that cannot be resolved."""
         device = resolve_device(device)  # before reading anything
-        model, config = load_tokenizer_dir(path)
+        model, config = load_tokenizer_dir(path, revision=revision)
         return cls(model, device=device, normalization=normalization_of(config),
                    max_pixels=max_pixels, tile_size=tile_size,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
 
     def save_pretrained(
-        self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+        self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None, *,
+        push_to_hub: bool = False, repo_id: str | None = None, private: bool | None = None,
+        token: str | None = None, commit_message: str | None = None,
     ) -> Path:
-        """Write the tokenizer directory atomically (see :mod:`vqtok.formats.tokenizer_dir`)."""
-        return save_tokenizer_dir(self.model, path, normalization=self.normalization,
-                                  min_size=self.min_size, extra=extra)
+        """Write the tokenizer directory atomically (see :mod:`vqtok.formats.tokenizer_dir`).
+
+        ``push_to_hub=True`` then uploads it to the Hub model repo ``repo_id`` (default:
+        the directory's name, under the token's user), created if missing, in one commit
+        (:func:`vqtok.formats.hub.push_model_dir`; needs the ``hub`` extra)."""
+        repo_id = repo_id or Path(path).name
+        if push_to_hub:
+            check_push(repo_id)  # before writing anything
+        saved = save_tokenizer_dir(self.model, path, normalization=self.normalization,
+                                   min_size=self.min_size, extra=extra)
+        if push_to_hub:
+            push_model_dir(saved, repo_id, private=private, token=token,
+                           commit_message=commit_message)
+        return saved
 
     # ---- shape facts --------------------------------------------------------------------
     @property

@@ -212,6 +212,28 @@ def test_nearest_code_exact_ties_go_to_the_lowest_index() -> None:
         assert Fq.nearest_code(x, codebook, chunk_codes=codes).tolist() == [0, 0]
 
 
+def test_the_search_traced_for_export_gives_the_same_ids(monkeypatch) -> None:
+    """Under ``torch.compiler.is_exporting()`` (an ONNX export) the search runs without a
+    loop over the rows (docs/formats.md#onnx): same ids, same lowest-index ties, also
+    across its unrolled code tiles of 1,024."""
+    gen = torch.Generator().manual_seed(11)
+    codebook = torch.randn(2600, 5, generator=gen)  # three code tiles
+    codebook[1500] = codebook[7]  # exact duplicates in the second and third tiles
+    codebook[2100] = codebook[7]
+    near = codebook[torch.tensor([7, 1500, 2599, 1023, 1024])]
+    x = torch.cat([torch.randn(300, 5, generator=gen),
+                   near + 1e-4 * torch.randn(5, 5, generator=gen)])
+    want = Fq.nearest_code(x, codebook)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    got = Fq.nearest_code(x, codebook)
+    assert torch.equal(got, want)
+    assert got[300:].tolist() == [7, 7, 2599, 1023, 1024]
+    dist = _sq_dist_f64(x, codebook)
+    two = dist.topk(2, dim=1, largest=False).values
+    clear = (two[:, 1] - two[:, 0]) > 1e-4
+    assert torch.equal(got[clear], dist.argmin(dim=1)[clear])
+
+
 def test_row_max_first_index_matches_argmax_on_every_path() -> None:
     """The ramp trick (CPU float32/float64) and the argmax fallback (other dtypes) both
     give each row's maximum and the first index holding it."""

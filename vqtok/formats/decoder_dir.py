@@ -32,6 +32,7 @@ from typing import Any
 
 from vqtok import registry
 from vqtok.formats import model_dir
+from vqtok.formats.hub import resolve_model_dir
 from vqtok.formats.jsonfile import json_copy, read_json
 from vqtok.formats.model_dir import CONFIG_NAME, WEIGHTS_NAME
 from vqtok.formats.schema import (
@@ -210,16 +211,18 @@ def _check_grid(config: dict[str, Any], path: Path | str) -> None:
 
 
 def load_decoder_dir(
-    path: str | os.PathLike[str], device: str = "cpu"
+    path: str | os.PathLike[str], device: str = "cpu", revision: str | None = None
 ) -> tuple[MultimodalDecoder, Vocabulary, dict[str, Any]]:
     """Rebuild a decoder directory: ``(model in eval mode, vocabulary, config)``.
 
+    ``path``: a local directory, or a Hugging Face Hub repo id ``"org/name"`` at
+    ``revision`` (:func:`vqtok.formats.hub.resolve_model_dir`; the ``hub`` extra).
     Raises :class:`DecoderFormatError` (a ValueError) naming the file for a missing
     directory or file, invalid JSON, an unknown format or key, a class that is not a
     :class:`MultimodalDecoder`, a vocabulary that does not match the model, corrupt or
     foreign weights, or weights that do not match the model exactly (strict loading).
     """
-    root = Path(path)
+    root = resolve_model_dir(path, "decoder", DecoderFormatError, revision)
     config_path, config = model_dir.read_model_config(root, SPEC, "decoder",
                                                       DecoderFormatError)
     _check_grid(config, config_path)

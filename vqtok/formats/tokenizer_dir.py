@@ -34,6 +34,7 @@ from safetensors import safe_open
 
 from vqtok import registry
 from vqtok.formats import model_dir
+from vqtok.formats.hub import resolve_model_dir
 from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.jsonfile import json_copy, read_json
 from vqtok.formats.model_dir import CONFIG_NAME, MODULE_SPEC, WEIGHTS_NAME
@@ -142,15 +143,18 @@ def save_tokenizer_dir(
 
 
 def load_tokenizer_dir(
-    path: str | os.PathLike[str], device: str = "cpu"
+    path: str | os.PathLike[str], device: str = "cpu", revision: str | None = None
 ) -> tuple[VQAutoencoder, dict[str, Any]]:
     """Rebuild the model of a tokenizer directory: ``(model in eval mode, config)``.
 
+    ``path``: a local directory, or a Hugging Face Hub repo id ``"org/name"`` at
+    ``revision`` (:func:`vqtok.formats.hub.resolve_model_dir`; the ``hub`` extra).
     Raises :class:`TokenizerFormatError` naming the file for a missing directory or file,
     invalid JSON, an unknown format version or key, an unknown class, corrupt or foreign
-    weights, or weights that do not match the model exactly (strict loading).
+    weights, or weights that do not match the model exactly (strict loading); and for a
+    repo id that cannot be resolved.
     """
-    root = Path(path)
+    root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision)
     config_path, config = model_dir.read_model_config(root, SPEC, "tokenizer",
                                                       TokenizerFormatError)
     parts = {role: model_dir.build_module(config[role], role, config_path,
@@ -179,12 +183,12 @@ def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Pat
             )
 
 
-def fingerprint(tokenizer_dir: str | os.PathLike[str]) -> str:
+def fingerprint(tokenizer_dir: str | os.PathLike[str], revision: str | None = None) -> str:
     """SHA-256 of what a tokenizer's ids depend on: its config (modules, image and
     normalisation; not the free ``extra`` metadata, the vqtok version or the file checksum)
     and its tensors by name. Two exports of the same weights share it even when the files'
     bytes differ."""
-    root = Path(tokenizer_dir)
+    root = resolve_model_dir(tokenizer_dir, "tokenizer", TokenizerFormatError, revision)
     config = read_config(root / CONFIG_NAME)
     for key in ("extra", "vqtok_version", model_dir.WEIGHTS_SHA256):
         config.pop(key, None)

@@ -93,6 +93,8 @@ class Quantizer(nn.Module, ABC):
                 f"expected {self.dim} channels in dim 1, got shape {tuple(z.shape)} "
                 f"({z.shape[1]} channels)"
             )
+        if torch.compiler.is_exporting():
+            return  # a graph cannot branch on values (docs/formats.md#onnx)
         # One cheap pass: a NaN or inf anywhere makes the sum non-finite. Only then run the
         # exact check (a finite map can also overflow the sum), which takes three passes.
         if not torch.isfinite(z.detach().sum()) and not torch.isfinite(z).all():
@@ -117,6 +119,8 @@ class Quantizer(nn.Module, ABC):
                 f"expected a trailing stage axis of 1 to {stages} stages, got shape "
                 f"{tuple(indices.shape)} ({indices.shape[-1]} stages)"
             )
+        if torch.compiler.is_exporting():
+            return  # a graph cannot branch on values (docs/formats.md#onnx)
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
             raise ValueError(
                 f"ids must lie in [0, {self.codebook_size}), got values in "

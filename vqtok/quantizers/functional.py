@@ -84,6 +84,8 @@ def nearest_code(
     rows = chunk_rows or default_rows
     cols = min(k, chunk_codes or default_codes)
     neg_sq_norm = -codebook.pow(2).sum(dim=1)  # (K,)
+    if torch.compiler.is_exporting():
+        return _nearest_code_graph(x, codebook, neg_sq_norm, min(k, default_codes))
     ids = torch.empty(n, dtype=torch.long, device=x.device)
     if n == 0:
         return ids
@@ -109,6 +111,27 @@ def nearest_code(
                 best_id = torch.where(better, idx + first, best_id)
         ids[start : start + rows] = best_id
     return ids
+
+
+def _nearest_code_graph(x: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: int) -> Tensor:
+    """:func:`nearest_code` as a graph with no loop over the rows, whose number a graph
+    export leaves open (docs/formats.md#onnx): the same scores and running maximum over
+    code tiles of ``cols`` codes (unrolled; K is fixed), with the same lowest-index tie
+    rule. Memory is N x ``cols`` scores, in proportion to the rows as the encoder's own
+    activations are, and never N x K for K > ``cols``."""
+    best_score = best_id = None
+    for first in range(0, codebook.shape[0], cols):
+        scores = torch.addmm(neg_sq_norm[first:first + cols], x, codebook[first:first + cols].t(),
+                             beta=1.0, alpha=2.0)  # (N, cols)
+        score, idx = scores.max(dim=1)  # the first maximum on ties
+        if best_score is None:
+            best_score, best_id = score, idx
+        else:
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_id = torch.where(better, idx + first, best_id)
+    assert best_id is not None  # K >= 1
+    return best_id
 
 
 def _descending_ramp(cols: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
@@ -239,8 +262,14 @@ def fsq_quantize(z: Tensor, levels: Tensor) -> Tensor:
 
 
 def fsq_basis(levels: Tensor) -> Tensor:
-    """Mixed-radix place values prod_{j<i} L_j, ``(d,)`` int64."""
-    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0).long()
+    """Mixed-radix place values prod_{j<i} L_j, ``(d,)`` int64.
+
+    A running product over the d (a handful of) levels rather than ``cumprod``, which the
+    ONNX exporter cannot translate for integers (docs/formats.md#onnx)."""
+    places = [levels.new_ones(())]
+    for level in levels[:-1]:
+        places.append(places[-1] * level)
+    return torch.stack(places).long()
 
 
 def fsq_codes_to_indices(codes: Tensor, levels: Tensor) -> Tensor:
