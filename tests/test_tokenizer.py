@@ -307,3 +307,23 @@ def test_decode_accepts_one_grid_and_numpy(rgb: ImageTokenizer, grey: ImageToken
 def test_bad_batch_size(rgb: ImageTokenizer) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         rgb.encode(Image.new("RGB", (8, 8)), batch_size=0)
+
+
+def test_fixed_batches_do_not_depend_on_neighbours_or_places() -> None:
+    """Small images run in batches of a size fixed by the image size (module doc): an
+    image's ids are the same alone, in any order and beside any other images, and equal
+    the model's own forward pass on a batch of that size (an independent run)."""
+    rgb = ImageTokenizer(tiny_model(3, seed=2))
+    assert rgb.fixed_batch(32, 32) == 64 and rgb.fixed_batch(64, 64) == 16
+    assert rgb.fixed_batch(256, 256) is None  # large: per-sample kernels
+    assert ImageTokenizer(tiny_model(3), batch_invariant=False).fixed_batch(32, 32) is None
+    images = list(random_pixels((150, 32, 32, 3), seed=3))
+    alone = torch.cat([rgb.encode(im) for im in images[:5]])
+    together = rgb.encode(images, batch_size=150)  # three batches of 64, the last partial
+    order = np.random.default_rng(0).permutation(150)
+    shuffled = rgb.encode([images[i] for i in order], batch_size=150)
+    assert torch.equal(together[:5], alone)
+    assert torch.equal(shuffled[np.argsort(order)], together)
+    with torch.inference_mode():
+        by_model = rgb.model.encode(normalised(np.stack(images[:64]))).indices
+    assert torch.equal(together[:64], by_model)

@@ -109,9 +109,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels)
+                                               max_pixels=args.max_pixels,
+                                               tile_size=args.tile_size)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
-                           progress=not args.quiet, overwrite=args.overwrite)
+                           progress=not args.quiet, overwrite=args.overwrite,
+                           workers=args.workers)
     print(summary)
     # The good files' ids are saved either way; a non-zero status tells scripts some failed.
     return 1 if summary.failed else 0
@@ -122,7 +124,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from vqtok.tokenizer import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels)
+                                               max_pixels=args.max_pixels,
+                                               tile_size=args.tile_size)
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
                           progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(written)} images to {args.out}")
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode images to token ids (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that read images while the model runs (default: one per "
+                        "CPU core, at most 4, none for 64 files or fewer; 0: read here)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images")
@@ -283,14 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     """The options ``encode`` and ``decode`` share."""
-    from vqtok.formats.images import DEFAULT_MAX_PIXELS
+    from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
+    from vqtok.tokenizer import DEFAULT_TILE_SIZE
 
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS,
-                   help=f"the largest image, in pixels (default {DEFAULT_MAX_PIXELS:,}; memory "
-                        f"grows with it; 'none': no limit)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default 16; encode runs small images in fixed "
+                        "batches of up to 64 that depend on their size alone)")
+    p.add_argument("--max-pixels", type=_positive_or_word, default="auto",
+                   help=f"the largest image, in pixels (default 'auto': {TILED_MAX_PIXELS:,} "
+                        f"for a model that runs on tiles, else {DEFAULT_MAX_PIXELS:,}, as a "
+                        f"whole image's memory grows with it; 'none': no limit)")
+    p.add_argument("--tile-size", type=_positive_or_word, default="auto",
+                   help=f"run images with a side over N pixels on N x N tiles, with the same "
+                        f"result and the memory of one tile (default 'auto': "
+                        f"{DEFAULT_TILE_SIZE} when the model allows it; 'none': never)")
     _device_and_overwrite(p, "replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -301,9 +315,10 @@ def _device_and_overwrite(p: argparse.ArgumentParser, overwrite: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
-def _pixels(text: str) -> int | None:
-    if text.strip().lower() == "none":
-        return None
+def _positive_or_word(text: str) -> int | str | None:
+    """A positive count (``1,000`` and ``1_000`` too), ``none`` or ``auto``."""
+    if text.strip().lower() in ("none", "auto"):
+        return None if text.strip().lower() == "none" else "auto"
     value = int(text.replace(",", "").replace("_", ""))
     if value < 1:
         raise ValueError(text)

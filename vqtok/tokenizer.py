@@ -19,12 +19,30 @@ Conventions, all documented on the methods:
   Images smaller than ``min_size`` (one token, by default) on either side are refused.
 * **Determinism.** The same image gives the same ids and pixels whatever batch it is in.
   On the CPU, PyTorch runs a batch of one through different conv kernels than a larger
-  batch (oneDNN and NNPACK are picked by batch size), which changes low bits; the
-  tokenizer therefore turns oneDNN and NNPACK off while it runs, so every conv goes
-  through the per-sample im2col + GEMM kernel, whose result does not depend on the batch.
+  batch (oneDNN and NNPACK are picked by batch size), which changes low bits. The
+  tokenizer therefore never lets the batch a caller passes choose the kernels:
+
+  - Small images (at most :data:`BATCH_PIXELS` / 2 pixels once padded) are encoded in
+    batches of a fixed size that depends on the image size alone,
+    ``min(64, BATCH_PIXELS // (H * W))``, channels-last; a partial batch is filled with
+    blank images. Torch's fastest kernels (oneDNN) then always see the same shapes, and
+    they compute each image of a batch by itself: its ids depend neither on its
+    neighbours nor on its place (tests check both).
+  - Larger images, tiles and all decoding turn oneDNN and NNPACK off while they run, so
+    every conv goes through the per-sample im2col + GEMM kernel, whose result depends
+    neither on the batch nor on the size of the input around a position.
+
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
   The flags are process-wide while a call runs, and restored after it.
+* **Tiles.** An image with a side over ``tile_size`` pixels is encoded and decoded tile by
+  tile, so the model's memory stays that of one tile whatever the image size. Each tile is
+  run with a halo around it that covers the model's receptive field, computed from its
+  layers (:func:`vqtok.models.receptive.receptive_radius`), and only the tile's own
+  positions are kept: ids and pixels equal those of the whole image bit for bit (the
+  per-sample kernels above give each position the same arithmetic in any input size).
+  Models with GroupNorm or self-attention mix all positions and are never tiled
+  (docs/architecture.md#tiled-inference).
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from vqtok.formats.hub import check_push, push_model_dir
 from vqtok.formats.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_NORMALIZATION,
+    TILED_MAX_PIXELS,
     Normalization,
     check_pixels,
     to_uint8_pixels,
@@ -56,11 +75,21 @@ from vqtok.formats.tokenizer_dir import (
     save_tokenizer_dir,
 )
 from vqtok.models.autoencoder import VQAutoencoder
+from vqtok.models.receptive import NotTileableError, receptive_radius
 
 ImageLike = Image.Image | np.ndarray | Tensor
 Images = ImageLike | Sequence[ImageLike]
 Size = tuple[int, int]  # (height, width) in pixels
+Span = tuple[int, int, int, int]  # (start, stop) of a tile's own positions, then of its crop
 
+BATCH_PIXELS = 1 << 16
+"""Pixels per fixed batch of small images (module doc): 64 images of 32 x 32."""
+MAX_FIXED_BATCH = 64
+
+DEFAULT_TILE_SIZE = 512
+"""Images with a side over this many pixels are run on tiles of this side (plus halo).
+With it a 4000 x 3000 photo through ``checkpoints/photos_fsq`` peaks at 1.1 GiB of RSS
+when encoded and 1.35 GiB when decoded (the process, image buffers included)."""
 
 
 class ImageTokenizer:
@@ -77,8 +106,15 @@ class ImageTokenizer:
             uses torch's fastest kernels (1.7-1.9x faster on the CPU for a 64-channel
             model at 128 px, measured here) at the risk of rare low-bit differences.
         max_pixels: the largest image, in pixels, that is encoded or decoded (checked
-            before anything is allocated; ``None``: no limit). Memory grows with the
-            pixels of one image (:data:`~vqtok.formats.images.DEFAULT_MAX_PIXELS`).
+            before anything is allocated; ``None``: no limit). ``"auto"``:
+            :data:`~vqtok.formats.images.TILED_MAX_PIXELS` when the model runs on tiles,
+            else :data:`~vqtok.formats.images.DEFAULT_MAX_PIXELS` (whole images cost
+            memory in proportion to their pixels).
+        tile_size: images with a side over this many pixels (rounded down to a multiple
+            of the downsampling factor) are encoded and decoded on tiles of this side, with
+            the same result (module doc). ``"auto"``: :data:`DEFAULT_TILE_SIZE` when the
+            model allows tiling, else ``None`` (never tile). A number for a model with
+            GroupNorm or self-attention is refused with a ValueError.
     """
 
     def __init__(
@@ -89,13 +125,18 @@ class ImageTokenizer:
         normalization: Normalization = DEFAULT_NORMALIZATION,
         min_size: int | None = None,
         batch_invariant: bool = True,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None | str = "auto",
+        tile_size: int | None | str = "auto",
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+        self.halo, self.tile_size = _tiling(model, tile_size)
+        if max_pixels == "auto":
+            max_pixels = DEFAULT_MAX_PIXELS if self.tile_size is None else TILED_MAX_PIXELS
         if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
-            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-        self.max_pixels = max_pixels
+            raise ValueError(f"max_pixels must be a positive int, None or 'auto', got "
+                             f"{max_pixels!r}")
+        self.max_pixels: int | None = max_pixels
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.normalization = normalization
@@ -108,8 +149,8 @@ class ImageTokenizer:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-        batch_invariant: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        revision: str | None = None,
+        batch_invariant: bool = True, max_pixels: int | None | str = "auto",
+        revision: str | None = None, tile_size: int | None | str = "auto",
     ) -> ImageTokenizer:
         """Load a tokenizer directory (config.json + model.safetensors; no pickle): a
         local path, or a Hugging Face Hub repo id ``"org/name"`` at ``revision`` (branch,
@@ -119,7 +160,7 @@ class ImageTokenizer:
         device = resolve_device(device)  # before reading anything
         model, config = load_tokenizer_dir(path, revision=revision)
         return cls(model, device=device, normalization=normalization_of(config),
-                   max_pixels=max_pixels,
+                   max_pixels=max_pixels, tile_size=tile_size,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)
 
     def save_pretrained(
@@ -177,17 +218,21 @@ class ImageTokenizer:
         if isinstance(image, Tensor):
             check_pixels(image.shape[-1], image.shape[-2], self.max_pixels, "the image")
             return self._check_tensor(image)
-        if isinstance(image, (Image.Image, np.ndarray)):
-            width, height = image.size if isinstance(image, Image.Image) else (
-                image.shape[1] if image.ndim > 1 else 1, image.shape[0])
-            check_pixels(width, height, self.max_pixels, "the image")
-            pixels = to_uint8_pixels(image, self.channels)  # (H, W, C) uint8
-        else:
+        return self.normalization.to_model(self.pixels(image))
+
+    def pixels(self, image: Image.Image | np.ndarray) -> Tensor:
+        """A PIL image or numpy array -> its checked uint8 pixels ``(C, H, W)``, what
+        :meth:`preprocess` normalises (a quarter of the float input's bytes, for passing
+        between processes)."""
+        if not isinstance(image, (Image.Image, np.ndarray)):
             raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
                 f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}"
             )
+        width, height = image.size if isinstance(image, Image.Image) else (
+            image.shape[1] if image.ndim > 1 else 1, image.shape[0])
+        check_pixels(width, height, self.max_pixels, "the image")
+        pixels = to_uint8_pixels(image, self.channels)  # (H, W, C) uint8
         x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (C, H, W)
-        x = self.normalization.to_model(x)
         self._check_size(tuple(x.shape[1:]))
         return x
 
@@ -215,21 +260,25 @@ class ImageTokenizer:
     def encode_each(self, images: Images, batch_size: int = 16) -> list[tuple[Tensor, Size]]:
         """Images of any sizes -> ``[(ids (h_i, w_i), (height_i, width_i)), ...]``.
 
-        Runs ``batch_size`` images at a time; within a batch, images with the same padded
-        size share one forward pass.
+        Runs ``batch_size`` images at a time (small images: up to a fixed batch of them,
+        :meth:`fixed_batch`, so none of it is filled with blanks needlessly); within a
+        batch, images with the same padded size share one forward pass.
         """
         items = split_images(images)
         _check_batch_size(batch_size)
         results: list[tuple[Tensor, Size]] = []
-        for start in range(0, len(items), batch_size):
-            chunk = []
-            for i, item in enumerate(items[start:start + batch_size], start):
-                try:
-                    chunk.append(self.preprocess(item))
-                except ValueError as err:
-                    raise ValueError(f"image {i}: {err}") from err
-            results += self.encode_tensors(chunk)
-        return results
+        chunk: list[Tensor] = []
+        for i, item in enumerate(items):
+            try:
+                chunk.append(self.preprocess(item))
+            except ValueError as err:
+                raise ValueError(f"image {i}: {err}") from err
+            pixels = sum(x.shape[1] * x.shape[2] for x in chunk)
+            if len(chunk) >= batch_size and (len(chunk) >= MAX_FIXED_BATCH or
+                                             pixels >= BATCH_PIXELS):
+                results += self.encode_tensors(chunk)
+                chunk = []
+        return results + (self.encode_tensors(chunk) if chunk else [])
 
     def encode_tensors(self, tensors: Sequence[Tensor]) -> list[tuple[Tensor, Size]]:
         """Already preprocessed ``(C, H, W)`` tensors -> ``[(ids (h, w), (H, W)), ...]``
@@ -240,9 +289,19 @@ class ImageTokenizer:
         for i, x in enumerate(tensors):
             groups.setdefault(self._padded(tuple(x.shape[1:])), []).append(i)
         for (hp, wp), members in groups.items():
+            if self._tiled(hp, wp):
+                for i in members:
+                    out[i] = (self._encode_tiled(pad_to(tensors[i], hp, wp)),
+                              tuple(tensors[i].shape[1:]))
+                continue
             batch = torch.stack([pad_to(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
-            with self._kernels():
-                ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
+            fixed = self.fixed_batch(hp, wp)
+            if fixed is None:
+                with self._kernels():
+                    ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
+            else:
+                ids = torch.cat([self._encode_fixed(batch[j:j + fixed], fixed)
+                                 for j in range(0, len(members), fixed)])
             if tuple(ids.shape[1:3]) != (hp // f, wp // f):
                 raise RuntimeError(f"model gave a token grid {tuple(ids.shape[1:3])} for a "
                                    f"{hp}x{wp} input; expected {(hp // f, wp // f)}")
@@ -250,6 +309,25 @@ class ImageTokenizer:
                 # clone outside inference mode: callers get ordinary, writable tensors
                 out[i] = (ids[j].to("cpu", torch.int64).clone(), tuple(tensors[i].shape[1:]))
         return out  # type: ignore[return-value]
+
+    def fixed_batch(self, height: int, width: int) -> int | None:
+        """Images per pass for a padded ``height x width`` size when such images are encoded
+        in fixed batches (module doc), else None (per-sample kernels)."""
+        if not self.batch_invariant or self.device.type != "cpu":
+            return None
+        size = min(MAX_FIXED_BATCH, BATCH_PIXELS // (height * width))
+        return size if size >= 2 else None
+
+    def _encode_fixed(self, batch: Tensor, size: int) -> Tensor:
+        """Ids of ``n <= size`` padded images, run as a batch of exactly ``size``."""
+        n = batch.shape[0]
+        if n < size:
+            batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
+        batch = batch.to(next(self.model.parameters()).dtype)
+        self.model.eval()
+        with torch.inference_mode():
+            ids = self.model.encode(batch.contiguous(memory_format=torch.channels_last)).indices
+        return ids[:n]
 
     # ---- decode -------------------------------------------------------------------------
     def decode(
@@ -268,8 +346,8 @@ class ImageTokenizer:
             raise ValueError(f"decoding to PIL needs a 1- or 3-channel model, this one has "
                              f"{self.channels} channels")
         images: list[Image.Image] = []
-        for x_hat in self._decode_chunks(grid, batch_size):
-            pixels = self.to_uint8(x_hat).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
+        for pixels in self._decode_chunks(grid, batch_size, self.to_uint8):
+            pixels = pixels.permute(0, 2, 3, 1).numpy()  # (n, H, W, C) uint8
             for arr, (height, width) in zip(pixels, crops[len(images):]):
                 arr = arr[:height, :width]
                 images.append(Image.fromarray(arr[..., 0] if self.channels == 1 else arr))
@@ -279,17 +357,69 @@ class ImageTokenizer:
         """Ids ``(B, h, w)`` or ``(h, w)`` -> float32 ``(B, C, h * f, w * f)`` on the CPU in
         the model's input space (uncropped, unrounded); validated as in :meth:`decode`."""
         grid = self._check_ids(ids)
-        chunks = list(self._decode_chunks(grid, batch_size))
+        chunks = list(self._decode_chunks(grid, batch_size, _to_cpu_float))
         f = self.downsample_factor
         empty = torch.zeros(0, self.channels, grid.shape[1] * f, grid.shape[2] * f)
         return torch.cat(chunks) if chunks else empty
 
-    def _decode_chunks(self, grid: Tensor, batch_size: int) -> Iterator[Tensor]:
+    def _decode_chunks(self, grid: Tensor, batch_size: int, convert: Any) -> Iterator[Tensor]:
+        """``convert``-ed images ``(n, C, h*f, w*f)``, ``batch_size`` grids at a time, or
+        one at a time on tiles."""
         _check_batch_size(batch_size)
+        f = self.downsample_factor
+        if self._tiled(grid.shape[1] * f, grid.shape[2] * f):
+            for one in grid:
+                yield self._decode_tiled(one, convert)[None]
+            return
         for start in range(0, grid.shape[0], batch_size):
             with self._kernels():
                 x_hat = self._run(self.model.decode_indices, grid[start:start + batch_size])
-            yield x_hat.to("cpu", torch.float32).clone()  # (n, C, h*f, w*f)
+            yield convert(x_hat)  # (n, C, h*f, w*f)
+
+    # ---- tiles --------------------------------------------------------------------------
+    def _tiled(self, height: int, width: int) -> bool:
+        """Whether a padded ``height x width`` image runs on tiles."""
+        return self.tile_size is not None and max(height, width) > self.tile_size
+
+    def _tiles(self, h: int, w: int, halo: int) -> Iterator[tuple[Span, Span]]:
+        """Row and column spans, in tokens, of every tile of an ``h x w`` token grid."""
+        size = self.tile_size // self.downsample_factor  # type: ignore[operator]
+        for rows in tile_spans(h, size, halo):
+            for cols in tile_spans(w, size, halo):
+                yield rows, cols
+
+    def _encode_tiled(self, x: Tensor) -> Tensor:
+        """One padded image ``(C, H, W)`` -> ids ``(h, w)`` (or ``(h, w, S)``), a tile at
+        a time: each tile's crop reaches ``halo[0]`` tokens past it on every side (less at
+        the image's border, where the whole image's zero padding begins too)."""
+        f = self.downsample_factor
+        h, w = x.shape[1] // f, x.shape[2] // f
+        ids: Tensor | None = None
+        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[0]):
+            crop = x[None, :, cr0 * f:cr1 * f, cc0 * f:cc1 * f]
+            with self._kernels():
+                part = self._run(lambda b: self.model.encode(b).indices, crop)[0]
+            part = part[r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0].to("cpu", torch.int64)
+            if ids is None:
+                ids = torch.empty((h, w, *part.shape[2:]), dtype=torch.int64)
+            ids[r0:r1, c0:c1] = part
+        return ids  # type: ignore[return-value]
+
+    def _decode_tiled(self, grid: Tensor, convert: Any) -> Tensor:
+        """One token grid ``(h, w)`` (or ``(h, w, s)``) -> ``convert``-ed image
+        ``(C, h * f, w * f)``, a tile at a time with a halo of ``halo[1]`` tokens."""
+        f = self.downsample_factor
+        h, w = grid.shape[:2]
+        image: Tensor | None = None
+        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[1]):
+            with self._kernels():
+                part = self._run(self.model.decode_indices, grid[None, cr0:cr1, cc0:cc1])
+            piece = convert(part[:, :, (r0 - cr0) * f:(r1 - cr0) * f,
+                                 (c0 - cc0) * f:(c1 - cc0) * f])[0]
+            if image is None:
+                image = torch.empty((piece.shape[0], h * f, w * f), dtype=piece.dtype)
+            image[:, r0 * f:r1 * f, c0 * f:c1 * f] = piece
+        return image  # type: ignore[return-value]
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space images -> uint8 pixels on the CPU: ``round((x * std + mean) * 255)``
@@ -394,6 +524,45 @@ class ImageTokenizer:
             yield
 
 
+def tile_spans(n: int, size: int, halo: int) -> list[Span]:
+    """Cut ``n`` positions into tiles of ``size`` (the last may be shorter):
+    ``(start, stop, crop_start, crop_stop)`` with the crop reaching ``halo`` positions
+    past the tile on each side, clipped to ``[0, n)``."""
+    return [(start, min(n, start + size), max(0, start - halo), min(n, start + size + halo))
+            for start in range(0, n, size)]
+
+
+def _tiling(model: VQAutoencoder, tile_size: int | None | str
+            ) -> tuple[tuple[int, int] | None, int | None]:
+    """``(halo, tile_size)``: the halo in tokens of the encoder and of the decoder (None
+    when the model cannot be tiled) and the tile side in pixels (None: never tile)."""
+    f = model.downsample_factor
+    try:
+        # The encoder's window is in pixels, the decoder's in tokens; one more token covers
+        # the rounding of nearest-neighbour upsampling (docs/architecture.md#tiled-inference).
+        halo: tuple[int, int] | None = (math.ceil(receptive_radius(model.encoder) / f),
+                                        math.ceil(receptive_radius(model.decoder)) + 1)
+        reason = ""
+    except NotTileableError as err:
+        halo, reason = None, str(err)
+    if tile_size == "auto":
+        return halo, (None if halo is None else max(f, DEFAULT_TILE_SIZE // f * f))
+    if tile_size is None:
+        return halo, None
+    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < f:
+        raise ValueError(f"tile_size must be an int >= the downsampling factor {f}, None or "
+                         f"'auto', got {tile_size!r}")
+    if halo is None:
+        raise ValueError(f"tile_size={tile_size}: this model cannot run on tiles: {reason}; "
+                         f"use no tiling (tile_size None, --tile-size none)")
+    return halo, tile_size // f * f
+
+
+def _to_cpu_float(x: Tensor) -> Tensor:
+    """Model output -> an ordinary float32 CPU tensor (cloned outside inference mode)."""
+    return x.to("cpu", torch.float32).clone()
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device that exists here; a ValueError that says why not."""
     try:
@@ -467,4 +636,5 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-__all__ = ["ImageTokenizer", "resolve_device", "split_images"]
+__all__ = ["BATCH_PIXELS", "DEFAULT_TILE_SIZE", "ImageTokenizer", "resolve_device", "split_images",
+           "tile_spans"]

@@ -188,3 +188,39 @@ def test_failed_write_keeps_previous_npz(tmp_path: Path, tok: ImageTokenizer,
         encode_files([tmp_path / "a.png"], tok, npz, progress=False, overwrite=True)
     assert npz.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "t.npz"]
+
+
+def test_loader_workers_give_the_same_file(folder: Path, tok: ImageTokenizer,
+                                           tmp_path: Path) -> None:
+    """Images read in two worker processes, bad files among them, give the file that
+    reading them here gives."""
+    here = encode_files([folder], tok, tmp_path / "here.npz", progress=False, workers=0)
+    there = encode_files([folder], tok, tmp_path / "there.npz", progress=False, workers=2)
+    assert here.failed == there.failed and len(there.failed) == len(BAD)
+    a, b = read_tokens(tmp_path / "here.npz"), read_tokens(tmp_path / "there.npz")
+    assert a.names == b.names and a.sizes == b.sizes
+    assert all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))
+    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+        encode_files([folder], tok, tmp_path / "x.npz", progress=False, workers=-1)
+
+
+def test_large_images_are_read_alone_in_the_main_process(folder: Path, tok: ImageTokenizer,
+                                                         tmp_path: Path, monkeypatch) -> None:
+    """Images over ALONE_PIXELS skip the workers and the buckets, and get the same ids."""
+    from vqtok.apps import files
+
+    before = encode_files([folder], tok, tmp_path / "a.npz", progress=False, workers=0)
+    monkeypatch.setattr(files, "ALONE_PIXELS", 300)  # sub/c.png, 30 x 27, is now large
+    read_here: list[str] = []
+    real = files.load_image
+
+    def spy(path, *args, **kwargs):
+        read_here.append(Path(path).name)  # only this process's reads reach this list
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "load_image", spy)
+    after = encode_files([folder], tok, tmp_path / "b.npz", progress=False, workers=2)
+    assert read_here == ["c.png"]
+    assert after.failed == before.failed
+    a, b = read_tokens(tmp_path / "a.npz"), read_tokens(tmp_path / "b.npz")
+    assert a.names == b.names and all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))

@@ -7,6 +7,7 @@ The ``.npz`` layout is :mod:`vqtok.formats.tokens`; files are read by
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
-from vqtok.formats.images import check_pixels, image_files, load_image
+from vqtok.formats.images import IMAGE_FORMATS, check_pixels, image_files, load_image
 from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
@@ -74,57 +77,150 @@ def encode_files(
     batch_size: int = 16,
     progress: bool = True,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> EncodeSummary:
-    """Encode image files and folders to ``out_npz``, ``batch_size`` files at a time.
+    """Encode image files and folders to ``out_npz``.
+
+    Files stream through a torch DataLoader: ``workers`` processes (default: one per CPU
+    core, at most 4, none for a single chunk of files) read and convert images in chunks
+    of :data:`LOAD_CHUNK` while this process runs the model. Images wait in one bucket
+    per padded size until the bucket holds a batch (``batch_size`` images, or the fixed
+    batch the tokenizer uses for that size, :meth:`ImageTokenizer.fixed_batch`), so a
+    forward pass never mixes sizes; the ids of an image do not depend on its batch.
+    Images over :data:`ALONE_PIXELS` are read here instead, one at a time when their turn
+    comes, and encoded at once (on tiles, if the model allows): memory stays bounded
+    whatever the images' sizes.
 
     ``out_npz`` may not be one of the images, nor exist unless ``overwrite``: that is
     checked before anything is read. A file that cannot be read or encoded for any reason
     (truncated, not an image, over the tokenizer's pixel budget, smaller than one token,
     out of memory) is logged, listed in the summary and in the ``.npz``, and the others
-    go on. The ``.npz`` is written to a temporary file and renamed into place.
+    go on. The ``.npz`` lists images in the order of the files found and is written to a
+    temporary file and renamed into place.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be an int >= 0 or None, got {workers!r}")
     files = find_images(paths_or_folders)
     out = check_new_output(out_npz, inputs=[path for path, _ in files], overwrite=overwrite)
-    names: list[str] = []
-    paths: list[str] = []
-    sizes: list[tuple[int, int]] = []
-    grids: list[np.ndarray] = []
-    failed: list[tuple[str, str]] = []
+    done: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
+    failed: dict[int, tuple[str, str]] = {}
 
-    def fail(path: Path, err: BaseException) -> None:
-        reason = str(err).removeprefix(f"{path}: ") or type(err).__name__
+    def fail(i: int, reason: str) -> None:
+        path = files[i][0]
+        reason = reason.removeprefix(f"{path}: ")
         log.warning("skipping %s: %s", path, reason)
-        failed.append((str(path), reason))
+        failed[i] = (str(path), reason)
 
+    buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+
+    def flush(key: tuple[int, int], bar: tqdm) -> None:
+        encode(buckets.pop(key), bar)
+
+    def encode(members: list[tuple[int, torch.Tensor]], bar: tqdm) -> None:
+        inputs = [tokenizer.normalization.to_model(pixels) for _, pixels in members]
+        for (i, _), result in zip(members, _encode_each(tokenizer, inputs)):
+            if isinstance(result, BaseException):
+                fail(i, str(result) or type(result).__name__)
+            else:
+                done[i] = result
+        bar.update(len(members))
+
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if len(files) > LOAD_CHUNK else 0
+    loader = DataLoader(_FileChunks(files, tokenizer), batch_size=None, num_workers=workers,
+                        collate_fn=_as_is, prefetch_factor=2 if workers else None)
     with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk, inputs = [], []
-            for path, name in files[start:start + batch_size]:
-                try:
-                    check_plain_name(name, str(path))  # decode writes <out>/<name>.png
-                    image = load_image(path, max_pixels=tokenizer.max_pixels)
-                    inputs.append(tokenizer.preprocess(image))
-                    chunk.append((path, name))
-                except Exception as err:  # noqa: BLE001 - any failure skips the file only
-                    fail(path, err)
-            for (path, name), result in zip(chunk, _encode_each(tokenizer, inputs)):
-                if isinstance(result, BaseException):
-                    fail(path, result)
+        for chunk in loader:
+            for i, item in chunk:
+                if item is None:  # a large image: read it here, now
+                    try:
+                        item = tokenizer.pixels(load_image(files[i][0],
+                                                           max_pixels=tokenizer.max_pixels))
+                    except Exception as err:  # noqa: BLE001 - any failure skips the file only
+                        item = str(err) or type(err).__name__
+                    if not isinstance(item, str):
+                        encode([(i, item)], bar)
+                        continue
+                if isinstance(item, str):
+                    fail(i, item)
+                    bar.update(1)
                     continue
-                ids, size = result
-                names.append(name)
-                paths.append(str(path))
-                sizes.append(size)
-                grids.append(ids.numpy())
-            bar.update(len(files[start:start + batch_size]))
-    out = write_tokens(out, names=names, paths=paths, sizes=sizes, grids=grids,
-                       failed=failed, codebook_size=tokenizer.codebook_size,
+                h, w = tokenizer.tokens_shape(*item.shape[1:])
+                key = (h * tokenizer.downsample_factor, w * tokenizer.downsample_factor)
+                buckets.setdefault(key, []).append((i, item))
+                if len(buckets[key]) >= (tokenizer.fixed_batch(*key) or batch_size):
+                    flush(key, bar)
+            pending = sum(x.numel() for bucket in buckets.values() for _, x in bucket)
+            if pending > PENDING_VALUES:  # many sizes: bound the memory they hold
+                for key in list(buckets):
+                    flush(key, bar)
+        for key in list(buckets):
+            flush(key, bar)
+    order = sorted(done)
+    grids = [done[i][0].numpy() for i in order]
+    out = write_tokens(out, names=[files[i][1] for i in order],
+                       paths=[str(files[i][0]) for i in order],
+                       sizes=[done[i][1] for i in order], grids=grids,
+                       failed=[failed[i] for i in sorted(failed)],
+                       codebook_size=tokenizer.codebook_size,
                        downsample_factor=tokenizer.downsample_factor,
                        num_stages=tokenizer.num_stages)
-    return EncodeSummary(out_path=out, encoded=len(names),
-                         tokens=int(sum(g.size for g in grids)), failed=failed)
+    return EncodeSummary(out_path=out, encoded=len(order),
+                         tokens=int(sum(g.size for g in grids)),
+                         failed=[failed[i] for i in sorted(failed)])
+
+
+LOAD_CHUNK = 64
+"""Files a loader worker reads per task."""
+ALONE_PIXELS = 1 << 20
+"""Images over this many pixels (from the file's header) skip the loader workers and the
+buckets: they are read and encoded one at a time."""
+PENDING_VALUES = 1 << 26
+"""uint8 values (64 MiB) of decoded images that may wait for a full batch before every
+bucket is encoded."""
+
+
+class _FileChunks(Dataset):
+    """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker."""
+
+    def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer) -> None:
+        self.files = files
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.files) / LOAD_CHUNK)
+
+    def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str | None]]:
+        chunk: list[tuple[int, torch.Tensor | str | None]] = []
+        for i in range(k * LOAD_CHUNK, min(len(self.files), (k + 1) * LOAD_CHUNK)):
+            path, name = self.files[i]
+            try:
+                check_plain_name(name, str(path))  # decode writes <out>/<name>.png
+                if _pixels_in_header(path) > ALONE_PIXELS:
+                    chunk.append((i, None))  # read in the main process, alone
+                    continue
+                image = load_image(path, max_pixels=self.tokenizer.max_pixels)
+                chunk.append((i, self.tokenizer.pixels(image)))
+            except Exception as err:  # noqa: BLE001 - any failure skips the file only
+                chunk.append((i, str(err) or type(err).__name__))
+        return chunk
+
+
+def _as_is(chunk: list) -> list:
+    return chunk
+
+
+def _pixels_in_header(path: Path) -> int:
+    """Width x height from the image's header (nothing decoded); 0 when it cannot be read
+    (the full read then says why)."""
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001 - load_image reports the problem
+        return 0
 
 
 def _encode_each(tokenizer: ImageTokenizer, inputs: list[torch.Tensor]

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_NORMALIZATION",
     "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
+    "TILED_MAX_PIXELS",
     "Normalization",
     "check_pixels",
     "image_files",
@@ -51,7 +52,12 @@ DEFAULT_MAX_PIXELS = 1 << 21
 """The pixel budget of one image (2,097,152 pixels: 2048 x 1024, a 1920 x 1080 frame fits),
 checked before an image is decoded or allocated. Encoding a whole image of that size with
 ``checkpoints/photos_fsq`` peaks near 3.5 GiB and decoding one near 6 GiB on this 24 GiB
-machine (measured at 1 and 4 megapixels); ``None`` lifts the limit."""
+machine (measured at 1 and 4 megapixels); ``None`` lifts the limit. It is the default of
+models that cannot run on tiles (:data:`TILED_MAX_PIXELS` is that of the others)."""
+TILED_MAX_PIXELS = 1 << 26
+"""The pixel budget of one image for a tokenizer that runs its model on tiles
+(67,108,864 pixels: 8192 x 8192). The model's memory no longer grows with the image, but
+the image itself does: at this size its float32 copy alone takes 0.8 GB."""
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
