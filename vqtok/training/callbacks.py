@@ -55,7 +55,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_last_now(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None or trainer.global_step == 0 or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.last_path())
+        trainer.save_checkpoint(self.last_path(), weights_only=False)
         self.last_model_path = str(self.last_path())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
