@@ -106,3 +106,11 @@ def vqtok_cli(args: list[str], cwd: Path, timeout: float = 300,
     return subprocess.run([str(Path(sys.executable).with_name("vqtok")), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, check=False,
                           timeout=timeout)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device on this machine")),
+]
+"""Devices a test runs on: the CPU always, CUDA where a GPU is present."""
