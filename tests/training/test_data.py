@@ -462,14 +462,21 @@ def test_random_crops_and_shuffling_resume_mid_epoch() -> None:
 def test_random_crops_differ_between_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     from vqtok.data import images
 
-    def first_crops(rank: int) -> torch.Tensor:
+    def first_crops(rank: int, state: dict | None = None) -> tuple[torch.Tensor, dict]:
         monkeypatch.setattr(images.dist, "is_initialized", lambda: True)
         monkeypatch.setattr(images.dist, "get_rank", lambda: rank)
         ds = PhotoPatches(split="train", patch_size=16, num_patches=8, seed=0)
-        return torch.stack([ds[i][0] for i in range(8)])
+        if state is not None:
+            ds.load_state_dict(state)
+        return torch.stack([ds[i][0] for i in range(8)]), ds.state_dict()
 
-    rank0, rank1, rank0_again = first_crops(0), first_crops(1), first_crops(0)
+    (rank0, state0), (rank1, _), (rank0_again, _) = first_crops(0), first_crops(1), first_crops(0)
     assert torch.equal(rank0, rank0_again) and not torch.equal(rank0, rank1)
+    # resumed from rank 0's saved state (what a multi-process checkpoint holds), rank 0
+    # continues its stream and rank 1 does not copy it
+    next0, _ = first_crops(0, state0)
+    next1, _ = first_crops(1, state0)
+    assert not torch.equal(next0, rank0) and not torch.equal(next0, next1)
 
 
 def test_fashion_mnist_datamodule_batches(tmp_path: Path) -> None:

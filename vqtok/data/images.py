@@ -164,12 +164,15 @@ class PhotoPatches(Dataset):
         self.seed = seed
         self._generator: torch.Generator | None = None
 
-    def _crop_generator(self) -> torch.Generator:
+    @staticmethod
+    def _rank() -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def _crop_generator(self, *extra: int) -> torch.Generator:
         """This process's generator of random crops (class doc), made at its first use."""
         if self._generator is None:
             worker = torch.utils.data.get_worker_info()
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            entropy = [self.seed, rank, 0 if worker is None else worker.id]
+            entropy = [self.seed, self._rank(), 0 if worker is None else worker.id, *extra]
             seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
             self._generator = torch.Generator().manual_seed(seed)
         return self._generator
@@ -178,13 +181,24 @@ class PhotoPatches(Dataset):
         # A worker process makes its own generator (its own seed) rather than a copy of ours.
         return {**self.__dict__, "_generator": None}
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The random-crop generator's state (empty before the first random crop)."""
-        return {} if self._generator is None else {"generator": self._generator.get_state()}
+    def state_dict(self) -> dict[str, Tensor | int]:
+        """The random-crop generator's state and this process's rank (empty before the
+        first random crop)."""
+        if self._generator is None:
+            return {}
+        return {"generator": self._generator.get_state(), "rank": self._rank()}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if "generator" in state:
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        if "generator" not in state:
+            return
+        if state.get("rank", 0) == self._rank():
             self._crop_generator().set_state(state["generator"])
+            return
+        # Another rank's state (a multi-process checkpoint holds rank 0's loader state):
+        # continue from a stream of this rank's own, moved on by the saved position, so
+        # ranks never draw the same crops (docs/training.md#exact-resume).
+        self._generator = None
+        self._crop_generator(int(state["generator"].sum()))
 
     def _fixed_crops(self, seed: int) -> np.ndarray:
         """``(num_patches, 3)`` rows of (photo, top, left), fixed by ``seed``."""
