@@ -36,8 +36,9 @@ ARCH = {"channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 1
 
 def model(quantizer: str) -> VQAutoencoder:
     torch.manual_seed(0)
-    q = (VectorQuantizer(1000, 16, ema_decay=0.99, restart_threshold=0.001)
-         if quantizer == "vq_ema" else FSQ([8, 5, 5, 5], dim=16))
+    q = {"vq_ema": lambda: VectorQuantizer(1000, 16, ema_decay=0.99, restart_threshold=0.001),
+         "vq_ste": lambda: VectorQuantizer(1000, 16),
+         "fsq": lambda: FSQ([8, 5, 5, 5], dim=16)}[quantizer]()
     return VQAutoencoder(Encoder(in_channels=1, **ARCH), q, Decoder(out_channels=1, **ARCH))
 
 
@@ -118,7 +119,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--quantizers", nargs="+", default=["fsq", "vq_ema"])
+    parser.add_argument("--quantizers", nargs="+", default=["fsq", "vq_ste"],
+                        choices=["fsq", "vq_ste", "vq_ema"])
     args = parser.parse_args()
     load_before = os.getloadavg()
     rows = (bench_ddp(args.batch, args.steps, args.warmup) if args.what == "ddp" else

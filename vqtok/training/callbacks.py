@@ -41,6 +41,8 @@ class RunCheckpoint(ModelCheckpoint):
     stopped: ``checkpoints/last.ckpt`` every ``every_n_train_steps`` steps, at the end of
     training, and when the run is interrupted (SIGTERM, as schedulers send it, or Ctrl-C).
     Resume with ``vqtok fit --config ... --ckpt_path <run dir>/checkpoints/last.ckpt``.
+    Every checkpoint also holds each rank's random generator states, restored when the
+    resumed run starts training (docs/training.md#exact-resume).
 
     Args:
         every_n_train_steps: save every this many optimizer steps.
