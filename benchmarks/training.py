@@ -6,8 +6,8 @@
   ``ddp`` strategy wraps the module) with B/2 each. Median seconds per optimizer step after
   a warm-up, both measured in the same run.
 * ``compile``: the same model's training step (forward, L1 loss, backward, AdamW) eager and
-  under ``torch.compile`` (inductor), median seconds per step after the compilation, whose
-  own time is reported apart.
+  under ``torch.compile`` (inductor), one of each in turn, median seconds per step after
+  the compilation, whose own time is reported apart.
 
 Writes a markdown table to stdout; benchmarks/RESULTS_training.md keeps the recorded run.
 Run: ``.venv/bin/python benchmarks/training.py ddp`` (or ``compile``).
@@ -42,10 +42,10 @@ def model(quantizer: str) -> VQAutoencoder:
     return VQAutoencoder(Encoder(in_channels=1, **ARCH), q, Decoder(out_channels=1, **ARCH))
 
 
-def timed_steps(net: torch.nn.Module, batch: int, steps: int, warmup: int, seed: int
-                ) -> list[float]:
+def timed_steps(net: torch.nn.Module, batch: int, steps: int, warmup: int, seed: int,
+                opt: torch.optim.Optimizer | None = None) -> list[float]:
     """Seconds of each optimizer step after ``warmup`` steps."""
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = opt or torch.optim.AdamW(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     times = []
     for step in range(warmup + steps):
@@ -97,19 +97,28 @@ def bench_ddp(batch: int, steps: int, warmup: int) -> list[str]:
 
 
 def bench_compile(batch: int, steps: int, warmup: int, quantizers: list[str]) -> list[str]:
+    """Eager and compiled steps alternate, one of each per round, so that both see the
+    same machine load (a shared machine's load changes within a minute)."""
     torch.set_num_threads(1)
     rows = ["| quantizer | eager s/step | compiled s/step | speed-up | compile time (s) |",
             "|---|---:|---:|---:|---:|"]
     for name in quantizers:
-        eager = statistics.median(timed_steps(model(name).train(), batch, steps, warmup, 0))
+        eager = model(name).train()
         torch._dynamo.reset()
         compiled = torch.compile(model(name).train())
         start = time.perf_counter()
         timed_steps(compiled, batch, 0, 3, 0)  # compiles forward and backward
         compile_s = time.perf_counter() - start
-        fast = statistics.median(timed_steps(compiled, batch, steps, warmup, 0))
-        rows.append(f"| {name} | {eager:.4f} | {fast:.4f} | {eager / fast:.2f}x | "
-                    f"{compile_s:.0f} |")
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        opts = {"eager": torch.optim.AdamW(eager.parameters(), lr=1e-3),
+                "compiled": torch.optim.AdamW(compiled.parameters(), lr=1e-3)}
+        timed_steps(eager, batch, 0, warmup, 0, opts["eager"])
+        for round_ in range(steps):
+            for kind, net in (("eager", eager), ("compiled", compiled)):
+                times[kind] += timed_steps(net, batch, 1, 0, round_, opts[kind])
+        t_eager, t_compiled = (statistics.median(times[k]) for k in ("eager", "compiled"))
+        rows.append(f"| {name} | {t_eager:.4f} | {t_compiled:.4f} | "
+                    f"{t_eager / t_compiled:.2f}x | {compile_s:.0f} |")
     return rows
 
 
