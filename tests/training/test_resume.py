@@ -19,7 +19,7 @@ from tests.helpers import (
     needs_fashion_mnist,
     vqtok_cli,
 )
-from tests.training.test_distributed import decoder_args
+from tests.training.test_distributed import THREADS, decoder_args
 
 
 def _callbacks(tmp_path: Path, name: str, stop_at: int | None) -> str:
@@ -40,15 +40,16 @@ def _stop_and_resume(tmp_path: Path, command: list[str], args: list[str], stop_a
         return f"--trainer.logger.init_args.save_dir={tmp_path / name}"
 
     alone = vqtok_cli([*command, *args, save_dir("alone"), "--config",
-                       _callbacks(tmp_path, "alone", None)], tmp_path)
+                       _callbacks(tmp_path, "alone", None)], tmp_path, env=THREADS)
     assert alone.returncode == 0, alone.stderr[-3000:]
     stopped = vqtok_cli([*command, *args, save_dir("stopped"), "--config",
-                         _callbacks(tmp_path, "stopped", stop_at)], tmp_path)
+                         _callbacks(tmp_path, "stopped", stop_at)], tmp_path, env=THREADS)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     last = tmp_path / "stopped" / run_name / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == stop_at
     resumed = vqtok_cli([*command, *args, save_dir("stopped"), f"--ckpt_path={last}",
-                         "--config", _callbacks(tmp_path, "resumed", None)], tmp_path)
+                         "--config", _callbacks(tmp_path, "resumed", None)], tmp_path,
+                        env=THREADS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr  # Lightning's warning for plain loaders
     return tuple(torch.load(tmp_path / name / "rank0.pt", weights_only=True)
@@ -71,6 +72,8 @@ def test_vq_ema_with_restarts_resumes_bit_for_bit(tmp_path: Path, stop_at: int,
             "--model.quantizer.init_args.restart_threshold=0.5",
             "--model.quantizer.init_args.usage_decay=0.5", "--model.warmup_steps=3",
             "--model.min_lr_ratio=0.1", "--codebook_history.init_args.every_n_steps=1",
+            *(f"--model.{part}.init_args.{k}={v}" for part in ("encoder", "decoder")
+              for k, v in (("channels", 8), ("num_groups", 4))),
             "--trainer.max_steps=12", f"--trainer.val_check_interval={val_every}",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     alone, resumed = _stop_and_resume(tmp_path, ["fit"], args, stop_at, "fmnist_vq_ema")
