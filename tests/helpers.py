@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -13,6 +16,9 @@ from vqtok.data import data_home, dataset_dir
 from vqtok.data.fashion_mnist import FILES, find_file
 from vqtok.models import Decoder, Encoder, VQAutoencoder
 from vqtok.quantizers import FSQ
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout the suite runs from."""
 
 FASHION_MNIST = dataset_dir("fashion-mnist")
 """Where the suite looks for Fashion-MNIST (``$VQTOK_DATA/fashion-mnist``)."""
@@ -51,3 +57,60 @@ class SigtermAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class DumpState(pl.Callback):
+    """At the end of training, saves this rank's module state, optimizer and scheduler
+    states and global step to ``dirpath/rank{global_rank}.pt``: what each process of a run
+    ends with, for tests that compare ranks or an interrupted run with an uninterrupted one."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = {
+            "module": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+            "optimizers": [o.state_dict() for o in trainer.optimizers],
+            "schedulers": [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+            "lrs": [[g["lr"] for g in o.param_groups] for o in trainer.optimizers],
+            "global_step": trainer.global_step,
+            "callbacks": {type(c).__name__: c.state_dict() for c in trainer.callbacks
+                          if type(c).__name__ == "CodebookHistory"},
+        }
+        os.makedirs(self.dirpath, exist_ok=True)
+        torch.save(state, os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))
+
+
+def assert_same_state(a: object, b: object, where: str = "state") -> None:
+    """Nested dicts/lists/tensors equal bit for bit (tensors by ``torch.equal`` and dtype)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: max abs diff {(a.double() - b.double()).abs().max()}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def vqtok_cli(args: list[str], cwd: Path, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``vqtok ARGS`` as a user runs it: a new process (so Lightning's DDP launcher can start
+    its other ranks as copies of it) that can import ``tests.helpers`` callbacks."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([str(Path(sys.executable).with_name("vqtok")), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device on this machine")),
+]
+"""Devices a test runs on: the CPU always, CUDA where a GPU is present."""

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, vqtok_cli
 from vqtok.cli import main
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
@@ -291,12 +291,6 @@ def fit_config(tmp_path: Path) -> list[str]:
             "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}"]
-
-
-def vqtok_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([str(Path(sys.executable).with_name("vqtok")), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, check=False, timeout=300)
 
 
 def test_sigterm_saves_last_ckpt_exits_nonzero_and_the_run_resumes(tmp_path: Path) -> None:

@@ -31,7 +31,12 @@ from vqtok.data import (
     download_fashion_mnist,
     read_idx,
 )
-from vqtok.training.data import FashionMNISTDataModule, ImageFolderDataModule, PhotoDataModule
+from vqtok.training.data import (
+    RESUMABLE_LOADERS,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    PhotoDataModule,
+)
 
 SHARED_PHOTOS = data_home() / "photos"  # the project's copy, when VQTOK_DATA points at it
 FILE_NAMES = {
@@ -418,6 +423,60 @@ def test_photo_datamodule_batches() -> None:
     assert first.shape == (6, 3, 32, 32) and torch.equal(first, again)
     assert {p.name for p in dm.val_set.files} == {"china.png", "flower.png"}
     assert {p.name for p in dm.train_set.files}.isdisjoint({"china.png", "flower.png"})
+
+
+def _rest(loader) -> list[torch.Tensor]:
+    return [x for x, _ in loader]
+
+
+@pytest.mark.skipif(not RESUMABLE_LOADERS, reason="needs torchdata (the `resume` extra)")
+def test_random_crops_and_shuffling_resume_mid_epoch() -> None:
+    # A loader stopped after 2 of 6 batches, its state saved, and a new loader (a new
+    # process, a reseeded global generator) resumed from it serve the same batches, this
+    # epoch and the next, as the loader left alone.
+    def datamodules():
+        return (PhotoDataModule(patch_size=16, train_patches=24, val_patches=2, batch_size=4),
+                FashionMNISTDataModule(root=str(FASHION_MNIST), batch_size=4, val_size=4,
+                                       limit_train=24))
+    for alone, resumed in zip(datamodules(), datamodules()):
+        if isinstance(alone, FashionMNISTDataModule) and not has_fashion_mnist():
+            continue
+        alone.setup("fit")
+        loader = alone.train_dataloader()
+        batches = iter(loader)
+        head = [next(batches)[0] for _ in range(2)]
+        state = loader.state_dict()
+        expected = [x for x, _ in batches] + _rest(loader)  # this epoch's rest, then the next
+        assert len(head) + len(expected) == 12
+        torch.manual_seed(123)  # the crops and the order do not come from the global generator
+        resumed.setup("fit")
+        again = resumed.train_dataloader()
+        again.load_state_dict(state)
+        got = _rest(again) + _rest(again)
+        assert len(got) == len(expected)
+        for a, b in zip(expected, got):
+            assert torch.equal(a, b)
+        assert not torch.equal(head[0], expected[0])
+
+
+def test_random_crops_differ_between_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqtok.data import images
+
+    def first_crops(rank: int, state: dict | None = None) -> tuple[torch.Tensor, dict]:
+        monkeypatch.setattr(images.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(images.dist, "get_rank", lambda: rank)
+        ds = PhotoPatches(split="train", patch_size=16, num_patches=8, seed=0)
+        if state is not None:
+            ds.load_state_dict(state)
+        return torch.stack([ds[i][0] for i in range(8)]), ds.state_dict()
+
+    (rank0, state0), (rank1, _), (rank0_again, _) = first_crops(0), first_crops(1), first_crops(0)
+    assert torch.equal(rank0, rank0_again) and not torch.equal(rank0, rank1)
+    # resumed from rank 0's saved state (what a multi-process checkpoint holds), rank 0
+    # continues its stream and rank 1 does not copy it
+    next0, _ = first_crops(0, state0)
+    next1, _ = first_crops(1, state0)
+    assert not torch.equal(next0, rank0) and not torch.equal(next0, next1)
 
 
 def test_fashion_mnist_datamodule_batches(tmp_path: Path) -> None:

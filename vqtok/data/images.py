@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -118,8 +119,14 @@ class PhotoPatches(Dataset):
         num_patches: length of the dataset (crops per epoch).
         seed: fixes the deterministic crops.
         random_crops: draw a fresh crop (and a random horizontal flip) at every access,
-            from torch's global generator, which Lightning seeds per worker; otherwise
-            crop ``i`` is fixed by ``seed``. Defaults to ``split == "train"``.
+            from the dataset's own generator (below); otherwise crop ``i`` is fixed by
+            ``seed``. Defaults to ``split == "train"``.
+
+    Random crops come from a generator seeded by ``seed``, the distributed rank and the
+    DataLoader worker, so that the processes of a multi-process run and the workers of a
+    loader draw different crops. Its state is the dataset's :meth:`state_dict`, which a
+    stateful loader saves and restores: a resumed run draws the crops it would have drawn
+    (docs/training.md#exact-resume).
     """
 
     in_channels = 3
@@ -154,6 +161,44 @@ class PhotoPatches(Dataset):
             raise ValueError(f"no readable photo of at least {patch_size}x{patch_size} pixels "
                              f"in {folder.resolve()}")
         self.crops = None if self.random_crops else self._fixed_crops(seed)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    @staticmethod
+    def _rank() -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def _crop_generator(self, *extra: int) -> torch.Generator:
+        """This process's generator of random crops (class doc), made at its first use."""
+        if self._generator is None:
+            worker = torch.utils.data.get_worker_info()
+            entropy = [self.seed, self._rank(), 0 if worker is None else worker.id, *extra]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+            self._generator = torch.Generator().manual_seed(seed)
+        return self._generator
+
+    def __getstate__(self) -> dict:
+        # A worker process makes its own generator (its own seed) rather than a copy of ours.
+        return {**self.__dict__, "_generator": None}
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        """The random-crop generator's state and this process's rank (empty before the
+        first random crop)."""
+        if self._generator is None:
+            return {}
+        return {"generator": self._generator.get_state(), "rank": self._rank()}
+
+    def load_state_dict(self, state: dict[str, Tensor | int]) -> None:
+        if "generator" not in state:
+            return
+        if state.get("rank", 0) == self._rank():
+            self._crop_generator().set_state(state["generator"])
+            return
+        # Another rank's state (a multi-process checkpoint holds rank 0's loader state):
+        # continue from a stream of this rank's own, moved on by the saved position, so
+        # ranks never draw the same crops (docs/training.md#exact-resume).
+        self._generator = None
+        self._crop_generator(int(state["generator"].sum()))
 
     def _fixed_crops(self, seed: int) -> np.ndarray:
         """``(num_patches, 3)`` rows of (photo, top, left), fixed by ``seed``."""
@@ -178,10 +223,11 @@ class PhotoPatches(Dataset):
         p = self.patch_size
         flip = False
         if self.crops is None:
-            photo = self.photos[int(torch.randint(len(self.photos), ()))]
-            top = int(torch.randint(photo.shape[1] - p + 1, ()))
-            left = int(torch.randint(photo.shape[2] - p + 1, ()))
-            flip = bool(torch.randint(2, ()))
+            g = self._crop_generator()
+            photo = self.photos[int(torch.randint(len(self.photos), (), generator=g))]
+            top = int(torch.randint(photo.shape[1] - p + 1, (), generator=g))
+            left = int(torch.randint(photo.shape[2] - p + 1, (), generator=g))
+            flip = bool(torch.randint(2, (), generator=g))
         else:
             k, top, left = (int(v) for v in self.crops[index])
             photo = self.photos[k]

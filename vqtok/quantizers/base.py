@@ -97,6 +97,10 @@ class Quantizer(nn.Module, ABC):
             return  # a graph cannot branch on values (docs/formats.md#onnx)
         # One cheap pass: a NaN or inf anywhere makes the sum non-finite. Only then run the
         # exact check (a finite map can also overflow the sum), which takes three passes.
+        # Skipped inside torch.compile: a branch on a tensor's value splits the graph there
+        # (docs/training.md#torch-compile).
+        if torch.compiler.is_compiling():
+            return
         if not torch.isfinite(z.detach().sum()) and not torch.isfinite(z).all():
             bad = int((~torch.isfinite(z)).sum())
             raise ValueError(f"feature map holds {bad} non-finite values (NaN or inf)")

@@ -44,7 +44,8 @@ _SCRATCH = threading.local()
 
 def _score_buffer(need: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A flat scratch of ``need`` elements for the nearest-code score tiles."""
-    if device.type != "cpu" or need * torch.finfo(dtype).bits // 8 > SEARCH_TILE_BYTES:
+    if (device.type != "cpu" or need * torch.finfo(dtype).bits // 8 > SEARCH_TILE_BYTES
+            or torch.compiler.is_compiling()):  # a compiled graph plans its own memory
         return torch.empty(need, dtype=dtype, device=device)
     buffer = getattr(_SCRATCH, "buffer", None)
     # An inference-mode tensor cannot be written outside inference mode: match the mode.
@@ -89,7 +90,7 @@ def nearest_code(
     ids = torch.empty(n, dtype=torch.long, device=x.device)
     if n == 0:
         return ids
-    dtype = torch.result_type(x, codebook)
+    dtype = torch.promote_types(x.dtype, codebook.dtype)
     # One score tile reused by every block (and, on CPU, by later calls).
     buffer = _score_buffer(min(rows, n) * cols, dtype, x.device)
     ramp = _descending_ramp(cols, dtype, x.device)

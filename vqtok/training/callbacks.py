@@ -17,6 +17,7 @@ curve, ``last_train_indices`` (the last training batch's ids).
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -31,7 +33,7 @@ from torch import Tensor
 from vqtok.formats import history as history_format
 from vqtok.metrics import stage_slots, usage_stats
 
-__all__ = ["CodebookHistory", "RunCheckpoint"]
+__all__ = ["CodebookHistory", "RunCheckpoint", "rng_states", "set_rng_states"]
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -39,6 +41,8 @@ class RunCheckpoint(ModelCheckpoint):
     stopped: ``checkpoints/last.ckpt`` every ``every_n_train_steps`` steps, at the end of
     training, and when the run is interrupted (SIGTERM, as schedulers send it, or Ctrl-C).
     Resume with ``vqtok fit --config ... --ckpt_path <run dir>/checkpoints/last.ckpt``.
+    Every checkpoint also holds each rank's random generator states, restored when the
+    resumed run starts training (docs/training.md#exact-resume).
 
     Args:
         every_n_train_steps: save every this many optimizer steps.
@@ -48,6 +52,37 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int = 100, save_last: bool = True,
                  **kwargs: Any) -> None:
         super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, **kwargs)
+        self._rng_to_restore: list[dict[str, Any]] | None = None
+
+    # ---- exact resume: every rank's random generators travel with the checkpoint --------
+    def state_dict(self) -> dict[str, Any]:
+        """ModelCheckpoint's state plus each rank's random generators (torch, CUDA, NumPy,
+        Python), which dead-code restarts and k-means draw from: a resumed run continues
+        their streams where they stopped (docs/training.md#exact-resume). Every rank saves
+        a checkpoint's state (Lightning calls this on all of them), so gathering is safe."""
+        states = [rng_states()]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, rng_states())
+        return {**super().state_dict(), "rng_states": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self._rng_to_restore = state_dict.pop("rng_states", None)
+        super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in load_state_dict: Lightning builds the loaders (which draw from the
+        # global generator) between the two, as it did once at the run's start.
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if not states:
+            return
+        if len(states) != trainer.world_size:
+            warnings.warn(f"the checkpoint holds the random state of {len(states)} process(es) "
+                          f"but this run has {trainer.world_size}: random draws continue "
+                          f"from the seed, not from where the run stopped", stacklevel=2)
+            return
+        set_rng_states(states[trainer.global_rank])
 
     def last_path(self) -> Path:
         return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
@@ -55,7 +90,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_last_now(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None or trainer.global_step == 0 or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.last_path())
+        trainer.save_checkpoint(self.last_path(), weights_only=False)
         self.last_model_path = str(self.last_path())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -66,6 +101,34 @@ class RunCheckpoint(ModelCheckpoint):
                      exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self._save_last_now(trainer)
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's random generators as tensors and plain numbers (what a checkpoint read
+    with ``weights_only=True`` may hold)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    numpy = states["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _scalar(value: Any) -> float | None:

@@ -30,10 +30,12 @@ log = logging.getLogger("vqtok")
 # Lightning warns when a program passes `args` while sys.argv holds its own arguments,
 # which is how `vqtok` calls it; and Lightning 2.6 calls a torch pytree API that torch
 # 2.13 deprecates. Neither is something a vqtok user can act on, so a process that runs a
-# vqtok CLI does not show them.
+# vqtok CLI does not show them; nor torchdata's loader calling a torch API that torch
+# deprecates.
 _THIRD_PARTY_NOISE = (
     "LightningCLI's args parameter is intended",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    "'set_vital' is deprecated",
 )
 
 

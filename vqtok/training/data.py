@@ -14,17 +14,44 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+try:  # the `resume` extra: loaders whose position Lightning saves in checkpoints
+    from torchdata.stateful_dataloader import StatefulDataLoader
+except ImportError:  # pragma: no cover - exercised where torchdata is absent
+    StatefulDataLoader = None
+
 from vqtok.data import FashionMNIST, ImageFolder, PhotoPatches, download_fashion_mnist
 from vqtok.data.fashion_mnist import check_files, default_root
 from vqtok.formats.images import DEFAULT_NORMALIZATION
 
 __all__ = [
+    "RESUMABLE_LOADERS",
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "PhotoDataModule",
     "check_positive",
+    "make_loader",
     "train_val_split",
 ]
+
+RESUMABLE_LOADERS = StatefulDataLoader is not None
+"""Whether training loaders can resume mid-epoch (torchdata is installed): see
+:func:`make_loader`."""
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
+                **kwargs: object) -> DataLoader:
+    """The DataLoader of every vqtok DataModule: torchdata's ``StatefulDataLoader`` when
+    torchdata is installed (the ``resume`` extra), else torch's ``DataLoader``.
+
+    A stateful loader reports its position in the epoch (the shuffling generator, the
+    batches served, each worker's dataset state) through ``state_dict``; Lightning stores it
+    in every checkpoint and restores it on ``--ckpt_path``, so a run stopped mid-epoch
+    continues with the very batches it would have seen (docs/training.md#exact-resume).
+    A plain DataLoader restarts the epoch instead (Lightning warns so on resume).
+    """
+    loader = StatefulDataLoader if StatefulDataLoader is not None else DataLoader
+    return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                  persistent_workers=num_workers > 0, **kwargs)
 
 
 def check_positive(**values: int) -> None:
@@ -58,9 +85,7 @@ class _LoaderMixin:
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=self.shuffle_train)

@@ -41,7 +41,7 @@ from vqtok.multimodal.streams import (
     collate,
 )
 from vqtok.tokenizer import ImageTokenizer
-from vqtok.training.data import FashionMNISTDataModule, check_positive
+from vqtok.training.data import FashionMNISTDataModule, check_positive, make_loader
 from vqtok.training.optim import adamw_warmup_cosine
 
 __all__ = [
@@ -196,9 +196,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
             self.test_set = self._streams(Subset(test, range(count)), "test")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=functools.partial(collate, vocab=self.vocab))
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers,
+                           collate_fn=functools.partial(collate, vocab=self.vocab))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -6,6 +6,7 @@ It receives encoder, quantizer and decoder as modules (LightningCLI ``class_path
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -163,21 +164,24 @@ class TokenizerModule(pl.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # Usage over the whole validation set, not per batch (docs/algorithms.md#codebook-usage).
+        # compute() sums the metrics' states over ranks first, so every rank logs the same
+        # values; sync_dist then averages equal numbers (no change), and says so to Lightning.
         stats = self.val_usage.compute()
-        self.log(f"{stage}/psnr", self.val_psnr.compute(), prog_bar=True)
-        self.log(f"{stage}/ssim", self.val_ssim.compute())
-        self.log(f"{stage}/usage", stats["usage"], prog_bar=True)
-        self.log(f"{stage}/perplexity", stats["perplexity"])
-        self.log(f"{stage}/dead_codes", stats["dead_codes"].float())
-        self.log(f"{stage}/normalized_entropy", stats["normalized_entropy"])
+        log = functools.partial(self.log, sync_dist=True)
+        log(f"{stage}/psnr", self.val_psnr.compute(), prog_bar=True)
+        log(f"{stage}/ssim", self.val_ssim.compute())
+        log(f"{stage}/usage", stats["usage"], prog_bar=True)
+        log(f"{stage}/perplexity", stats["perplexity"])
+        log(f"{stage}/dead_codes", stats["dead_codes"].float())
+        log(f"{stage}/normalized_entropy", stats["normalized_entropy"])
         # Inside the metric's sync so the counts are summed over ranks (torchmetrics
         # restores the local counts after compute()); CodebookHistory records them.
         with self.val_usage.sync_context(dist_sync_fn=self.val_usage.dist_sync_fn):
             self.last_usage_counts = self.val_usage.counts.detach().clone()
             if self.quantizer.num_stages is not None:  # each stage's own usage too
                 for s, stage_stats in enumerate(self.val_usage.stage_stats()):
-                    self.log(f"{stage}/usage/stage{s}", stage_stats["usage"])
-                    self.log(f"{stage}/perplexity/stage{s}", stage_stats["perplexity"])
+                    log(f"{stage}/usage/stage{s}", stage_stats["usage"])
+                    log(f"{stage}/perplexity/stage{s}", stage_stats["perplexity"])
         for metric in (self.val_psnr, self.val_ssim, self.val_usage):
             metric.reset()
 
