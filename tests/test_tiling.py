@@ -5,7 +5,6 @@ and a 12-megapixel photo round-trips in bounded memory (slow)."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 
 from tests.helpers import tiny_model
 from vqtok.cli import main
+from vqtok.data import PHOTOS_DIR
 from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.models import Decoder, Encoder
@@ -33,7 +33,7 @@ PHOTO_ARGS = {"channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "d
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
     """A crop of a real test photo whose sides are not multiples of 4 nor of any tile."""
-    folder = Path(os.environ["VQTOK_DATA"]) / "photos" / "test"
+    folder = PHOTOS_DIR / "test"  # embedded in the package: no data set needed
     with Image.open(min(folder.iterdir())) as image:
         return image.convert("RGB").crop((3, 5, 3 + 150, 5 + 101))
 
