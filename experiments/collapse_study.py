@@ -174,6 +174,7 @@ class Result:
     run_dir: Path
     entropy: tuple[float, float] | None = None
     load: float = math.nan  # the 1-minute load average when the run started
+    threads: int = 0  # torch threads of the run
     minutes: float = math.nan  # training and evaluation
 
     def save(self, settings: dict) -> None:
@@ -322,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny codebooks and a few steps: checks that the study runs")
     parser.add_argument("--runs", default="runs/collapse_study", help="run directories")
     parser.add_argument("--out", default=str(HERE / "RESULTS_collapse.md"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (on a machine shared with other work, 1 avoids "
+                             "threads waiting on each other: several times faster here)")
     parser.add_argument("--again", action="store_true",
                         help="train every run again, even one whose result.json has these "
                              "settings (by default such runs are reused: a study can be "
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     started, results = time.perf_counter(), []
     load = _load_average()
     settings = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-                "quick": args.quick, "autoencoder": repr(AUTOENCODER), "threads": args.threads}
+                "quick": args.quick, "autoencoder": repr(AUTOENCODER)}
     for size in sizes:
         libraries = {"vqtok": vqtok_quantizers(size, args.quick)}
         if not args.no_reference:
@@ -365,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                                           math.nan, math.nan, math.nan, math.nan, run_dir))
                     continue
                 result.name, result.library, result.size = name, library, size
-                result.load = run_load
+                result.load, result.threads = run_load, torch.get_num_threads()
                 result.minutes = (time.perf_counter() - run_started) / 60
                 result.save(settings)
                 results.append(result)
@@ -394,14 +397,14 @@ def _load_average() -> float:
 def write_table(out: Path, results: list[Result], args: argparse.Namespace, minutes: float,
                 load: float, n_test: int) -> None:
     rows = [("| quantizer | size | library | codes | test usage | perplexity | PSNR (dB) | "
-            "s/step | load |"), "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+            "s/step | threads | load |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if not r.codebook_size:
-            rows.append(f"| {r.name} | {r.size} | {r.library} | | failed | | | | |")
+            rows.append(f"| {r.name} | {r.size} | {r.library} | | failed | | | | | |")
             continue
         rows.append(f"| {r.name} | {r.size} | {r.library} | {r.codebook_size:,} | "
                     f"{100 * r.usage:.1f}% | {r.perplexity:,.1f} | {r.psnr:.2f} | "
-                    f"{r.seconds_per_step:.3f} | {r.load:.1f} |")
+                    f"{r.seconds_per_step:.3f} | {r.threads or ''} | {r.load:.1f} |")
     gap_rows = [f"| {r.name} | {r.size} | {r.codebook_size:,} | {r.entropy[0]:.3f} | "
                 f"{r.entropy[1]:.3f} | {r.entropy[1] - r.entropy[0]:.3f} | "
                 f"{math.log(r.codebook_size):.3f} |" for r in results if r.entropy]
