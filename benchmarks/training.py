@@ -10,7 +10,10 @@
   the compilation, whose own time is reported apart.
 
 Writes a markdown table to stdout; benchmarks/RESULTS_training.md keeps the recorded run.
-Run: ``.venv/bin/python benchmarks/training.py ddp`` (or ``compile``).
+* ``bf16``: the same model trained on the same Fashion-MNIST batches in float32 and under
+  bf16 autocast, seed by seed; the codebook usage each ends with on held-out test images.
+
+Run: ``.venv/bin/python benchmarks/training.py ddp`` (or ``compile``, ``bf16``).
 """
 
 from __future__ import annotations
@@ -122,18 +125,69 @@ def bench_compile(batch: int, steps: int, warmup: int, quantizers: list[str]) ->
     return rows
 
 
+def bench_bf16(batch: int, steps: int, quantizers: list[str], seeds: int,
+               val_images: int) -> list[str]:
+    """Train the same model on the same Fashion-MNIST batches in float32 and under bf16
+    autocast, then count the codes of ``val_images`` test images (each run in its own
+    precision): the usage each precision ends with, seed by seed."""
+    from vqtok.data import FashionMNIST
+    from vqtok.metrics import CodebookUsage
+
+    torch.set_num_threads(1)
+    train, test = FashionMNIST(None, "train"), FashionMNIST(None, "test")
+    rows = ["| quantizer | seed | float32 usage | bf16 usage | bf16 - float32 (points) |",
+            "|---|---:|---:|---:|---:|"]
+    for name in quantizers:
+        for seed in range(seeds):
+            usage = {}
+            for precision in ("float32", "bf16"):
+                net = model(name).train()
+                torch.manual_seed(seed)  # model() seeds 0; the seed moves the data order
+                opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+                for step in range(steps):
+                    idx = order[(step * batch) % len(train):][:batch]
+                    x = torch.stack([train[int(i)][0] for i in idx])
+                    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                        out = net(x)
+                        loss = F.l1_loss(out.x_hat.float(), x) + sum(out.quant.losses.values())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                net.eval()
+                counter = CodebookUsage(net.quantizer.codebook_size)
+                with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
+                                                     enabled=precision == "bf16"):
+                    for start in range(0, val_images, 256):
+                        x = torch.stack([test[i][0] for i in
+                                         range(start, min(start + 256, val_images))])
+                        counter.update(net(x).quant.indices)
+                usage[precision] = float(counter.compute()["usage"])
+            rows.append(f"| {name} | {seed} | {usage['float32']:.3f} | {usage['bf16']:.3f} | "
+                        f"{100 * (usage['bf16'] - usage['float32']):+.1f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["ddp", "compile"])
+    parser.add_argument("what", choices=["ddp", "compile", "bf16"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--quantizers", nargs="+", default=["fsq", "vq_ste"],
                         choices=["fsq", "vq_ste", "vq_ema"])
+    parser.add_argument("--seeds", type=int, default=3, help="bf16: seeds per quantizer")
+    parser.add_argument("--val-images", type=int, default=2000,
+                        help="bf16: test images whose codes are counted")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    rows = (bench_ddp(args.batch, args.steps, args.warmup) if args.what == "ddp" else
-            bench_compile(args.batch, args.steps, args.warmup, args.quantizers))
+    if args.what == "ddp":
+        rows = bench_ddp(args.batch, args.steps, args.warmup)
+    elif args.what == "compile":
+        rows = bench_compile(args.batch, args.steps, args.warmup, args.quantizers)
+    else:
+        rows = bench_bf16(args.batch, args.steps, args.quantizers, args.seeds, args.val_images)
     load_after = os.getloadavg()
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, "
           f"1 thread per process; load average {load_before[0]:.1f} before, "

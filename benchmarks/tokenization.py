@@ -19,19 +19,12 @@ after is recorded: this 2-core machine is shared with other jobs.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as ``python benchmarks/tokenize.py``, this file's folder comes first on sys.path,
-# where its name would hide the standard library's ``tokenize`` (which numpy and torch
-# import): drop that folder before anything else is imported.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -171,7 +164,7 @@ def main() -> None:
     lines = [
         "# Tokenizing throughput",
         "",
-        (f"`python benchmarks/tokenize.py --images {args.images} --repeats {args.repeats}`, "
+        (f"`python benchmarks/tokenization.py --images {args.images} --repeats {args.repeats}`, "
          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}, "
          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores "
          f"({platform.processor() or platform.machine()})."),
