@@ -326,11 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (on a machine shared with other work, 1 avoids "
                              "threads waiting on each other: several times faster here)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: write the table and the report page from the "
+                             "runs already done (a study that is still partial)")
     parser.add_argument("--again", action="store_true",
                         help="train every run again, even one whose result.json has these "
                              "settings (by default such runs are reused: a study can be "
                              "stopped and continued)")
     args = parser.parse_args(argv)
+    args.missing = []  # runs --collect found not done
     torch.set_num_threads(args.threads)
     if args.steps is None:
         args.steps = 5 if args.quick else 300
@@ -357,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                 if saved is not None and not args.again:
                     print("    reused (result.json with the same settings)", flush=True)
                     results.append(saved)
+                    continue
+                if args.collect:
+                    print("    not run yet", flush=True)
+                    args.missing.append(f"{name} {size} ({library})")
                     continue
                 run_load, run_started = _load_average(), time.perf_counter()
                 try:
@@ -438,6 +446,8 @@ def write_table(out: Path, results: list[Result], args: argparse.Namespace, minu
         "",
         *rows,
         "",
+        *([f"Not run yet ({len(args.missing)}): {', '.join(args.missing)}.", ""]
+          if getattr(args, "missing", None) else []),
         *gap_rows,
     ]
     out.write_text("\n".join(text))
