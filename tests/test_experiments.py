@@ -136,7 +136,8 @@ def test_collapse_study_runs_every_quantizer_and_writes_its_table(tmp_path: Path
 
 @needs_fashion_mnist
 def test_collapse_study_reference_adapter_matches_vqtok_shapes(tmp_path: Path) -> None:
-    pytest.importorskip("vector_quantize_pytorch")
+    pytest.importorskip("vector_quantize_pytorch",
+                        reason="needs the bench extra: pip install -e .[bench] (make bench)")
     study = _collapse_study()
     for name, factory in study.reference_quantizers("1k", quick=True).items():
         ref = factory()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FASHION_MNIST, has_fashion_mnist, needs_fashion_mnist
+from tests.helpers import FASHION_MNIST, needs_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -101,6 +101,6 @@ def test_readme_commands_run_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has_fashion_mnist(), reason="needs Fashion-MNIST (see helpers)")
+@needs_fashion_mnist
 def test_readme_commands_run_exactly_as_written(tmp_path: Path) -> None:
     run_commands(tmp_path, short=False)

@@ -65,7 +65,7 @@ def test_bf16_usage_is_within_two_points_of_float32(name: str, device: str,
 @pytest.mark.parametrize("config", FMNIST_CONFIGS, ids=[p.stem for p in FMNIST_CONFIGS])
 def test_every_quantizer_trains_under_bf16(config: Path, device: str, tmp_path: Path) -> None:
     if not has_fashion_mnist():
-        pytest.skip("needs Fashion-MNIST")
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
     cli = fit(config, tmp_path, "bf16-mixed", device, 4,
               {"limit_train": 32, "val_size": 16, "batch_size": 8})
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
