@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     """The options ``encode`` and ``decode`` share."""
     from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
-    from vqtok.tokenizer import DEFAULT_TILE_SIZE
+    from vqtok.tiling import DEFAULT_TILE_SIZE
 
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)

@@ -18,7 +18,8 @@ from PIL import Image
 from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
 from vqtok.multimodal.decoder import generate_image
-from vqtok.tokenizer import ImageTokenizer, resolve_device
+from vqtok.runtime import resolve_device
+from vqtok.tokenizer import ImageTokenizer
 
 __all__ = ["caption_for", "expand_prompt", "generate_from_prompt"]
 

@@ -36,13 +36,7 @@ Conventions, all documented on the methods:
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
   The flags are process-wide while a call runs, and restored after it.
 * **Tiles.** An image with a side over ``tile_size`` pixels is encoded and decoded tile by
-  tile, so the model's memory stays that of one tile whatever the image size. Each tile is
-  run with a halo around it that covers the model's receptive field, computed from its
-  layers (:func:`vqtok.models.receptive.receptive_radius`), and only the tile's own
-  positions are kept: ids and pixels equal those of the whole image bit for bit (the
-  per-sample kernels above give each position the same arithmetic in any input size).
-  Models with GroupNorm or self-attention mix all positions and are never tiled
-  (docs/architecture.md#tiled-inference).
+  tile with the same result, in the memory of one tile (:mod:`vqtok.tiling`).
 """
 
 from __future__ import annotations
@@ -56,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -65,8 +58,12 @@ from vqtok.formats.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_NORMALIZATION,
     TILED_MAX_PIXELS,
+    ImageLike,
+    Images,
     Normalization,
     check_pixels,
+    replicate_pad,
+    split_images,
     to_uint8_pixels,
 )
 from vqtok.formats.tokenizer_dir import (
@@ -75,21 +72,14 @@ from vqtok.formats.tokenizer_dir import (
     save_tokenizer_dir,
 )
 from vqtok.models.autoencoder import VQAutoencoder
-from vqtok.models.receptive import NotTileableError, receptive_radius
+from vqtok.runtime import inference_kernels, resolve_device
+from vqtok.tiling import decode_tiled, encode_tiled, tiling_plan
 
-ImageLike = Image.Image | np.ndarray | Tensor
-Images = ImageLike | Sequence[ImageLike]
 Size = tuple[int, int]  # (height, width) in pixels
-Span = tuple[int, int, int, int]  # (start, stop) of a tile's own positions, then of its crop
 
 BATCH_PIXELS = 1 << 16
 """Pixels per fixed batch of small images (module doc): 64 images of 32 x 32."""
 MAX_FIXED_BATCH = 64
-
-DEFAULT_TILE_SIZE = 512
-"""Images with a side over this many pixels are run on tiles of this side (plus halo).
-With it a 4000 x 3000 photo through ``checkpoints/photos_fsq`` peaks at 1.1 GiB of RSS
-when encoded and 1.35 GiB when decoded (the process, image buffers included)."""
 
 
 class ImageTokenizer:
@@ -112,9 +102,8 @@ class ImageTokenizer:
             memory in proportion to their pixels).
         tile_size: images with a side over this many pixels (rounded down to a multiple
             of the downsampling factor) are encoded and decoded on tiles of this side, with
-            the same result (module doc). ``"auto"``: :data:`DEFAULT_TILE_SIZE` when the
-            model allows tiling, else ``None`` (never tile). A number for a model with
-            GroupNorm or self-attention is refused with a ValueError.
+            the same result (:func:`vqtok.tiling.tiling_plan`: ``"auto"``, ``None`` or a
+            side; a model with GroupNorm or self-attention is never tiled).
     """
 
     def __init__(
@@ -130,7 +119,7 @@ class ImageTokenizer:
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
-        self.halo, self.tile_size = _tiling(model, tile_size)
+        self.halo, self.tile_size = tiling_plan(model, tile_size)
         if max_pixels == "auto":
             max_pixels = DEFAULT_MAX_PIXELS if self.tile_size is None else TILED_MAX_PIXELS
         if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
@@ -291,10 +280,10 @@ class ImageTokenizer:
         for (hp, wp), members in groups.items():
             if self._tiled(hp, wp):
                 for i in members:
-                    out[i] = (self._encode_tiled(pad_to(tensors[i], hp, wp)),
+                    out[i] = (self._encode_tiled(replicate_pad(tensors[i], hp, wp)),
                               tuple(tensors[i].shape[1:]))
                 continue
-            batch = torch.stack([pad_to(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
+            batch = torch.stack([replicate_pad(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
             fixed = self.fixed_batch(hp, wp)
             if fixed is None:
                 with self._kernels():
@@ -376,50 +365,29 @@ class ImageTokenizer:
                 x_hat = self._run(self.model.decode_indices, grid[start:start + batch_size])
             yield convert(x_hat)  # (n, C, h*f, w*f)
 
-    # ---- tiles --------------------------------------------------------------------------
+    # ---- tiles ------------------------------------------------------------------------
     def _tiled(self, height: int, width: int) -> bool:
         """Whether a padded ``height x width`` image runs on tiles."""
         return self.tile_size is not None and max(height, width) > self.tile_size
 
-    def _tiles(self, h: int, w: int, halo: int) -> Iterator[tuple[Span, Span]]:
-        """Row and column spans, in tokens, of every tile of an ``h x w`` token grid."""
-        size = self.tile_size // self.downsample_factor  # type: ignore[operator]
-        for rows in tile_spans(h, size, halo):
-            for cols in tile_spans(w, size, halo):
-                yield rows, cols
-
     def _encode_tiled(self, x: Tensor) -> Tensor:
-        """One padded image ``(C, H, W)`` -> ids ``(h, w)`` (or ``(h, w, S)``), a tile at
-        a time: each tile's crop reaches ``halo[0]`` tokens past it on every side (less at
-        the image's border, where the whole image's zero padding begins too)."""
-        f = self.downsample_factor
-        h, w = x.shape[1] // f, x.shape[2] // f
-        ids: Tensor | None = None
-        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[0]):
-            crop = x[None, :, cr0 * f:cr1 * f, cc0 * f:cc1 * f]
+        """One padded image ``(C, H, W)`` -> ids ``(h, w)`` (or ``(h, w, S)``) on tiles."""
+        def encode(crop: Tensor) -> Tensor:
             with self._kernels():
-                part = self._run(lambda b: self.model.encode(b).indices, crop)[0]
-            part = part[r0 - cr0:r1 - cr0, c0 - cc0:c1 - cc0].to("cpu", torch.int64)
-            if ids is None:
-                ids = torch.empty((h, w, *part.shape[2:]), dtype=torch.int64)
-            ids[r0:r1, c0:c1] = part
-        return ids  # type: ignore[return-value]
+                return self._run(lambda b: self.model.encode(b).indices, crop)
+
+        f = self.downsample_factor
+        return encode_tiled(x, f, self.tile_size // f, self.halo[0], encode)  # type: ignore
 
     def _decode_tiled(self, grid: Tensor, convert: Any) -> Tensor:
         """One token grid ``(h, w)`` (or ``(h, w, s)``) -> ``convert``-ed image
-        ``(C, h * f, w * f)``, a tile at a time with a halo of ``halo[1]`` tokens."""
-        f = self.downsample_factor
-        h, w = grid.shape[:2]
-        image: Tensor | None = None
-        for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in self._tiles(h, w, self.halo[1]):
+        ``(C, h * f, w * f)`` on tiles."""
+        def decode(crop: Tensor) -> Tensor:
             with self._kernels():
-                part = self._run(self.model.decode_indices, grid[None, cr0:cr1, cc0:cc1])
-            piece = convert(part[:, :, (r0 - cr0) * f:(r1 - cr0) * f,
-                                 (c0 - cc0) * f:(c1 - cc0) * f])[0]
-            if image is None:
-                image = torch.empty((piece.shape[0], h * f, w * f), dtype=piece.dtype)
-            image[:, r0 * f:r1 * f, c0 * f:c1 * f] = piece
-        return image  # type: ignore[return-value]
+                return convert(self._run(self.model.decode_indices, crop))
+
+        f = self.downsample_factor
+        return decode_tiled(grid, f, self.tile_size // f, self.halo[1], decode)  # type: ignore
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """Model-space images -> uint8 pixels on the CPU: ``round((x * std + mean) * 255)``
@@ -514,48 +482,8 @@ class ImageTokenizer:
     def _kernels(self) -> Iterator[None]:
         """Eval mode, inference mode and batch-independent kernels (module doc)."""
         self.model.eval()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self.batch_invariant and self.device.type == "cpu":
-                stack.enter_context(_cpu_per_sample_kernels())
-            elif self.batch_invariant and self.device.type == "cuda":
-                stack.enter_context(torch.backends.cudnn.flags(
-                    enabled=True, benchmark=False, deterministic=True, allow_tf32=False))
+        with inference_kernels(self.device, self.batch_invariant):
             yield
-
-
-def tile_spans(n: int, size: int, halo: int) -> list[Span]:
-    """Cut ``n`` positions into tiles of ``size`` (the last may be shorter):
-    ``(start, stop, crop_start, crop_stop)`` with the crop reaching ``halo`` positions
-    past the tile on each side, clipped to ``[0, n)``."""
-    return [(start, min(n, start + size), max(0, start - halo), min(n, start + size + halo))
-            for start in range(0, n, size)]
-
-
-def _tiling(model: VQAutoencoder, tile_size: int | None | str
-            ) -> tuple[tuple[int, int] | None, int | None]:
-    """``(halo, tile_size)``: the halo in tokens of the encoder and of the decoder (None
-    when the model cannot be tiled) and the tile side in pixels (None: never tile)."""
-    f = model.downsample_factor
-    try:
-        # The encoder's window is in pixels, the decoder's in tokens; one more token covers
-        # the rounding of nearest-neighbour upsampling (docs/architecture.md#tiled-inference).
-        halo: tuple[int, int] | None = (math.ceil(receptive_radius(model.encoder) / f),
-                                        math.ceil(receptive_radius(model.decoder)) + 1)
-        reason = ""
-    except NotTileableError as err:
-        halo, reason = None, str(err)
-    if tile_size == "auto":
-        return halo, (None if halo is None else max(f, DEFAULT_TILE_SIZE // f * f))
-    if tile_size is None:
-        return halo, None
-    if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < f:
-        raise ValueError(f"tile_size must be an int >= the downsampling factor {f}, None or "
-                         f"'auto', got {tile_size!r}")
-    if halo is None:
-        raise ValueError(f"tile_size={tile_size}: this model cannot run on tiles: {reason}; "
-                         f"use no tiling (tile_size None, --tile-size none)")
-    return halo, tile_size // f * f
 
 
 def _to_cpu_float(x: Tensor) -> Tensor:
@@ -563,78 +491,9 @@ def _to_cpu_float(x: Tensor) -> Tensor:
     return x.to("cpu", torch.float32).clone()
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device that exists here; a ValueError that says why not."""
-    try:
-        found = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
-    if found.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this torch sees no CUDA device; use cpu")
-    if found.type == "cuda" and found.index is not None and (
-            found.index >= torch.cuda.device_count()):
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
-                         f"device(s) here")
-    if found.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available here; use cpu")
-    if found.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r}: vqtok runs on cpu, cuda or mps")
-    return found
-
-
-@contextlib.contextmanager
-def _cpu_per_sample_kernels() -> Iterator[None]:
-    # torch picks oneDNN for batches > 1 and NNPACK for batches >= 16 but the native
-    # kernel for a single small image; the native kernel alone is per-sample.
-    mkldnn = torch.backends.mkldnn.enabled
-    nnpack = torch.backends.nnpack.set_flags(False)[0]
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = mkldnn
-        torch.backends.nnpack.set_flags(nnpack)
-
-
-# ---- input conversion -----------------------------------------------------------------
-
-
-def split_images(images: Images) -> list[ImageLike]:
-    """One item per image: batches ``(B, H, W, C)`` arrays and ``(B, C, H, W)`` tensors
-    are split; a list or tuple is taken item by item."""
-    if isinstance(images, (list, tuple)):
-        items: list[ImageLike] = []
-        for item in images:
-            if isinstance(item, (list, tuple)):
-                raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
-                    "expected a flat list of images, got a nested list")
-            items += split_images(item)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        items = list(images)
-    elif isinstance(images, Tensor) and images.ndim == 4:
-        items = list(images.unbind(0))
-    elif isinstance(images, (Image.Image, np.ndarray, Tensor)):
-        items = [images]
-    else:
-        raise ValueError(f"expected PIL images, numpy arrays or tensors, got "
-                         f"{type(images).__name__}")
-    if not items:
-        raise ValueError("got no images")
-    return items
-
-
-def pad_to(x: Tensor, height: int, width: int) -> Tensor:
-    """``(C, H, W)`` -> ``(C, height, width)`` by replicating the bottom row and right column."""
-    pad = (0, width - x.shape[2], 0, height - x.shape[1])  # (left, right, top, bottom)
-    if pad == (0, 0, 0, 0):
-        return x
-    return F.pad(x[None], pad, mode="replicate")[0]
-
-
 def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-__all__ = ["BATCH_PIXELS", "DEFAULT_TILE_SIZE", "ImageTokenizer", "resolve_device", "split_images",
-           "tile_spans"]
+__all__ = ["BATCH_PIXELS", "ImageTokenizer"]

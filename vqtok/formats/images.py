@@ -20,6 +20,7 @@ with.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+from torch.nn import functional as F
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -34,11 +36,15 @@ __all__ = [
     "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
     "TILED_MAX_PIXELS",
+    "ImageLike",
+    "Images",
     "Normalization",
     "check_pixels",
     "image_files",
     "load_image",
+    "replicate_pad",
     "resize_center_crop",
+    "split_images",
     "to_uint8_pixels",
 ]
 
@@ -100,6 +106,12 @@ class Normalization:
 
 DEFAULT_NORMALIZATION = Normalization()
 """Pixels to [-1, 1], what every vqtok dataset yields."""
+
+
+ImageLike = Image.Image | np.ndarray | Tensor
+"""One image: a PIL image, a numpy array or a tensor (see vqtok.tokenizer)."""
+Images = ImageLike | Sequence[ImageLike]
+"""One image, a batch array/tensor, or a list of images."""
 
 
 def image_files(root: str | os.PathLike[str]) -> list[Path]:
@@ -204,3 +216,35 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
                          f"{array.dtype}")
     array = np.ascontiguousarray(array)
     return Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+
+
+def split_images(images: Images) -> list[ImageLike]:
+    """One item per image: batches ``(B, H, W, C)`` arrays and ``(B, C, H, W)`` tensors
+    are split; a list or tuple is taken item by item."""
+    if isinstance(images, (list, tuple)):
+        items: list[ImageLike] = []
+        for item in images:
+            if isinstance(item, (list, tuple)):
+                raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+                    "expected a flat list of images, got a nested list")
+            items += split_images(item)
+    elif isinstance(images, np.ndarray) and images.ndim == 4:
+        items = list(images)
+    elif isinstance(images, Tensor) and images.ndim == 4:
+        items = list(images.unbind(0))
+    elif isinstance(images, (Image.Image, np.ndarray, Tensor)):
+        items = [images]
+    else:
+        raise ValueError(f"expected PIL images, numpy arrays or tensors, got "
+                         f"{type(images).__name__}")
+    if not items:
+        raise ValueError("got no images")
+    return items
+
+
+def replicate_pad(x: Tensor, height: int, width: int) -> Tensor:
+    """``(C, H, W)`` -> ``(C, height, width)`` by replicating the bottom row and right column."""
+    pad = (0, width - x.shape[2], 0, height - x.shape[1])  # (left, right, top, bottom)
+    if pad == (0, 0, 0, 0):
+        return x
+    return F.pad(x[None], pad, mode="replicate")[0]
