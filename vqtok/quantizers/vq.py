@@ -229,7 +229,10 @@ class VectorQuantizer(CodebookQuantizer):
         self.ema_sum.mul_(g).add_(sums, alpha=1.0 - g)
         total = self.ema_count.sum()
         smoothed = (self.ema_count + self.ema_eps) / (total + self.codebook_size * self.ema_eps)
-        self.codebook.copy_(self.ema_sum / (smoothed * total)[:, None])
+        # A new tensor, not an in-place write: the codes looked up in this forward (which
+        # the backward may recompute from the codebook, as inductor's graphs do) keep the
+        # codebook they were read from (docs/training.md#torch-compile).
+        self.codebook = self.ema_sum / (smoothed * total)[:, None]
 
     def extra_repr(self) -> str:
         return (
