@@ -100,6 +100,18 @@ def test_the_gradient_reaches_the_input_and_matches_finite_differences() -> None
     torch.testing.assert_close((x.grad * direction).sum(), numeric.sum(), rtol=1e-5, atol=0)
 
 
+def test_either_argument_may_be_the_one_that_learns(lpips: LPIPS) -> None:
+    target, rec = images(15), images(16)
+    grads = []
+    for order in ((0, 1), (1, 0)):
+        x = rec.clone().requires_grad_(True)
+        pair = [x, target]
+        lpips(pair[order[0]], pair[order[1]]).sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-9)
+
+
 def test_the_gradient_at_identical_images_is_zero_not_nan(lpips: LPIPS) -> None:
     x = images(12)
     x.requires_grad_(True)

@@ -216,14 +216,26 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS needs images of at least {MIN_SIDE} x {MIN_SIDE} pixels "
                              f"(its last layer sees 1/16 of the size), got "
                              f"{tuple(x.shape[-2:])}")
-        batch = x.shape[0]
+        # An image that needs no gradient (the target of a reconstruction loss) goes through
+        # the network without autograd: its backward pass would be thrown away.
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and x.requires_grad):
+            taps_x = self._taps(x)
+        with torch.set_grad_enabled(grad and y.requires_grad):
+            taps_y = self._taps(y)
+        total = x.new_zeros(x.shape[0])
+        for tap, (a, b) in enumerate(zip(taps_x, taps_y)):
+            total = total + self._layer_distance(a, b, tap)
+        return total
+
+    def _taps(self, x: Tensor) -> list[Tensor]:
+        """The scaled input through VGG16, the outputs of the five tapped ReLUs."""
         # The constants are made in the input's dtype (not kept as float32 buffers), so a
         # float64 network computes in float64 throughout.
         shift = torch.tensor(SHIFT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         scale = torch.tensor(SCALE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        h = (torch.cat([x, y]) - shift) / scale  # one pass for both batches
-        total = h.new_zeros(batch)
-        tap = 0
+        h = (x - shift) / scale
+        taps = []
         for index in range(TAP_LAYERS[-1] + 1):
             if index in VGG16_CONVS:
                 conv = self.features[str(index)]
@@ -233,9 +245,8 @@ class LPIPS(nn.Module):
             else:  # a ReLU
                 h = F.relu(h)
                 if index in TAP_LAYERS:
-                    total = total + self._layer_distance(h[:batch], h[batch:], tap)
-                    tap += 1
-        return total
+                    taps.append(h)
+        return taps
 
     def _layer_distance(self, a: Tensor, b: Tensor, tap: int) -> Tensor:
         """One layer's term: channel-unit features, squared difference, 1x1 head, mean over
