@@ -85,8 +85,10 @@ def lpips_weights_from_files(vgg: str | os.PathLike[str], heads: str | os.PathLi
             f"LPIPS heads file {heads}")
         key = name if name.startswith("features.") else HEAD_KEYS[int(name.split(".")[1])]
         if value.is_floating_point() and tuple(value.shape) != shapes[name]:
+            other = "" if name.startswith("features.") else (
+                " (the heads of another network, such as alex.pth? use weights/v0.1/vgg.pth)")
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, expected "
-                             f"{shapes[name]}")
+                             f"{shapes[name]}{other}")
     check_lpips_weights(tensors, f"{vgg} + {heads}")
     return {k: v.to(torch.float32).contiguous() for k, v in tensors.items()}
 
