@@ -119,6 +119,31 @@ def test_the_gradient_at_identical_images_is_zero_not_nan(lpips: LPIPS) -> None:
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
+def dead_top_layer(seed: int) -> dict[str, Tensor]:
+    """Random weights whose relu5_3 is 0 at every position: every channel's bias is far
+    below anything the convolution adds (a case the channel norm must survive)."""
+    weights = LPIPS.random(seed=seed).weights()
+    return {**weights, "features.28.bias": torch.full((512,), -1e3)}
+
+
+def test_all_zero_features_give_finite_values_and_gradients() -> None:
+    weights = dead_top_layer(2)
+    lpips = LPIPS(weights)
+    x, y = images(17), images(18)
+    torch.testing.assert_close(lpips(x, y).double(), reference_lpips(weights, x, y), rtol=0,
+                               atol=1e-6)
+    for target in (y, x.clone()):  # different images, and identical ones
+        rec = x.clone().requires_grad_(True)
+        lpips(rec, target).sum().backward()
+        assert torch.isfinite(rec.grad).all()
+    assert torch.equal(rec.grad, torch.zeros_like(rec))  # at identical images: exactly 0
+    # float16 layers: the norm's EPS would be 0 there; the distance is computed in float32
+    half = LPIPS(weights).half()
+    d = half(x.half(), y.half())
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+    torch.testing.assert_close(d, lpips(x, y), rtol=0.02, atol=1e-3)
+
+
 def test_frozen_and_always_in_eval_mode(lpips: LPIPS) -> None:
     assert list(lpips.parameters()) == []
     assert all(not b.requires_grad for b in lpips.buffers())

@@ -208,7 +208,8 @@ class LPIPS(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """``(B,)`` LPIPS distances between ``x`` and ``y``, each ``(B, 3, H, W)`` in [-1, 1]."""
+        """``(B,)`` LPIPS distances between ``x`` and ``y``, each ``(B, 3, H, W)`` in [-1, 1]
+        (float32, or float64 for a float64 network, whatever the precision of the layers)."""
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS compares two (B, 3, H, W) batches of the same shape, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
@@ -223,7 +224,7 @@ class LPIPS(nn.Module):
             taps_x = self._taps(x)
         with torch.set_grad_enabled(grad and y.requires_grad):
             taps_y = self._taps(y)
-        total = x.new_zeros(x.shape[0])
+        total = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
         for tap, (a, b) in enumerate(zip(taps_x, taps_y)):
             total = total + self._layer_distance(a, b, tap)
         return total
@@ -251,9 +252,13 @@ class LPIPS(nn.Module):
     def _layer_distance(self, a: Tensor, b: Tensor, tap: int) -> Tensor:
         """One layer's term: channel-unit features, squared difference, 1x1 head, mean over
         positions (paper, eq. 1)."""
-        # vector_norm's gradient at a zero vector is 0 (sqrt's would be infinite, and a
-        # position where every channel is 0 after the ReLU is common).
+        # At least float32 here: EPS is 0 in float16, and 0 / 0 would be NaN at a position
+        # where every channel is 0. vector_norm's gradient at a zero vector is 0 (sqrt's
+        # would be infinite).
+        dtype = torch.promote_types(a.dtype, torch.float32)
+        a, b = a.to(dtype), b.to(dtype)
         a = a / (torch.linalg.vector_norm(a, dim=1, keepdim=True) + EPS)
         b = b / (torch.linalg.vector_norm(b, dim=1, keepdim=True) + EPS)
-        weighted = F.conv2d((a - b).pow(2), self.heads[tap].weight)  # (B, 1, h, w)
+        head = self.heads[tap].weight.to(dtype)
+        weighted = F.conv2d((a - b).pow(2), head)  # (B, 1, h, w)
         return weighted.mean(dim=(1, 2, 3))
