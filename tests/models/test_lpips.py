@@ -214,6 +214,7 @@ def test_from_file_loads_what_was_saved(lpips: LPIPS, tmp_path) -> None:
 
 def test_from_file_refuses_bad_files(lpips: LPIPS, tmp_path) -> None:
     one_line_error(tmp_path / "absent.safetensors", "does not exist")
+    one_line_error(tmp_path, "is a folder")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file at all")
     one_line_error(garbage, "not a readable safetensors file")

@@ -163,7 +163,8 @@ class LPIPS(nn.Module):
         says how to make one."""
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"LPIPS weights file {path} does not exist; {CONVERT_HINT}")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ValueError(f"LPIPS weights file {path} {what}; {CONVERT_HINT}")
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 marker = (f.metadata() or {}).get(LPIPS_MARKER)
