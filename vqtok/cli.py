@@ -4,8 +4,8 @@
 fit|validate|test`` are LightningCLIs (:mod:`vqtok.training.cli`); the plain subcommands
 (``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``,
 ``lpips convert``) parse their arguments here and call the library. Each imports what it
-needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are one line on stderr and
-exit status 2.
+needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -289,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the lpips package's VGG heads",
         description="Convert torchvision's VGG16 weights (vgg16-397923af.pth, IMAGENET1K_V1) "
                     "and the lpips package's linear heads (weights/v0.1/vgg.pth inside its "
-                    "wheel) into the one file LPIPS.from_file and the training config read. "
-                    "Both are read with torch.load(weights_only=True).")
+                    "wheel) into the one file that LPIPS.from_file reads "
+                    "(docs/training.md#lpips). Both are read with "
+                    "torch.load(weights_only=True).")
     p.add_argument("--vgg", required=True, metavar="VGG16.pth",
                    help="torchvision-format VGG16 state dict (features.* used, classifier.* "
                         "ignored)")
