@@ -2,10 +2,10 @@
 
 ``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok decoder
 fit|validate|test`` are LightningCLIs (:mod:`vqtok.training.cli`); the plain subcommands
-(``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``) parse
-their arguments here and call the library. Each imports what it needs when it runs, so
-``vqtok encode`` never loads Lightning. Errors a user can fix are one line on stderr and
-exit status 2.
+(``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``,
+``lpips convert``) parse their arguments here and call the library. Each imports what it
+needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -163,6 +163,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lpips_convert(args: argparse.Namespace) -> int:
+    from vqtok.apps.lpips import convert_lpips
+
+    print(convert_lpips(args.vgg, args.heads, args.out, overwrite=args.overwrite))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
 
@@ -272,6 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     _device_and_overwrite(p, "replace an existing page and JSON")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("lpips", help="make the LPIPS weights file (perceptual loss) from the "
+                       "published VGG16 and LPIPS weights",
+                       description="LPIPS (docs/training.md#lpips). vqtok never downloads its "
+                                   "weights: you bring the two published files.")
+    lpips_sub = p.add_subparsers(dest="lpips_command", metavar="COMMAND", required=True)
+    p = lpips_sub.add_parser(
+        "convert", help="write one safetensors file from a torchvision VGG16 state dict and "
+        "the lpips package's VGG heads",
+        description="Convert torchvision's VGG16 weights (vgg16-397923af.pth, IMAGENET1K_V1) "
+                    "and the lpips package's linear heads (weights/v0.1/vgg.pth inside its "
+                    "wheel) into the one file that LPIPS.from_file reads "
+                    "(docs/training.md#lpips). Both are read with "
+                    "torch.load(weights_only=True).")
+    p.add_argument("--vgg", required=True, metavar="VGG16.pth",
+                   help="torchvision-format VGG16 state dict (features.* used, classifier.* "
+                        "ignored)")
+    p.add_argument("--heads", required=True, metavar="LIN.pth",
+                   help="the lpips package's VGG heads (lin0.model.1.weight ... "
+                        "lin4.model.1.weight)")
+    p.add_argument("--out", required=True, help="safetensors file to write (atomically)")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="replace an existing --out")
+    p.set_defaults(func=cmd_lpips_convert)
+
     p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
                        "the platform cache directory)",
                        description="Put a data set where vqtok's configs look for it. "
@@ -332,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(quiet="--quiet" in argv)
     lightning = argv[:1] and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] == ["decoder"] and (
         len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS)
-    command = " ".join(argv[:2] if argv[:1] == ["decoder"] else argv[:1]) or "vqtok"
+    command = " ".join(argv[:2] if argv[:1] in (["decoder"], ["lpips"]) else argv[:1]) or "vqtok"
     try:
         if lightning:
             return _lightning(argv)

@@ -14,6 +14,7 @@ one way (:mod:`vqtok.formats.images`).
 :mod:`.report`                 ``report.json``
 :mod:`.token_cache`            the decoder's cache of tokenized datasets
 :mod:`.checkpoint`             Lightning checkpoints, read with ``weights_only=True``
+:mod:`.lpips_weights`          the LPIPS network's weights (``vqtok lpips convert``)
 ============================  =========================================================
 """
 
