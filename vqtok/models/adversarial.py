@@ -26,6 +26,11 @@ def check_gan_loss(name: str) -> str:
     return name
 
 
+def _wide(x: Tensor) -> Tensor:
+    """At least float32 (logits may come from a bf16 forward pass); float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def discriminator_loss(kind: str, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """The discriminator's loss on its logits for real and reconstructed images:
 
@@ -34,7 +39,7 @@ def discriminator_loss(kind: str, logits_real: Tensor, logits_fake: Tensor) -> T
       binary cross-entropy of ``sigmoid(logit)`` against 1 for real and 0 for fake.
     """
     check_gan_loss(kind)
-    real, fake = logits_real.float(), logits_fake.float()
+    real, fake = _wide(logits_real), _wide(logits_fake)
     if kind == "hinge":
         return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
     return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
@@ -45,7 +50,7 @@ def generator_loss(kind: str, logits_fake: Tensor) -> Tensor:
     reconstructions: ``-mean(fake)`` for hinge, ``mean(softplus(-fake))`` (``-log
     sigmoid``) for non_saturating."""
     check_gan_loss(kind)
-    fake = logits_fake.float()
+    fake = _wide(logits_fake)
     if kind == "hinge":
         return -fake.mean()
     return F.softplus(-fake).mean()
@@ -62,7 +67,7 @@ def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor,
     """
     rec_grad, = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)
     gan_grad, = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
-    weight = rec_grad.float().norm() / (gan_grad.float().norm() + eps)
+    weight = _wide(rec_grad).norm() / (_wide(gan_grad).norm() + eps)
     return weight.clamp(0.0, max_weight).detach()
 
 
@@ -89,7 +94,7 @@ class LeCam(nn.Module):
     @torch.no_grad()
     def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
         """Move the anchors towards this batch's mean logits."""
-        real, fake = logits_real.float().mean(), logits_fake.float().mean()
+        real, fake = _wide(logits_real).mean(), _wide(logits_fake).mean()
         if not bool(self.initialized):
             self.anchor_real.copy_(real)
             self.anchor_fake.copy_(fake)

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok import registry
@@ -77,7 +77,8 @@ class TokenizerModule(pl.LightningModule):
         lecam_weight: weight of LeCam regularisation on the discriminator (0: off).
         lecam_decay: decay of the moving averages LeCam anchors to.
         ema_decay: keep an exponential moving average of the autoencoder's weights with this
-            decay (e.g. 0.999), updated after every optimizer step; ``None``: no average.
+            decay (e.g. 0.999; warmed up at the start, :func:`_ema_update`), updated after
+            every optimizer step; ``None``: no average.
         export_ema: export the averaged weights when there are any (the default), else the
             raw ones.
 
@@ -357,14 +358,19 @@ def _no_closure() -> None:
 
 
 def _ema_update(decay: float) -> Any:
-    """``AveragedModel``'s update: torch's EMA (``W <- decay W + (1 - decay) W_model``) on
-    floating-point tensors; others (step counters, flags, integer levels) are copied, as an
-    average of them means nothing and torch's fallback would round them."""
-    ema = get_ema_multi_avg_fn(decay)
+    """``AveragedModel``'s update: ``W <- d W + (1 - d) W_model`` on floating-point tensors,
+    with the decay warmed up as TensorFlow's ``ExponentialMovingAverage(num_updates=n)``
+    does, ``d = min(decay, (1 + n) / (10 + n))`` for the ``n``-th update after the first
+    (which copies), so the first weights do not linger in a short run. Other tensors (step
+    counters, flags, integer levels) are copied: an average of them means nothing."""
 
+    @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
-            ema(averaged, current, num_averaged)
+            n = float(num_averaged)
+            weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+            for a, c in zip(averaged, current, strict=True):
+                a.lerp_(c, weight)
         else:
             for a, c in zip(averaged, current, strict=True):
                 a.copy_(c)
