@@ -131,3 +131,18 @@ def test_discriminator_checks_and_registry() -> None:
     rebuilt = registry.build({"class_path": "vqtok.models.PatchDiscriminator",
                               "init_args": spec["init_args"]})
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in disc.parameters()]
+
+
+def test_decoder_last_layer_is_its_output_convolution() -> None:
+    from vqtok.models import Decoder
+
+    decoder = Decoder(out_channels=3, channels=8, channel_mult=(1, 2), dim=4, num_groups=4)
+    z = torch.randn(1, 4, 5, 5)
+    # the output is a linear function of the last layer's weight: doubling that weight
+    # (bias zeroed) doubles the output
+    with torch.no_grad():
+        decoder.layers[-1].bias.zero_()
+        once = decoder(z)
+        decoder.last_layer.mul_(2.0)
+        torch.testing.assert_close(decoder(z), 2.0 * once)
+    assert decoder.last_layer.shape[0] == 3
