@@ -80,6 +80,9 @@ def test_bad_adversarial_options_are_refused() -> None:
         adversarial_module(gan_loss="wgan")
     with pytest.raises(ValueError, match="disc_start must be >= 0"):
         adversarial_module(disc_start=-1)
+    with pytest.raises(ValueError, match="discriminator reads 3-channel images but the "
+                                         "encoder 1-channel ones"):
+        tiny_module(FSQ([4, 4, 4], dim=DIM), discriminator=PatchDiscriminator(in_channels=3))
     with pytest.raises(ValueError, match="ema_decay must be in"):
         tiny_module(FSQ([4, 4, 4], dim=DIM), ema_decay=1.0)
 

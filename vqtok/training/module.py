@@ -150,6 +150,10 @@ class TokenizerModule(pl.LightningModule):
                 raise ValueError(f"adversarial training needs the decoder's output weight for "
                                  f"the adaptive weight; {type(decoder).__name__} has no "
                                  f"last_layer parameter")
+            channels = getattr(discriminator, "in_channels", encoder.in_channels)
+            if channels != encoder.in_channels:
+                raise ValueError(f"the discriminator reads {channels}-channel images but the "
+                                 f"encoder {encoder.in_channels}-channel ones")
             self.automatic_optimization = False  # two optimizers, stepped in training_step
         self.ema: AveragedModel | None = None
         if ema_decay is not None:
@@ -176,10 +180,18 @@ class TokenizerModule(pl.LightningModule):
         return DEFAULT_NORMALIZATION if given is None else Normalization(**given)
 
     def setup(self, stage: str) -> None:
-        """Record the DataModule's pixel normalisation unless one was given."""
+        """Record the DataModule's pixel normalisation unless one was given; check that the
+        discriminator can read the DataModule's images."""
         found = getattr(self.trainer.datamodule, "normalization", None)
         if self.hparams.get("normalization") is None and isinstance(found, Normalization):
             self.hparams["normalization"] = found.as_dict()
+        # Fail now rather than at disc_start, possibly hours in.
+        size = getattr(self.trainer.datamodule, "image_size", None)
+        smallest = getattr(self.discriminator, "min_size", None)
+        if isinstance(size, int) and isinstance(smallest, int) and size < smallest:
+            raise ValueError(f"training images of {size} pixels are too small for the "
+                             f"discriminator (at least {smallest} pixels a side); lower its "
+                             f"n_layers")
 
     @property
     def export_model(self) -> VQAutoencoder:
