@@ -11,7 +11,8 @@ resolution and writes ``benchmarks/RESULTS_recipe.md``: PSNR and SSIM (torchmetr
 [0, 1] pixels), the sharpness ratio (variance of the Laplacian of the reconstruction's
 luminance over that of the original; 1.0 is as sharp as the input), codebook usage on the
 held-out photos' tokens, and the median seconds per step; and a side-by-side PNG of a
-held-out photo (original | without | with) beside it.
+held-out photo (original | without | with) beside it. What the numbers say is added by
+hand below the generated part.
 
 Run (about 30 minutes here for 800 steps each)::
 
@@ -172,7 +173,7 @@ def report(out: Path) -> None:
 `benchmarks/recipe.py` trains `experiments/photos_vqgan.yaml` twice with the same seed,
 steps and batches: once as written (patch discriminator, hinge loss, VQGAN's adaptive weight,
 Esser et al. 2021 eq. 7) and once with `discriminator: null`. Both keep the weight EMA
-(decay 0.999) and export it. Each variant ran {records['with']['steps']} steps (batch 16 of
+(decay 0.999, warmed up) and export it. Each variant ran {records['with']['steps']} steps (batch 16 of
 64 x 64 crops); the discriminator was on from step {start}. The two ran at the same time,
 one thread each, on {platform.machine()} ({os.cpu_count()} cores, shared with other
 sessions and a long background experiment): 1-minute load average {min(loads):.1f} to
@@ -201,8 +202,6 @@ Per photo (PSNR, SSIM, sharpness; without, then with):
 `recipe_side_by_side.png`: {photos[0].name}, original | without | with the discriminator.
 
 LPIPS is not in this table: it is measured later, once the library's LPIPS exists.
-
-NOTES
 """
     RESULTS.write_text(text)
     print(text)
