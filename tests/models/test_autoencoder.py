@@ -111,6 +111,21 @@ def test_self_attention_matches_float64_reference() -> None:
     torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_self_attention_is_permutation_equivariant_over_positions(norm: str) -> None:
+    """Shuffling the positions of the input shuffles the output the same way: the norm's
+    statistics, the 1x1 maps and softmax attention treat positions as a set."""
+    from vqtok.models.blocks import SelfAttention, norm_factory
+
+    block = SelfAttention(8, norm_factory(norm, 4)).double()
+    x = torch.randn(2, 8, 4, 6, dtype=torch.float64)
+    for seed in range(3):
+        perm = torch.randperm(24, generator=torch.Generator().manual_seed(seed))
+        shuffled = x.flatten(2)[..., perm].reshape_as(x)
+        expected = block(x).flatten(2)[..., perm].reshape_as(x)
+        torch.testing.assert_close(block(shuffled), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_channel_norm_matches_float64_reference() -> None:
     from vqtok.models.blocks import ChannelNorm
 

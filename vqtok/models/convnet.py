@@ -113,6 +113,12 @@ class Decoder(_ConvNet):
         layers += [self.make_norm(width), nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
+    @property
+    def last_layer(self) -> nn.Parameter:
+        """The weight of the output convolution: where VQGAN's adaptive GAN weight compares
+        gradients (Esser et al. 2021, eq. 7)."""
+        return self.layers[-1].weight
+
     def forward(self, z: Tensor) -> Tensor:
         check_feature_map(z, self.dim, 1, "feature map")
         return self.layers(z)

@@ -1,7 +1,16 @@
 """The LightningModule that trains an image tokenizer.
 
 It receives encoder, quantizer and decoder as modules (LightningCLI ``class_path`` /
-``init_args``), so any quantizer is swapped from the config alone.
+``init_args``), so any quantizer is swapped from the config alone. Two options change how
+it trains (docs/training.md#adversarial-training):
+
+- a ``discriminator``: the autoencoder also learns to fool a patch discriminator, with
+  VQGAN's adaptive weight (Esser et al. 2021, eq. 7). The module then optimises by hand
+  (Lightning's manual optimisation) with two optimizers, one step of each per batch.
+- ``ema_decay``: an exponential moving average of the autoencoder's weights
+  (``torch.optim.swa_utils.AveragedModel``), which export writes instead of the raw weights.
+
+Without them training is the plain path: one optimizer, Lightning's automatic optimisation.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok import registry
@@ -21,6 +32,13 @@ from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.metrics import CodebookUsage
 from vqtok.models import AutoencoderOutput, VQAutoencoder
+from vqtok.models.adversarial import (
+    LeCam,
+    adaptive_weight,
+    check_gan_loss,
+    discriminator_loss,
+    generator_loss,
+)
 from vqtok.quantizers import Quantizer
 from vqtok.training.optim import adamw_warmup_cosine
 
@@ -48,9 +66,25 @@ class TokenizerModule(pl.LightningModule):
         normalization: ``{"mean", "std"}`` of the pixels the model sees; by default the
             DataModule's (every vqtok DataModule has one), recorded in checkpoints and
             written into the exported tokenizer.
+        discriminator: a discriminator (e.g. :class:`~vqtok.models.PatchDiscriminator`)
+            for adversarial training; ``None`` (default) trains without one.
+        gan_loss: ``"hinge"`` or ``"non_saturating"`` (:mod:`vqtok.models.adversarial`).
+        disc_weight: factor on VQGAN's adaptive weight of the generator's GAN term.
+        disc_start: the step from which the GAN term is on and the discriminator trains.
+        disc_lr: the discriminator's Adam learning rate (default: ``lr``), constant.
+        disc_betas: the discriminator's Adam betas.
+        adaptive_weight_max: the adaptive weight is clamped to ``[0, adaptive_weight_max]``.
+        lecam_weight: weight of LeCam regularisation on the discriminator (0: off).
+        lecam_decay: decay of the moving averages LeCam anchors to.
+        ema_decay: keep an exponential moving average of the autoencoder's weights with this
+            decay (e.g. 0.999; warmed up at the start, :func:`_ema_update`), updated after
+            every optimizer step; ``None``: no average.
+        export_ema: export the averaged weights when there are any (the default), else the
+            raw ones.
 
-    Encoder, quantizer and decoder may also be given as ``{"class_path", "init_args"}``
-    dicts (what checkpoints store), which are rebuilt from :mod:`vqtok.registry` only.
+    Encoder, quantizer, decoder and discriminator may also be given as
+    ``{"class_path", "init_args"}`` dicts (what checkpoints store), which are rebuilt from
+    :mod:`vqtok.registry` only.
     """
 
     def __init__(
@@ -66,22 +100,67 @@ class TokenizerModule(pl.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 1.0,
         normalization: dict[str, float] | None = None,
+        discriminator: nn.Module | None = None,
+        gan_loss: str = "hinge",
+        disc_weight: float = 0.8,
+        disc_start: int = 0,
+        disc_lr: float | None = None,
+        disc_betas: tuple[float, float] = (0.5, 0.9),
+        adaptive_weight_max: float = 1e4,
+        lecam_weight: float = 0.0,
+        lecam_decay: float = 0.99,
+        ema_decay: float | None = None,
+        export_ema: bool = True,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        check_gan_loss(gan_loss)
+        for name, value in (("disc_weight", disc_weight), ("disc_start", disc_start),
+                            ("adaptive_weight_max", adaptive_weight_max),
+                            ("lecam_weight", lecam_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if disc_lr is not None and not disc_lr > 0:
+            raise ValueError(f"disc_lr must be > 0, got {disc_lr!r}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay!r}")
         encoder, quantizer, decoder = (
             m if isinstance(m, nn.Module) else registry.build(m)
             for m in (encoder, quantizer, decoder)
         )
-        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder"])
+        if discriminator is not None and not isinstance(discriminator, nn.Module):
+            discriminator = registry.build(discriminator)
+        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "discriminator"])
         # Checkpoints hold registry specs, never module objects: they load with
         # torch.load(weights_only=True) and rebuild through the registry alone.
         self.hparams.pop("_instantiator", None)
         self.hparams.pop("_class_path", None)
         for name, module in (("encoder", encoder), ("quantizer", quantizer), ("decoder", decoder)):
             self.hparams[name] = registry.spec_of(module)
+        self.hparams["discriminator"] = (None if discriminator is None
+                                         else registry.spec_of(discriminator))
         self.model = VQAutoencoder(encoder, quantizer, decoder)
+        # Beside the autoencoder, never inside it: export writes self.model (or its average)
+        # alone, so no discriminator weight reaches a tokenizer directory.
+        self.discriminator = discriminator
+        self.lecam = LeCam(lecam_decay) if discriminator is not None and lecam_weight > 0 else None
+        if discriminator is not None:
+            if not isinstance(getattr(decoder, "last_layer", None), nn.Parameter):
+                raise ValueError(f"adversarial training needs the decoder's output weight for "
+                                 f"the adaptive weight; {type(decoder).__name__} has no "
+                                 f"last_layer parameter")
+            channels = getattr(discriminator, "in_channels", encoder.in_channels)
+            if channels != encoder.in_channels:
+                raise ValueError(f"the discriminator reads {channels}-channel images but the "
+                                 f"encoder {encoder.in_channels}-channel ones")
+            self.automatic_optimization = False  # two optimizers, stepped in training_step
+        self.ema: AveragedModel | None = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=_ema_update(ema_decay),
+                                     use_buffers=True)
+            self.ema.requires_grad_(False)
+            self._ema_seen_step = -1
         if normalization is not None:
             Normalization(**normalization)  # validates
         self.recon_loss = recon_loss
@@ -101,27 +180,52 @@ class TokenizerModule(pl.LightningModule):
         return DEFAULT_NORMALIZATION if given is None else Normalization(**given)
 
     def setup(self, stage: str) -> None:
-        """Record the DataModule's pixel normalisation unless one was given."""
+        """Record the DataModule's pixel normalisation unless one was given; check that the
+        discriminator can read the DataModule's images."""
         found = getattr(self.trainer.datamodule, "normalization", None)
         if self.hparams.get("normalization") is None and isinstance(found, Normalization):
             self.hparams["normalization"] = found.as_dict()
+        # Fail now rather than at disc_start, possibly hours in.
+        size = getattr(self.trainer.datamodule, "image_size", None)
+        smallest = getattr(self.discriminator, "min_size", None)
+        if isinstance(size, int) and isinstance(smallest, int) and size < smallest:
+            raise ValueError(f"training images of {size} pixels are too small for the "
+                             f"discriminator (at least {smallest} pixels a side); lower its "
+                             f"n_layers")
+
+    @property
+    def export_model(self) -> VQAutoencoder:
+        """What export writes: the weights' moving average when there is one and
+        ``export_ema`` is on, else the trained autoencoder."""
+        if self.ema is not None and self.hparams.get("export_ema", True):
+            return self.ema.module
+        return self.model
 
     def export(self, out_dir: str | Path, datamodule: object = None) -> Path:
-        """Write the autoencoder as a tokenizer directory (nothing else of the module)."""
-        return save_tokenizer_dir(self.model, out_dir, normalization=self.normalization)
+        """Write the autoencoder as a tokenizer directory (nothing else of the module: no
+        discriminator, no optimizer state)."""
+        return save_tokenizer_dir(self.export_model, out_dir, normalization=self.normalization)
 
     def forward(self, x: Tensor) -> AutoencoderOutput:
         return self.model(x)
 
     # ---- losses ------------------------------------------------------------------------
-    def compute_losses(self, x: Tensor, out: AutoencoderOutput) -> dict[str, Tensor]:
-        """Named terms and their sum under ``"loss"``."""
-        x_hat = out.x_hat.float()
+    def reconstruction_terms(self, x: Tensor, x_hat: Tensor) -> dict[str, Tensor]:
+        """The terms comparing the reconstruction with the input: the pixel loss. A
+        perceptual loss belongs here too; the adaptive GAN weight balances the GAN term
+        against the sum of these terms (Esser et al. 2021, eq. 7)."""
         recon = F.l1_loss(x_hat, x) if self.recon_loss == "l1" else F.mse_loss(x_hat, x)
-        terms = {"recon": recon}
+        return {"recon": recon}
+
+    def compute_losses(self, x: Tensor, out: AutoencoderOutput) -> dict[str, Tensor]:
+        """Named terms, their sum under ``"loss"``, and the sum of the reconstruction terms
+        alone under ``"reconstruction"`` (for the adaptive weight; not a term of its own)."""
+        rec_terms = self.reconstruction_terms(x, out.x_hat.float())
+        terms = dict(rec_terms)
         for name, value in out.quant.losses.items():
             terms[name] = self.loss_weights.get(name, 1.0) * value
         terms["loss"] = sum(terms.values())
+        terms["reconstruction"] = sum(rec_terms.values())
         return terms
 
     @staticmethod
@@ -133,12 +237,68 @@ class TokenizerModule(pl.LightningModule):
         x = self.images_of(batch)
         out = self.model(x)
         terms = self.compute_losses(x, out)
+        rec = terms.pop("reconstruction")
         loss = terms.pop("loss")
         # A reference, no copy: CodebookHistory reads it for its per-batch usage curve.
         self.last_train_indices = out.quant.indices.detach()
+        if self.discriminator is not None:
+            loss = self._adversarial_step(x, out.x_hat.float(), loss, rec, terms)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _adversarial_step(self, x: Tensor, x_hat: Tensor, loss: Tensor, rec: Tensor,
+                          logs: dict[str, Tensor]) -> Tensor:
+        """One step of each optimizer (docs/training.md#adversarial-training): the
+        autoencoder on ``loss`` plus the weighted GAN term, then the discriminator on the
+        same (detached) reconstructions. Before ``disc_start`` only the first step runs.
+        Adds its terms to ``logs``; returns the autoencoder's total loss."""
+        hp = self.hparams
+        opt_ae, opt_d = self.optimizers()
+        active = self.global_step >= hp.disc_start
+        if active:
+            self.toggle_optimizer(opt_ae)  # no gradients into the discriminator here
+            g_loss = generator_loss(hp.gan_loss, self.discriminator(x_hat))
+            weight = hp.disc_weight * adaptive_weight(rec, g_loss, self.model.decoder.last_layer,
+                                                      hp.adaptive_weight_max)
+            loss = loss + weight * g_loss
+            logs.update(g_loss=g_loss.detach(), adaptive_weight=weight)
+        opt_ae.zero_grad()
+        self.manual_backward(loss)
+        opt_ae.step()
+        if active:
+            self.untoggle_optimizer(opt_ae)
+        self.lr_schedulers().step()
+        if not active:
+            return loss.detach()
+
+        logits_real = self.discriminator(x.detach())
+        logits_fake = self.discriminator(x_hat.detach())
+        d_loss = discriminator_loss(hp.gan_loss, logits_real, logits_fake)
+        logs.update(d_loss=d_loss.detach(), logits_real=logits_real.detach().float().mean(),
+                    logits_fake=logits_fake.detach().float().mean())
+        if self.lecam is not None:
+            self.lecam.update(logits_real, logits_fake)
+            penalty = self.lecam(logits_real, logits_fake)
+            logs["lecam"] = penalty.detach()
+            d_loss = d_loss + hp.lecam_weight * penalty
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        # Through the strategy (precision plugin included) rather than opt_d.step(): in
+        # manual optimisation Lightning counts every LightningOptimizer step as a global
+        # step, and a batch must count once for max_steps, disc_start and checkpoints.
+        self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
+        return loss.detach()
+
+    def on_train_start(self) -> None:
+        if self.ema is not None:
+            self._ema_seen_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After each optimizer step (not after batches that only accumulate gradients).
+        if self.ema is not None and self.trainer.global_step != self._ema_seen_step:
+            self._ema_seen_step = self.trainer.global_step
+            self.ema.update_parameters(self.model)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -150,6 +310,7 @@ class TokenizerModule(pl.LightningModule):
         x = self.images_of(batch)
         out = self.model(x)
         terms = self.compute_losses(x, out)
+        terms.pop("reconstruction")
         x_hat = out.x_hat.float().clamp(-1.0, 1.0)
         self.val_psnr.update(x_hat, x)
         self.val_ssim.update(x_hat, x)
@@ -186,14 +347,44 @@ class TokenizerModule(pl.LightningModule):
             metric.reset()
 
     # ---- optimisation ------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
         total = 1  # the schedule's length only matters when it decays
         if hp.min_lr_ratio < 1:
             estimated = self.trainer.estimated_stepping_batches
             total = int(estimated) if math.isfinite(estimated) else 1
-        return adamw_warmup_cosine(
+        autoencoder = adamw_warmup_cosine(
             self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
             weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, total_steps=total,
             min_lr_ratio=hp.min_lr_ratio,
             no_decay=lambda name, p: name.startswith("quantizer."))
+        if self.discriminator is None:
+            return autoencoder
+        disc = torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr or hp.lr,
+                                betas=tuple(hp.disc_betas))
+        return [autoencoder["optimizer"], disc], [autoencoder["lr_scheduler"]]
+
+
+def _no_closure() -> None:
+    """The closure of an optimizer step whose gradients are already computed."""
+
+
+def _ema_update(decay: float) -> Any:
+    """``AveragedModel``'s update: ``W <- d W + (1 - d) W_model`` on floating-point tensors,
+    with the decay warmed up as TensorFlow's ``ExponentialMovingAverage(num_updates=n)``
+    does, ``d = min(decay, (1 + n) / (10 + n))`` for the ``n``-th update after the first
+    (which copies), so the first weights do not linger in a short run. Other tensors (step
+    counters, flags, integer levels) are copied: an average of them means nothing."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            n = float(num_averaged)
+            weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+            for a, c in zip(averaged, current, strict=True):
+                a.lerp_(c, weight)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
