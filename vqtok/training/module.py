@@ -39,6 +39,7 @@ from vqtok.models.adversarial import (
     discriminator_loss,
     generator_loss,
 )
+from vqtok.models.lpips import LPIPS
 from vqtok.quantizers import Quantizer
 from vqtok.training.optim import adamw_warmup_cosine
 
@@ -81,6 +82,12 @@ class TokenizerModule(pl.LightningModule):
             every optimizer step; ``None``: no average.
         export_ema: export the averaged weights when there are any (the default), else the
             raw ones.
+        lpips_weights: the LPIPS weights file (``vqtok lpips convert``, docs/training.md#lpips)
+            for a perceptual term ``perceptual_weight * LPIPS(x_hat, x)`` among the
+            reconstruction terms; ``None`` (default): no perceptual term. Read when training
+            starts (a missing or foreign file stops it with a one-line error that says how to
+            make one); the network is frozen and never saved in checkpoints or exports.
+        perceptual_weight: the perceptual term's weight (VQGAN uses 1.0).
 
     Encoder, quantizer, decoder and discriminator may also be given as
     ``{"class_path", "init_args"}`` dicts (what checkpoints store), which are rebuilt from
@@ -111,6 +118,8 @@ class TokenizerModule(pl.LightningModule):
         lecam_decay: float = 0.99,
         ema_decay: float | None = None,
         export_ema: bool = True,
+        lpips_weights: str | None = None,
+        perceptual_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if recon_loss not in RECON_LOSSES:
@@ -118,7 +127,8 @@ class TokenizerModule(pl.LightningModule):
         check_gan_loss(gan_loss)
         for name, value in (("disc_weight", disc_weight), ("disc_start", disc_start),
                             ("adaptive_weight_max", adaptive_weight_max),
-                            ("lecam_weight", lecam_weight)):
+                            ("lecam_weight", lecam_weight),
+                            ("perceptual_weight", perceptual_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if disc_lr is not None and not disc_lr > 0:
@@ -164,6 +174,8 @@ class TokenizerModule(pl.LightningModule):
         if normalization is not None:
             Normalization(**normalization)  # validates
         self.recon_loss = recon_loss
+        # Held outside the module tree: no state_dict, no DDP buffer broadcast, no optimizer.
+        object.__setattr__(self, "_lpips", None)
         self.loss_weights = dict(loss_weights or {})
         self.val_psnr = PeakSignalNoiseRatio(data_range=2.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=2.0)
@@ -185,6 +197,8 @@ class TokenizerModule(pl.LightningModule):
         found = getattr(self.trainer.datamodule, "normalization", None)
         if self.hparams.get("normalization") is None and isinstance(found, Normalization):
             self.hparams["normalization"] = found.as_dict()
+        if stage == "fit":
+            self.perceptual_network()  # a missing weights file stops the run before step 0
         # Fail now rather than at disc_start, possibly hours in.
         size = getattr(self.trainer.datamodule, "image_size", None)
         smallest = getattr(self.discriminator, "min_size", None)
@@ -215,7 +229,29 @@ class TokenizerModule(pl.LightningModule):
         perceptual loss belongs here too; the adaptive GAN weight balances the GAN term
         against the sum of these terms (Esser et al. 2021, eq. 7)."""
         recon = F.l1_loss(x_hat, x) if self.recon_loss == "l1" else F.mse_loss(x_hat, x)
-        return {"recon": recon}
+        terms = {"recon": recon}
+        net = self.perceptual_network()
+        if net is not None:
+            net = net.to(x.device)
+            distance = net(self._lpips_input(x_hat), self._lpips_input(x))  # (B,)
+            terms["perceptual"] = self.hparams.get("perceptual_weight", 1.0) * distance.mean()
+        return terms
+
+    def perceptual_network(self) -> LPIPS | None:
+        """The frozen LPIPS network of ``lpips_weights`` (read on first use), or None."""
+        path = self.hparams.get("lpips_weights")
+        if path is not None and self._lpips is None:
+            object.__setattr__(self, "_lpips", LPIPS.from_file(path))
+        return self._lpips
+
+    def _lpips_input(self, x: Tensor) -> Tensor:
+        """Model-space images (any normalisation; grey, RGB; clips ``(B, C, T, H, W)``
+        frame by frame) -> the ``(N, 3, H, W)`` [-1, 1] RGB batch LPIPS reads."""
+        if x.ndim == 5:
+            x = x.transpose(1, 2).flatten(0, 1)  # (B * T, C, H, W)
+        norm = self.normalization
+        x = (x * norm.std + norm.mean) * 2.0 - 1.0
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
     def compute_losses(self, x: Tensor, out: AutoencoderOutput) -> dict[str, Tensor]:
         """Named terms, their sum under ``"loss"``, and the sum of the reconstruction terms
