@@ -1,6 +1,4 @@
-"""``ImageTokenizer``: images in, int64 token ids out, and back (the public API).
-
-Conventions, all documented on the methods:
+"""``ImageTokenizer``: images in, int64 token ids out, and back (the public API). Conventions:
 
 * **Inputs.** A PIL image, a numpy array ``(H, W)``, ``(H, W, C)`` or ``(B, H, W, C)``
   (uint8, uint16, or float in [0, 1]; ``C`` in 1..4: grey, grey + alpha, RGB, RGBA), a
@@ -28,15 +26,13 @@ Conventions, all documented on the methods:
     blank images. Torch's fastest kernels (oneDNN) then always see the same shapes, and
     they compute each image of a batch by itself: its ids depend neither on its
     neighbours nor on its place (tests check both).
-  - Larger images, tiles and all decoding turn oneDNN and NNPACK off while they run, so
-    every conv goes through the per-sample im2col + GEMM kernel, whose result depends
-    neither on the batch nor on the size of the input around a position.
+  - Larger images, tiles and all decoding run on per-sample kernels
+    (:func:`vqtok.runtime.cpu_per_sample_kernels`), independent of batch and input size.
 
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
   The flags are process-wide while a call runs, and restored after it.
-* **Tiles.** An image with a side over ``tile_size`` pixels is encoded and decoded tile by
-  tile with the same result, in the memory of one tile (:mod:`vqtok.tiling`).
+* **Tiles.** Images with a side over ``tile_size`` run tile by tile (:mod:`vqtok.tiling`).
 """
 
 from __future__ import annotations
@@ -67,6 +63,7 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 from vqtok.formats.tokenizer_dir import (
+    is_video_model,
     load_tokenizer_dir,
     normalization_of,
     save_tokenizer_dir,
@@ -119,6 +116,8 @@ class ImageTokenizer:
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+        if is_video_model(model):
+            raise ValueError("this model encodes clips (a VideoEncoder); use vqtok.VideoTokenizer")
         self.halo, self.tile_size = tiling_plan(model, tile_size)
         if max_pixels == "auto":
             max_pixels = DEFAULT_MAX_PIXELS if self.tile_size is None else TILED_MAX_PIXELS
@@ -147,7 +146,7 @@ class ImageTokenizer:
         Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
         for a bad directory or a repo id that cannot be resolved."""
         device = resolve_device(device)  # before reading anything
-        model, config = load_tokenizer_dir(path, revision=revision)
+        model, config = load_tokenizer_dir(path, revision=revision, video=False)
         return cls(model, device=device, normalization=normalization_of(config),
                    max_pixels=max_pixels, tile_size=tile_size,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)

@@ -13,6 +13,8 @@ from vqtok.data.fashion_mnist import download as download_fashion_mnist
 from vqtok.data.home import DATA_ENV, DatasetNotFoundError, data_home, dataset_dir
 from vqtok.data.idx import read_idx
 from vqtok.data.images import PHOTOS_DIR, ImageFolder, PhotoPatches
+from vqtok.data.moving_fmnist import MovingFashionMNIST
+from vqtok.data.videos import VideoFolder
 
 __all__ = [
     "DATA_ENV",
@@ -22,7 +24,9 @@ __all__ = [
     "DownloadError",
     "FashionMNIST",
     "ImageFolder",
+    "MovingFashionMNIST",
     "PhotoPatches",
+    "VideoFolder",
     "copy_fashion_mnist",
     "data_home",
     "dataset_dir",
