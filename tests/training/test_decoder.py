@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -277,3 +278,34 @@ def test_datamodule_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: s
     tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
     with pytest.raises(ValueError, match=match):
         CaptionImageDataModule(str(tok_dir), **kwargs)
+
+
+def bilinear_2x(image: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upscale of ``(H, W)`` with half-pixel centres: output pixel ``i`` samples
+    the input at ``(i + 0.5) / 2 - 0.5``, clamped to the edge (float64 reference)."""
+    def weights(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, n - 1), src - low
+    (r0, r1, fr), (c0, c1, fc) = weights(image.shape[0]), weights(image.shape[1])
+    rows = image[r0] * (1 - fr)[:, None] + image[r1] * fr[:, None]
+    return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
+
+
+@needs_fashion_mnist
+def test_datamodule_image_size_gives_larger_grids(tmp_path: Path) -> None:
+    tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
+    dm = CaptionImageDataModule(str(tok_dir), root=str(FASHION_MNIST), limit_train=4, val_size=3,
+                                image_size=64, cache_dir=str(tmp_path / "cache"))
+    assert dm.image_tokens == (16, 16)
+    dm.setup("fit")
+    ref = FashionMNISTDataModule(root=str(FASHION_MNIST), val_size=3, limit_train=4)
+    ref.setup("fit")
+    images = torch.stack([
+        torch.from_numpy(bilinear_2x(ref.val_set[i][0][0].double().numpy())).float()[None]
+        for i in range(3)])  # (3, 1, 64, 64)
+    expected = ImageTokenizer.from_pretrained(tok_dir).encode(images)
+    assert dm.val_set.grids.shape == (3, 16, 16)
+    assert torch.equal(dm.val_set.grids, expected)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [dm.cache_file("train").name]
+    assert "size64" in dm.cache_file("train").name  # not the 32 x 32 grids' cache

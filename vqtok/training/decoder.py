@@ -106,6 +106,23 @@ class CaptionImageDataset(Dataset):
         return build_stream([caption, self.grids[index]], self.vocab, self.scheme, add_eos=True)
 
 
+class Rescaled(Dataset):
+    """``(image, label)`` items of ``dataset`` with the ``(C, H, W)`` image scaled to
+    ``(C, size, size)`` (bilinear, corners not aligned)."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        self.dataset, self.size = dataset, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        image, label = self.dataset[index]
+        image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear",
+                              align_corners=False)[0]
+        return image, label
+
+
 class CaptionImageDataModule(pl.LightningDataModule):
     """Fashion-MNIST captions + image tokens for the multimodal decoder.
 
@@ -124,6 +141,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         limit_train: keep only the first this-many training images (None: all).
         limit_test: keep only the first this-many test images (None: all 10,000).
         pad_to: image side after zero padding.
+        image_size: scale the padded images to this side (bilinear) before tokenizing, for
+            larger token grids (64 with a 4x tokenizer: 16 x 16 tokens); None keeps
+            ``pad_to``.
         cache_dir: where tokenized datasets are cached (keyed by the tokenizer's
             fingerprint); None: no cache.
         encode_batch_size: images per tokenizer forward pass.
@@ -136,12 +156,15 @@ class CaptionImageDataModule(pl.LightningDataModule):
                  position_scheme: str = "rope_tie_v2", batch_size: int = 64,
                  val_size: int = 1000, limit_train: int | None = None,
                  limit_test: int | None = None, pad_to: int = 32,
-                 cache_dir: str | None = "runs/token_cache", encode_batch_size: int = 256,
+                 image_size: int | None = None, cache_dir: str | None = "runs/token_cache",
+                 encode_batch_size: int = 256,
                  num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         check_positive(batch_size=batch_size)
         if limit_test is not None:
             check_positive(limit_test=limit_test)
+        if image_size is not None:
+            check_positive(image_size=image_size)
         make_scheme(position_scheme)  # validates the name
         self.images = FashionMNISTDataModule(root=root, batch_size=encode_batch_size,
                                              val_size=val_size, limit_train=limit_train,
@@ -160,7 +183,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.vocab = Vocabulary(image_codebook_size=self.tokenizer.codebook_size)
         # Read by the CLI's links into the model's arguments.
         self.image_codebook_size, self.vocab_size = self.vocab.image_codebook_size, self.vocab.size
-        self.image_tokens = self.tokenizer.tokens_shape(pad_to, pad_to)
+        self.image_size = pad_to if image_size is None else image_size
+        self.image_tokens = self.tokenizer.tokens_shape(self.image_size, self.image_size)
         self.position_scheme = position_scheme
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set: CaptionImageDataset | None = None
@@ -172,14 +196,18 @@ class CaptionImageDataModule(pl.LightningDataModule):
         cache_dir = self.hparams.cache_dir
         if cache_dir is None:
             return None
-        name = f"fashion_mnist-{split}-pad{self.hparams.pad_to}-{self.fingerprint[:16]}.npz"
+        size = "" if self.image_size == self.hparams.pad_to else f"-size{self.image_size}"
+        name = (f"fashion_mnist-{split}-pad{self.hparams.pad_to}{size}-"
+                f"{self.fingerprint[:16]}.npz")
         return Path(cache_dir) / name
 
     def _streams(self, images: Dataset, split: str) -> CaptionImageDataset:
         """Tokenize a split (a Subset of the full Fashion-MNIST split, or all of it)."""
         full, indices = (images.dataset, list(images.indices)) if isinstance(images, Subset) \
             else (images, list(range(len(images))))  # type: ignore[arg-type]
-        grids = encode_cached(self.tokenizer, full, indices, self.cache_file(split),
+        source = full if self.image_size == self.hparams.pad_to else Rescaled(full,
+                                                                              self.image_size)
+        grids = encode_cached(self.tokenizer, source, indices, self.cache_file(split),
                               self.hparams.encode_batch_size)
         return CaptionImageDataset(grids, full.labels[indices], self.captions, self.vocab,
                                    self.position_scheme)
