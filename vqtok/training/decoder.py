@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "CaptionImageDataModule",
     "CaptionImageDataset",
     "DecoderModule",
+    "cached_grids",
     "encode_cached",
     "stream_losses",
 ]
@@ -58,30 +60,44 @@ log = logging.getLogger(__name__)
 # ---- the token cache -------------------------------------------------------------------
 
 
-def encode_cached(tokenizer: ImageTokenizer, dataset: Dataset, indices: list[int],
-                  cache_file: Path | None, batch_size: int = 256) -> Tensor:
-    """Token ids ``(len(indices), h, w)`` of the images ``dataset[i][0]`` (float ``(C, H, W)``
-    in the tokenizer's input space, one size for all), reusing and extending ``cache_file``
-    (:mod:`vqtok.formats.token_cache`): only the missing requested images are encoded."""
-    n = len(dataset)  # type: ignore[arg-type]
-    h, w = tokenizer.tokens_shape(*dataset[0][0].shape[-2:])
-    dtype = np.dtype(np.uint16 if tokenizer.codebook_size <= 1 << 16 else np.int32)
-    cached = read_token_cache(cache_file, (n, h, w), dtype) if cache_file is not None else None
-    ids, done = cached or (np.zeros((n, h, w), dtype=dtype), np.zeros(n, dtype=bool))
+def cached_grids(encode: Callable[[np.ndarray], Tensor], n: int, grid_shape: tuple[int, ...],
+                 codebook_size: int, indices: list[int], cache_file: Path | None,
+                 chunk: int = 4096, what: str = "images") -> Tensor:
+    """Token grids ``(len(indices), *grid_shape)`` of items ``indices`` of a dataset of
+    ``n``, reusing and extending ``cache_file`` (:mod:`vqtok.formats.token_cache`): only the
+    missing requested items are encoded, ``chunk`` at a time, by ``encode(item indices)``,
+    and the cache is written after each chunk (an interrupted run keeps what it did)."""
+    dtype = np.dtype(np.uint16 if codebook_size <= 1 << 16 else np.int32)
+    shape = (n, *grid_shape)
+    cached = read_token_cache(cache_file, shape, dtype) if cache_file is not None else None
+    ids, done = cached or (np.zeros(shape, dtype=dtype), np.zeros(n, dtype=bool))
     wanted = np.asarray(indices, dtype=np.int64)
     missing = wanted[~done[wanted]]
     if missing.size:
         start = time.perf_counter()
-        for chunk in np.array_split(missing, math.ceil(missing.size / 4096)):
-            x = torch.stack([dataset[int(i)][0] for i in chunk])  # (m, C, H, W)
-            if x.shape[1] == 1 and tokenizer.channels == 3:
-                x = x.expand(-1, 3, -1, -1)
-            ids[chunk] = tokenizer.encode(x, batch_size=batch_size).numpy()
-        done[missing] = True
-        log.info("tokenized %d images in %.1f s", missing.size, time.perf_counter() - start)
-        if cache_file is not None:
-            write_token_cache(cache_file, ids, done)
+        for part in np.array_split(missing, math.ceil(missing.size / chunk)):
+            ids[part] = encode(part).numpy()
+            done[part] = True
+            if cache_file is not None:
+                write_token_cache(cache_file, ids, done)
+        log.info("tokenized %d %s in %.1f s", missing.size, what, time.perf_counter() - start)
     return torch.from_numpy(ids[wanted].astype(np.int64))
+
+
+def encode_cached(tokenizer: ImageTokenizer, dataset: Dataset, indices: list[int],
+                  cache_file: Path | None, batch_size: int = 256) -> Tensor:
+    """Token ids ``(len(indices), h, w)`` of the images ``dataset[i][0]`` (float ``(C, H, W)``
+    in the tokenizer's input space, one size for all), through :func:`cached_grids`."""
+
+    def encode(part: np.ndarray) -> Tensor:
+        x = torch.stack([dataset[int(i)][0] for i in part])  # (m, C, H, W)
+        if x.shape[1] == 1 and tokenizer.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return tokenizer.encode(x, batch_size=batch_size)
+
+    grid = tokenizer.tokens_shape(*dataset[0][0].shape[-2:])
+    return cached_grids(encode, len(dataset), grid, tokenizer.codebook_size,  # type: ignore[arg-type]
+                        indices, cache_file)
 
 
 # ---- data --------------------------------------------------------------------------------
