@@ -16,11 +16,18 @@ import yaml
 from tests.helpers import has_fashion_mnist, needs_fashion_mnist
 from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.cli import run_tokenizer_cli
+from vqtok.video_tokenizer import VideoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
 
-TINY_DATA = {
+TINY_DATA = {  # the first name found in a config picks its arguments
+    "MovingFashionMNISTDataModule": [
+        "--data.init_args.train_clips=4",
+        "--data.init_args.val_clips=2",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.train_frames=5",
+    ],
     "PhotoDataModule": [
         "--data.init_args.train_patches=4",
         "--data.init_args.val_patches=2",
@@ -66,7 +73,8 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert "val/usage" in cli.trainer.callback_metrics
-    tok = ImageTokenizer.from_pretrained(export)
+    is_video = "VideoEncoder" in text
+    tok = (VideoTokenizer if is_video else ImageTokenizer).from_pretrained(export)
     assert tok.codebook_size == cli.model.quantizer.codebook_size
     # the run's config sits beside its history: `vqtok report` reads its data section
     saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())

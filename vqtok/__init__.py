@@ -10,6 +10,8 @@ from vqtok.formats.tokenizer_dir import (
     save_tokenizer_dir,
 )
 from vqtok.tokenizer import ImageTokenizer
+from vqtok.video_tokenizer import VideoTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["ImageTokenizer", "TokenizerFormatError", "load_tokenizer_dir", "save_tokenizer_dir"]
+__all__ = ["ImageTokenizer", "TokenizerFormatError", "VideoTokenizer", "load_tokenizer_dir",
+           "save_tokenizer_dir"]

@@ -70,6 +70,7 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 from vqtok.formats.tokenizer_dir import (
+    is_video_model,
     load_tokenizer_dir,
     normalization_of,
     save_tokenizer_dir,
@@ -130,6 +131,9 @@ class ImageTokenizer:
     ) -> None:
         if not isinstance(model, VQAutoencoder):
             raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+        if is_video_model(model):
+            raise ValueError("this model encodes clips (a VideoEncoder); use "
+                             "vqtok.VideoTokenizer")
         self.halo, self.tile_size = _tiling(model, tile_size)
         if max_pixels == "auto":
             max_pixels = DEFAULT_MAX_PIXELS if self.tile_size is None else TILED_MAX_PIXELS
@@ -158,7 +162,7 @@ class ImageTokenizer:
         Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError)
         for a bad directory or a repo id that cannot be resolved."""
         device = resolve_device(device)  # before reading anything
-        model, config = load_tokenizer_dir(path, revision=revision)
+        model, config = load_tokenizer_dir(path, revision=revision, video=False)
         return cls(model, device=device, normalization=normalization_of(config),
                    max_pixels=max_pixels, tile_size=tile_size,
                    min_size=config["image"]["min_size"], batch_invariant=batch_invariant)

@@ -14,6 +14,13 @@
      "normalization": {"mean": 0.5, "std": 0.5}, "codebook_size": 1000,
      "extra": {...}}                    # optional, free JSON metadata, not interpreted
 
+A video tokenizer (a causal :class:`~vqtok.models.VideoEncoder` and
+:class:`~vqtok.models.VideoDecoder`) writes the same keys plus ``"video":
+{"temporal_factor": 4}``: ``image`` then describes each frame, and a clip of ``1 +
+temporal_factor * k`` frames gives ``1 + k`` latent frames (docs/video.md). Loading
+checks the kind: an image tokenizer directory is refused where a video one is expected,
+and the other way round, with a message that names the class to use.
+
 Loading reads JSON and safetensors only (no ``pickle``, no ``torch.load``) and rebuilds
 modules through :func:`vqtok.registry.build`, so a tokenizer directory cannot make vqtok
 import or run code. Saving writes a temporary sibling directory and renames it into place
@@ -50,6 +57,7 @@ __all__ = [
     "TokenizerFormatError",
     "build_config",
     "fingerprint",
+    "is_video_model",
     "load_tokenizer_dir",
     "normalization_of",
     "read_config",
@@ -67,7 +75,7 @@ SPEC = Obj({
                   "min_size": Int(min=1)}),
     "normalization": Obj({"mean": Float(), "std": Float(above=0)}),
     "codebook_size": Int(min=1),
-}, optional=model_dir.OPTIONAL_SPEC)
+}, optional={**model_dir.OPTIONAL_SPEC, "video": Obj({"temporal_factor": Int(min=1)})})
 """``config.json`` of a tokenizer directory."""
 
 
@@ -99,10 +107,17 @@ def build_config(
     }
     config["normalization"] = normalization.as_dict()
     config["codebook_size"] = model.codebook_size
+    if is_video_model(model):
+        config["video"] = {"temporal_factor": int(model.encoder.temporal_factor)}
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
     validate(config, SPEC, CONFIG_NAME, TokenizerFormatError)
     return config
+
+
+def is_video_model(model: VQAutoencoder) -> bool:
+    """Whether ``model`` encodes clips (its encoder has a ``temporal_factor``)."""
+    return hasattr(model.encoder, "temporal_factor")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -143,7 +158,8 @@ def save_tokenizer_dir(
 
 
 def load_tokenizer_dir(
-    path: str | os.PathLike[str], device: str = "cpu", revision: str | None = None
+    path: str | os.PathLike[str], device: str = "cpu", revision: str | None = None,
+    video: bool | None = None,
 ) -> tuple[VQAutoencoder, dict[str, Any]]:
     """Rebuild the model of a tokenizer directory: ``(model in eval mode, config)``.
 
@@ -152,11 +168,17 @@ def load_tokenizer_dir(
     Raises :class:`TokenizerFormatError` naming the file for a missing directory or file,
     invalid JSON, an unknown format version or key, an unknown class, corrupt or foreign
     weights, or weights that do not match the model exactly (strict loading); and for a
-    repo id that cannot be resolved.
+    repo id that cannot be resolved. ``video``: True accepts only a video tokenizer, False
+    only an image tokenizer (a one-line error naming the class to use), None either.
     """
     root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision)
     config_path, config = model_dir.read_model_config(root, SPEC, "tokenizer",
                                                       TokenizerFormatError)
+    if video is not None and ("video" in config) != video:
+        found, use = (("a video", "vqtok.VideoTokenizer") if "video" in config
+                      else ("an image", "vqtok.ImageTokenizer"))
+        raise TokenizerFormatError(f"{root} is {found} tokenizer; load it with "
+                                   f"{use}.from_pretrained")
     parts = {role: model_dir.build_module(config[role], role, config_path,
                                           TokenizerFormatError) for role in _ROLES}
     try:
@@ -175,6 +197,8 @@ def _check_model_matches(model: VQAutoencoder, config: dict[str, Any], path: Pat
         "image.downsample_factor": (config["image"]["downsample_factor"],
                                     model.downsample_factor),
         "codebook_size": (config["codebook_size"], model.codebook_size),
+        "video.temporal_factor": (config.get("video", {}).get("temporal_factor"),
+                                  getattr(model.encoder, "temporal_factor", None)),
     }
     for key, (written, built) in stated.items():
         if written != built:

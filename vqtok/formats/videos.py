@@ -1,5 +1,6 @@
 """Videos in, pixels out: an animated GIF or a folder of frame images -> ``(T, H, W, C)``
-uint8, through the same per-frame conversion as images (:mod:`vqtok.formats.images`).
+uint8, through the same per-frame conversion as images (:mod:`vqtok.formats.images`);
+and frames out as an animated GIF (:func:`save_gif`).
 
 A *frame folder* is a folder whose image files (:data:`~vqtok.formats.images.IMAGE_SUFFIXES`,
 hidden names skipped) are the frames, in the order of their names compared naturally
@@ -9,13 +10,15 @@ otherwise, and for an unreadable file, a ValueError names the file and the probl
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 
+from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -24,7 +27,8 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 
-__all__ = ["VIDEO_SUFFIXES", "frame_files", "load_video", "video_sources"]
+__all__ = ["VIDEO_SUFFIXES", "frame_files", "gif_bytes", "load_video", "save_gif",
+           "video_sources"]
 
 VIDEO_SUFFIXES = frozenset({".gif"})
 """Single files read as videos (every frame of an animated GIF)."""
@@ -105,3 +109,49 @@ def load_video(source: str | os.PathLike[str], channels: int = 3,
     if source.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"{source}: not a video (an animated GIF or a folder of frames)")
     return _read_gif(source, channels, max_pixels)
+
+
+def gif_bytes(frames: np.ndarray, duration_ms: int = 100, loop: int = 0) -> bytes:
+    """``(T, H, W)`` or ``(T, H, W, C)`` uint8 frames (C = 1 grey, 3 RGB) -> the bytes
+    of an animated GIF with exactly T frames of ``duration_ms`` each (``loop`` 0: forever).
+
+    Grey frames are stored exactly (a 256-level grey palette). RGB frames share one
+    palette of at most 256 colours, fitted to all frames at once (median cut, no dither),
+    so RGB is approximate, as any GIF is. Frames are written one by one: Pillow's own
+    writer would merge a frame equal to the one before it, and the clip would lose frames.
+    """
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim not in (
+            3, 4) or 0 in frames.shape or (frames.ndim == 4 and frames.shape[3] not in (1, 3)):
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"expected uint8 frames (T, H, W) or (T, H, W, C) with C in (1, 3), "
+                         f"got {type(frames).__name__} of shape {shape}")
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or duration_ms < 10:
+        raise ValueError(f"duration_ms must be an int >= 10, got {duration_ms!r}")
+    if frames.ndim == 4 and frames.shape[3] == 1:
+        frames = frames[..., 0]
+    if frames.ndim == 3:
+        images = [Image.fromarray(frame, "L") for frame in frames]
+    else:  # one palette for every frame, fitted to all of them stacked
+        palette = Image.fromarray(frames.reshape(-1, *frames.shape[2:]), "RGB").quantize(
+            256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        images = [Image.fromarray(frame, "RGB").quantize(palette=palette,
+                                                         dither=Image.Dither.NONE)
+                  for frame in frames]
+    out = io.BytesIO()
+    header, _ = GifImagePlugin.getheader(images[0], info={"loop": loop, "duration": duration_ms})
+    for chunk in header:
+        out.write(chunk)
+    for image in images:
+        for chunk in GifImagePlugin.getdata(image, offset=(0, 0), duration=duration_ms,
+                                            disposal=1):
+            out.write(chunk)
+    out.write(b";")  # the GIF trailer
+    return out.getvalue()
+
+
+def save_gif(frames: np.ndarray, path: str | os.PathLike[str], duration_ms: int = 100,
+             loop: int = 0) -> Path:
+    """Write :func:`gif_bytes` to ``path`` atomically (a temporary file renamed into
+    place); returns the path."""
+    data = gif_bytes(frames, duration_ms, loop)
+    return atomic_write(path, lambda f: f.write(data))

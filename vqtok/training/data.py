@@ -1,7 +1,8 @@
 """LightningDataModules for tokenizer training, and the datasets they wrap.
 
-Every batch is ``(images, labels)``: images float32 ``(B, C, H, W)`` in [-1, 1], labels
-int64 ``(B,)`` (zeros when a dataset has none). Each module exposes ``in_channels``,
+Every batch is ``(images, labels)``: images float32 ``(B, C, H, W)`` in [-1, 1] (clips
+``(B, C, T, H, W)`` for a video tokenizer), labels int64 ``(B,)`` (zeros when a dataset
+has none). Each module exposes ``in_channels``,
 ``image_size`` (so a config can size the encoder from the data) and ``normalization``
 (which the tokenizer records when it is exported).
 """
@@ -19,7 +20,13 @@ try:  # the `resume` extra: loaders whose position Lightning saves in checkpoint
 except ImportError:  # pragma: no cover - exercised where torchdata is absent
     StatefulDataLoader = None
 
-from vqtok.data import FashionMNIST, ImageFolder, PhotoPatches, download_fashion_mnist
+from vqtok.data import (
+    FashionMNIST,
+    ImageFolder,
+    MovingFashionMNIST,
+    PhotoPatches,
+    download_fashion_mnist,
+)
 from vqtok.data.fashion_mnist import check_files, default_root
 from vqtok.formats.images import DEFAULT_NORMALIZATION
 
@@ -27,6 +34,7 @@ __all__ = [
     "RESUMABLE_LOADERS",
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
+    "MovingFashionMNISTDataModule",
     "PhotoDataModule",
     "check_positive",
     "make_loader",
@@ -246,3 +254,85 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
         train_idx, val_idx = train_val_split(len(full), n_val, self.seed)
         self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
 
+
+
+class Clips(Dataset):
+    """uint8 clips ``(T, H, W)`` of a dataset -> ``(float32 (1, frames, H, W) in the
+    model's space, 0)``: the first ``frames`` frames, or with ``random_start`` a window of
+    ``frames`` consecutive frames starting anywhere (a fresh draw at every access)."""
+
+    def __init__(self, clips: Dataset, frames: int, random_start: bool) -> None:
+        self.clips, self.frames, self.random_start = clips, frames, random_start
+
+    def __len__(self) -> int:
+        return len(self.clips)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        clip = self.clips[index][0]  # (T, H, W) uint8
+        start = 0
+        if self.random_start:
+            start = int(torch.randint(clip.shape[0] - self.frames + 1, ()))
+        window = clip[start:start + self.frames]
+        return DEFAULT_NORMALIZATION.to_model(window)[None], 0
+
+
+class MovingFashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
+    """Moving Fashion-MNIST clips (:class:`~vqtok.data.MovingFashionMNIST`, grey, made on
+    the fly from the Fashion-MNIST files): train on clips of the train split, validate
+    (and test) on the first ``val_clips`` clips of the test split, whose sprites no
+    training clip shows. Batches are ``(clips (B, 1, T, H, W) in [-1, 1], zeros)``.
+
+    Args:
+        root: Fashion-MNIST folder; ``None``: the user cache (docs/data.md).
+        batch_size: clips per batch.
+        num_workers: DataLoader worker processes.
+        train_clips: clips per training epoch (``None``: 60,000, one per training image).
+        val_clips: held-out clips.
+        num_frames: frames of each generated clip, and of every validation clip.
+        train_frames: frames of each training clip, a window of the generated clip at a
+            random start (fewer frames train faster; the model is convolutional in time).
+            ``None``: all ``num_frames``.
+        size: frame side in pixels.
+        max_sprites: 1 or 2 sprites per clip.
+        seed: selects the clips.
+    """
+
+    in_channels = 1
+
+    def __init__(self, root: str | None = None, batch_size: int = 8, num_workers: int = 0,
+                 train_clips: int | None = None, val_clips: int = 256, num_frames: int = 17,
+                 train_frames: int | None = None, size: int = 64, max_sprites: int = 2,
+                 seed: int = 0) -> None:
+        super().__init__()
+        check_positive(batch_size=batch_size, val_clips=val_clips, num_frames=num_frames,
+                       size=size)
+        if train_clips is not None:
+            check_positive(train_clips=train_clips)
+        if train_frames is not None:
+            check_positive(train_frames=train_frames)
+            if train_frames > num_frames:
+                raise ValueError(f"train_frames={train_frames} exceeds num_frames={num_frames}")
+        self.save_hyperparameters()
+        self.root = default_root() if root is None else Path(root)
+        check_files(self.root)  # fail now, before a run folder or a model exists
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_clips, self.val_clips = train_clips, val_clips
+        self.num_frames, self.size, self.max_sprites, self.seed = (num_frames, size,
+                                                                   max_sprites, seed)
+        self.train_frames = num_frames if train_frames is None else train_frames
+
+    @property
+    def image_size(self) -> int:
+        return self.size
+
+    def _clips(self, split: str, count: int | None) -> MovingFashionMNIST:
+        return MovingFashionMNIST(self.root, split, num_clips=count, num_frames=self.num_frames,
+                                  size=self.size, max_sprites=self.max_sprites, seed=self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = Clips(self._clips("train", self.train_clips), self.train_frames,
+                                   random_start=self.train_frames < self.num_frames)
+        if self.val_set is None:
+            self.val_set = Clips(self._clips("test", self.val_clips), self.num_frames,
+                                 random_start=False)

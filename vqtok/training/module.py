@@ -1,7 +1,11 @@
-"""The LightningModule that trains an image tokenizer.
+"""The LightningModule that trains an image or video tokenizer.
 
 It receives encoder, quantizer and decoder as modules (LightningCLI ``class_path`` /
-``init_args``), so any quantizer is swapped from the config alone.
+``init_args``), so any quantizer is swapped from the config alone. With a
+:class:`~vqtok.models.VideoEncoder` and :class:`~vqtok.models.VideoDecoder` the batches
+are clips ``(B, C, T, H, W)``; their frames are then the images of the PSNR and SSIM
+metrics (SSIM per frame, PSNR of the mean squared error over all pixels, as for images),
+and the export writes a video tokenizer (docs/video.md).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -31,9 +36,10 @@ class TokenizerModule(pl.LightningModule):
     """Encoder -> quantizer -> decoder trained on reconstruction + the quantizer's losses.
 
     Args:
-        encoder: image ``(B, C, H, W)`` in [-1, 1] -> features ``(B, D, h, w)``.
+        encoder: image ``(B, C, H, W)`` in [-1, 1] -> features ``(B, D, h, w)`` (or clip
+            ``(B, C, T, H, W)`` -> ``(B, D, t, h, w)``).
         quantizer: any :class:`~vqtok.quantizers.Quantizer`.
-        decoder: features ``(B, D, h, w)`` -> image ``(B, C, H, W)``.
+        decoder: features -> image (or clip), the encoder's input shape.
         recon_loss: ``"l1"`` or ``"mse"`` between the reconstruction and the input.
         loss_weights: extra multiplier per named quantizer loss (e.g. ``{"commitment": 2.0}``);
             names not given keep weight 1 (the quantizer already applies its own weights).
@@ -151,6 +157,9 @@ class TokenizerModule(pl.LightningModule):
         out = self.model(x)
         terms = self.compute_losses(x, out)
         x_hat = out.x_hat.float().clamp(-1.0, 1.0)
+        if x.ndim == 5:  # clips: every frame an image (torchmetrics' SSIM of a 5-D input
+            # would be the volumetric SSIM across frames)
+            x, x_hat = (rearrange(v, "b c t h w -> (b t) c h w") for v in (x, x_hat))
         self.val_psnr.update(x_hat, x)
         self.val_ssim.update(x_hat, x)
         self.val_usage.update(out.quant.indices)

@@ -1,0 +1,271 @@
+"""``VideoTokenizer``: clips in, ``(t, h, w)`` int64 token ids out, and back.
+
+A clip of ``T = 1 + k * temporal_factor`` frames of ``H x W`` pixels gives ids of shape
+``(1 + k, H / f, W / f)`` (``(t, h, w, S)`` for a quantizer of S stages), through a
+causal :class:`~vqtok.models.VideoEncoder` (docs/video.md):
+
+* **Inputs.** A list of PIL images (the frames), a numpy array ``(T, H, W, C)`` or ``(T,
+  H, W)`` (uint8, uint16 or float in [0, 1], as images: ``C`` in 1..4), or the path of an
+  animated GIF or of a folder of frame images (:func:`vqtok.formats.videos.load_video`).
+  Frames become 8-bit pixels of the model's channels exactly as images do
+  (:func:`vqtok.formats.images.to_uint8_pixels`). Frame sides must be multiples of ``f``
+  and the frame count ``1 + temporal_factor * k``; anything else is a one-line ValueError
+  that says what is accepted (clips are not padded).
+* **Causality.** Latent frame ``i`` depends on input frames ``<= temporal_factor * i``
+  only; latent frame 0 on the first frame alone. So the ids of a clip's first frame are
+  those of that frame encoded as a one-frame clip, which :meth:`encode_image` does: the
+  video tokenizer's image path (a picture is a one-frame video).
+* **Determinism.** Clips run one at a time, so a clip's ids never depend on the other
+  clips of a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vqtok.formats.hub import check_push, push_model_dir
+from vqtok.formats.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_NORMALIZATION,
+    Normalization,
+    to_uint8_pixels,
+)
+from vqtok.formats.tokenizer_dir import (
+    is_video_model,
+    load_tokenizer_dir,
+    normalization_of,
+    save_tokenizer_dir,
+)
+from vqtok.formats.videos import load_video
+from vqtok.models.autoencoder import VQAutoencoder
+from vqtok.models.video import latent_frames, valid_frame_counts
+from vqtok.tokenizer import resolve_device
+
+Clip = Sequence[Image.Image] | np.ndarray | str | os.PathLike[str]
+
+DEFAULT_MAX_CLIP_PIXELS = 16 * DEFAULT_MAX_PIXELS
+"""The largest clip, in pixels over all its frames (33,554,432: 17 frames of 1,400 x
+1,400), encoded or decoded by default; ``max_pixels`` changes it."""
+
+
+class VideoTokenizer:
+    """Turns clips into ``(t, h, w)`` int64 token ids with a trained causal video
+    autoencoder (a :class:`~vqtok.models.VQAutoencoder` holding a
+    :class:`~vqtok.models.VideoEncoder` and :class:`~vqtok.models.VideoDecoder`), and
+    ids back into ``(T, H, W, C)`` uint8 frames (module doc).
+
+    Args:
+        model: the video autoencoder; moved to ``device`` and put in eval mode.
+        device: where the model runs; ids always come back on the CPU.
+        normalization: pixel normalisation, ``x = (pixel / 255 - mean) / std``.
+        max_pixels: the largest clip in pixels over all frames (checked before the model
+            runs; ``None``: no limit).
+    """
+
+    def __init__(self, model: VQAutoencoder, *, device: str | torch.device = "cpu",
+                 normalization: Normalization = DEFAULT_NORMALIZATION,
+                 max_pixels: int | None = DEFAULT_MAX_CLIP_PIXELS) -> None:
+        if not isinstance(model, VQAutoencoder):
+            raise TypeError(f"expected a VQAutoencoder, got {type(model).__name__}")
+        if not is_video_model(model):
+            raise ValueError("this model encodes images (no VideoEncoder); use "
+                             "vqtok.ImageTokenizer")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or
+                                       not isinstance(max_pixels, int) or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.normalization = normalization
+        self.max_pixels = max_pixels
+
+    # ---- persistence --------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                        revision: str | None = None,
+                        max_pixels: int | None = DEFAULT_MAX_CLIP_PIXELS) -> VideoTokenizer:
+        """Load a video tokenizer directory (config.json + model.safetensors, the format of
+        :mod:`vqtok.formats.tokenizer_dir`): a local path or a Hub repo id at
+        ``revision``. An image tokenizer directory raises
+        :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError) naming
+        :class:`~vqtok.ImageTokenizer`."""
+        device = resolve_device(device)
+        model, config = load_tokenizer_dir(path, revision=revision, video=True)
+        return cls(model, device=device, normalization=normalization_of(config),
+                   max_pixels=max_pixels)
+
+    def save_pretrained(
+        self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None, *,
+        push_to_hub: bool = False, repo_id: str | None = None, private: bool | None = None,
+        token: str | None = None, commit_message: str | None = None,
+    ) -> Path:
+        """Write the tokenizer directory atomically, as
+        :meth:`vqtok.ImageTokenizer.save_pretrained` does (its ``config.json`` carries
+        ``"video": {"temporal_factor": ...}``); optionally push it to the Hub."""
+        repo_id = repo_id or Path(path).name
+        if push_to_hub:
+            check_push(repo_id)
+        saved = save_tokenizer_dir(self.model, path, normalization=self.normalization,
+                                   extra=extra)
+        if push_to_hub:
+            push_model_dir(saved, repo_id, private=private, token=token,
+                           commit_message=commit_message)
+        return saved
+
+    # ---- shape facts --------------------------------------------------------------------
+    codebook_size = property(lambda self: self.model.codebook_size,
+                             doc="Token ids lie in ``[0, codebook_size)``.")
+    downsample_factor = property(lambda self: self.model.downsample_factor,
+                                 doc="Pixels per token along each side of a frame.")
+    temporal_factor = property(lambda self: int(self.model.encoder.temporal_factor),
+                               doc="Frames per latent frame after the first.")
+    channels = property(lambda self: self.model.in_channels,
+                        doc="Frame channels: 1 (grey) or 3 (RGB).")
+    num_stages = property(lambda self: self.model.quantizer.num_stages,
+                          doc="S when ids carry a trailing stage axis, else None.")
+
+    def tokens_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The id grid ``(t, h, w)`` of a clip of ``frames`` frames of ``height x width``
+        pixels; a ValueError when the tokenizer does not take such a clip."""
+        self._check_clip_shape(frames, height, width)
+        f = self.downsample_factor
+        return (latent_frames(frames, self.temporal_factor), height // f, width // f)
+
+    # ---- encode -------------------------------------------------------------------------
+    def frames(self, clip: Clip) -> np.ndarray:
+        """A clip (module doc) -> its checked uint8 frames ``(T, H, W, C)``, ``C`` the
+        model's channels."""
+        if isinstance(clip, (str, os.PathLike)):
+            pixels = load_video(clip, self.channels, max_pixels=self.max_pixels)
+        elif isinstance(clip, np.ndarray):
+            if clip.ndim not in (3, 4) or 0 in clip.shape:
+                raise ValueError(f"expected a clip array (T, H, W, C) or (T, H, W), got shape "
+                                 f"{clip.shape}")
+            pixels = np.stack([to_uint8_pixels(frame, self.channels) for frame in clip])
+        elif isinstance(clip, (list, tuple)):
+            if not clip or not all(isinstance(frame, Image.Image) for frame in clip):
+                raise ValueError("expected a non-empty list of PIL images (the frames)")
+            sizes = sorted({frame.size for frame in clip})
+            if len(sizes) > 1:
+                raise ValueError(f"frames differ in size (width x height {sizes}); every frame "
+                                 f"of a clip must have one size")
+            pixels = np.stack([to_uint8_pixels(frame, self.channels) for frame in clip])
+        else:
+            raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+                f"expected a clip as a list of PIL images, a (T, H, W, C) array or the path "
+                f"of a GIF or frame folder, got {type(clip).__name__}")
+        self._check_clip_shape(*pixels.shape[:3])
+        return pixels
+
+    def encode(self, clip: Clip) -> Tensor:
+        """One clip -> int64 ids ``(t, h, w)`` on the CPU (``(t, h, w, S)`` for S stages)."""
+        x = self.normalization.to_model(torch.from_numpy(self.frames(clip)))  # (T, H, W, C)
+        x = x.permute(3, 0, 1, 2)[None]  # (1, C, T, H, W)
+        with self._inference():
+            ids = self.model.encode(x.to(self.device, self._dtype())).indices[0]
+        return ids.to("cpu", torch.int64)
+
+    def encode_batch(self, clips: Sequence[Clip]) -> Tensor:
+        """Clips of one shape -> ids ``(B, t, h, w)``; each clip is run by itself, so its
+        ids are those :meth:`encode` gives it."""
+        if isinstance(clips, (np.ndarray, str, os.PathLike)) or not clips:
+            raise ValueError("expected a non-empty list of clips")
+        grids = [self.encode(clip) for clip in clips]
+        shapes = sorted({tuple(g.shape) for g in grids})
+        if len(shapes) > 1:
+            raise ValueError(f"clips give different token grids {shapes}; encode them one "
+                             f"at a time")
+        return torch.stack(grids)
+
+    def encode_image(self, image: Image.Image | np.ndarray) -> Tensor:
+        """One picture -> ids ``(h, w)``: the picture as a one-frame clip. By causality
+        these are the ids of the first latent frame of any clip that starts with it."""
+        if isinstance(image, np.ndarray):
+            image = image[None]
+        elif isinstance(image, Image.Image):
+            image = [image]
+        else:
+            raise ValueError(  # noqa: TRY004
+                f"expected a PIL image or numpy array, got {type(image).__name__}")
+        return self.encode(image)[0]
+
+    # ---- decode -------------------------------------------------------------------------
+    def decode(self, ids: Tensor | np.ndarray) -> np.ndarray:
+        """Ids ``(t, h, w)`` (or ``(t, h, w, s)``) -> uint8 frames ``(1 + (t - 1) *
+        temporal_factor, h * f, w * f, C)``."""
+        grid = self._check_ids(ids, batched=False)
+        with self._inference():
+            x_hat = self.model.decode_indices(grid[None].to(self.device))[0]  # (C, T, H, W)
+        return self.normalization.to_uint8(x_hat).permute(1, 2, 3, 0).numpy()
+
+    def decode_batch(self, ids: Tensor | np.ndarray) -> np.ndarray:
+        """Ids ``(B, t, h, w)`` -> uint8 frames ``(B, T, H, W, C)``, clip by clip."""
+        grids = self._check_ids(ids, batched=True)
+        return np.stack([self.decode(grid) for grid in grids])
+
+    # ---- internals ----------------------------------------------------------------------
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        self.model.eval()
+        with torch.inference_mode():
+            yield
+
+    def _check_clip_shape(self, frames: int, height: int, width: int) -> None:
+        f, factor = self.downsample_factor, self.temporal_factor
+        if frames < 1 or (frames - 1) % factor:
+            below = 1 + (frames - 1) // factor * factor
+            hint = f"; drop the last {frames - below}" if frames > 1 else ""
+            raise ValueError(f"a clip of {frames} frames: this tokenizer takes "
+                             f"{valid_frame_counts(factor)} frames{hint}")
+        if height < 1 or width < 1 or height % f or width % f:
+            raise ValueError(f"frames of {height}x{width} pixels (height x width): both sides "
+                             f"must be positive multiples of {f} (crop or pad the frames)")
+        self._check_budget(frames, height, width, "a clip")
+
+    def _check_budget(self, frames: int, height: int, width: int, what: str) -> None:
+        total = frames * height * width
+        if self.max_pixels is not None and total > self.max_pixels:
+            raise ValueError(f"{what} of {frames} frames of {height}x{width} is {total:,} "
+                             f"pixels, over the budget of {self.max_pixels:,} (max_pixels "
+                             f"raises it)")
+
+    def _check_ids(self, ids: Tensor | np.ndarray, batched: bool) -> Tensor:
+        if isinstance(ids, np.ndarray):
+            if ids.dtype.kind not in "iu":
+                raise ValueError(f"expected integer token ids, got numpy dtype {ids.dtype}")
+            ids = torch.from_numpy(ids.astype(np.int64))
+        if not isinstance(ids, Tensor):
+            raise ValueError(  # noqa: TRY004
+                f"expected token ids as a tensor or numpy array, got {type(ids).__name__}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"expected integer token ids, got dtype {ids.dtype}")
+        stages = self.num_stages
+        axes = (3 if stages is None else 4) + int(batched)
+        layout = ("(B, t, h, w)" if batched else "(t, h, w)") if stages is None else (
+            f"{'(B, t, h, w, s)' if batched else '(t, h, w, s)'} with s <= {stages}")
+        if ids.ndim != axes or 0 in ids.shape or (stages is not None and
+                                                  ids.shape[-1] > stages):
+            raise ValueError(f"expected ids of shape {layout}, got shape {tuple(ids.shape)}")
+        t, h, w = ids.shape[int(batched):int(batched) + 3]
+        f = self.downsample_factor
+        self._check_budget(1 + (t - 1) * self.temporal_factor, h * f, w * f,
+                           f"a {t} x {h} x {w} token grid decodes to a clip")
+        ids = ids.to("cpu", torch.int64)
+        if ids.min() < 0 or ids.max() >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        return ids
+
+
+__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "VideoTokenizer"]
