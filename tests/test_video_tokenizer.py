@@ -131,8 +131,8 @@ def test_rgb_clips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("bad", "message"), [
-    (lambda: clip(6), r"a clip of 6 frames: this tokenizer takes 1 \+ 4k \(1, 5, 9, 13, 17, "
-                      r"\.\.\.\) frames; drop the last 1"),
+    (lambda: clip(6), (r"a clip of 6 frames: this tokenizer takes 1 \+ 4k \(1, 5, 9, 13, 17, "
+                       r"\.\.\.\) frames; drop the last 1")),
     (lambda: clip(5, size=30), r"frames of 30x30 pixels .* multiples of 8"),
     (lambda: [Image.new("L", (32, 32)), Image.new("L", (16, 32))], "frames differ in size"),
     (list, "non-empty list of PIL images"),

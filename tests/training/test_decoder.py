@@ -57,7 +57,8 @@ def _toy_batch(vocab: Vocabulary) -> tuple[list, object]:
     g = torch.Generator().manual_seed(0)
     streams = [build_stream(["ab", torch.randint(0, 6, (2, 2), generator=g)], vocab,
                             add_eos=True),
-               build_stream(["xyz!", torch.randint(0, 6, (1, 3), generator=g)], vocab)]
+               build_stream(["xyz!", torch.randint(0, 6, (1, 3), generator=g)], vocab),
+               build_stream(["v", torch.randint(0, 6, (2, 1, 2), generator=g)], vocab)]
     return streams, collate(streams, vocab)
 
 
@@ -73,15 +74,15 @@ def test_stream_losses_match_a_token_loop() -> None:
             lp = logits[row, t].double()
             nll = math.log(sum(math.exp(v) for v in lp.tolist())) - float(lp[target])
             sums["all"].append(nll)
-            if s.modality[t + 1] == Modality.IMAGE:
+            if s.modality[t + 1] in (Modality.IMAGE, Modality.VIDEO):  # every code
                 sums["image"].append(nll)
             if s.modality[t + 1] == Modality.TEXT:
                 sums["text"].append(nll)
-    assert len(sums["image"]) == 4 + 3 and len(sums["text"]) == 2 + 4  # BOS is no target
+    assert len(sums["image"]) == 4 + 3 + 4 and len(sums["text"]) == 2 + 4 + 1  # BOS: no target
     for key, name in (("all", "loss"), ("image", "image_loss"), ("text", "text_loss")):
         expected = sum(sums[key]) / len(sums[key])
         assert terms[name].item() == pytest.approx(expected, rel=1e-5)
-    assert int(terms["n_image"]) == 7 and int(terms["n_all"]) == len(sums["all"])
+    assert int(terms["n_image"]) == 11 and int(terms["n_all"]) == len(sums["all"])
     assert int(terms["n_text"]) == len(sums["text"])
 
 
