@@ -11,7 +11,7 @@ STEPS = {
     **{f"import {m}": f"import {m}" for m in (
         "vqtok", "vqtok.tokenizer", "vqtok.generation", "vqtok.formats.tokenizer_dir",
         "vqtok.formats.decoder_dir", "vqtok.formats.hub", "vqtok.onnx_export", "vqtok.data",
-        "vqtok.apps.files", "vqtok.cli")},
+        "vqtok.apps.files", "vqtok.video_tokenizer", "vqtok.apps.videos", "vqtok.cli")},
     **{f"vqtok {c} --help": f"from vqtok.cli import main\ntry:\n    main([{c!r}, '--help'])\n"
                            f"except SystemExit:\n    pass"
        for c in ("encode", "decode", "generate", "export", "data")},

@@ -104,9 +104,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _video_tokenizer(args: argparse.Namespace) -> object | None:
+    """The :class:`~vqtok.VideoTokenizer` of ``--tokenizer`` when it is a video tokenizer,
+    else None (the image path goes on). Image-only options are refused for it."""
+    from vqtok.formats.tokenizer_dir import is_video_tokenizer_dir
+
+    if not is_video_tokenizer_dir(args.tokenizer):
+        return None
+    if args.tile_size != "auto":
+        raise ValueError("--tile-size: a video tokenizer does not run on tiles")
+    from vqtok.video_tokenizer import DEFAULT_MAX_CLIP_PIXELS, VideoTokenizer
+
+    budget = DEFAULT_MAX_CLIP_PIXELS if args.max_pixels == "auto" else args.max_pixels
+    return VideoTokenizer.from_pretrained(args.tokenizer, device=args.device,
+                                          max_pixels=budget)
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import encode_files
     from vqtok.tokenizer import ImageTokenizer
+
+    video = _video_tokenizer(args)
+    if video is not None:
+        from vqtok.apps.videos import encode_clips
+
+        summary = encode_clips(args.images, video, args.out, progress=not args.quiet,
+                               overwrite=args.overwrite)
+        print(summary)
+        return 1 if summary.failed else 0
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
                                                max_pixels=args.max_pixels,
@@ -122,6 +147,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import decode_file
     from vqtok.tokenizer import ImageTokenizer
+
+    video = _video_tokenizer(args)
+    if video is not None:
+        from vqtok.apps.videos import decode_clips
+
+        written = decode_clips(args.tokens, video, args.out, progress=not args.quiet,
+                               overwrite=args.overwrite, duration_ms=args.frame_ms)
+        print(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
+        return 0
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
                                                max_pixels=args.max_pixels,
@@ -219,17 +253,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("encode", help="encode images to token ids (.npz)")
-    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p = sub.add_parser("encode", help="encode images (or clips, with a video tokenizer) to "
+                       "token ids (.npz)")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively); "
+                   "with a video tokenizer: animated GIFs, frame folders, or folders of them")
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read images while the model runs (default: one per "
                         "CPU core, at most 4, none for 64 files or fewer; 0: read here)")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images")
+    p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images "
+                       "(animated GIFs with a video tokenizer)")
     p.add_argument("tokens", help="an .npz written by `vqtok encode`")
-    _tokenizer_io(p, "the tokenizer that encoded them", "output folder for the PNGs")
+    _tokenizer_io(p, "the tokenizer that encoded them", "output folder for the PNGs (or GIFs); "
+                  "with a video tokenizer also a .gif file for a single clip")
+    p.add_argument("--frame-ms", type=int, default=100,
+                   help="with a video tokenizer: each GIF frame's duration in ms (default 100)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(

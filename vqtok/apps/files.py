@@ -42,9 +42,11 @@ class EncodeSummary:
     """Token ids written, over all images."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of each file that could not be encoded."""
+    unit: str = "images"
+    """What was encoded, in the summary line ("images", "clips")."""
 
     def __str__(self) -> str:
-        text = f"encoded {self.encoded} images ({self.tokens} tokens) to {self.out_path}"
+        text = f"encoded {self.encoded} {self.unit} ({self.tokens} tokens) to {self.out_path}"
         if self.failed:
             listed = "; ".join(f"{path}: {reason}" for path, reason in self.failed)
             text += f"; {len(self.failed)} files failed: {listed}"
@@ -256,6 +258,9 @@ def decode_file(
     ``overwrite`` (nor be the tokens file), and every declared image must fit the
     tokenizer's pixel budget. Each PNG is written atomically."""
     tokens = read_tokens(npz)
+    if tokens.frames is not None:
+        raise ValueError(f"{npz}: clips written by a video tokenizer; decode them with that "
+                         f"video tokenizer")
     made = (tokens.codebook_size, tokens.downsample_factor, tokens.num_stages)
     here = (tokenizer.codebook_size, tokenizer.downsample_factor, tokenizer.num_stages or 1)
     if made != here:
@@ -265,7 +270,7 @@ def decode_file(
     for name, (height, width) in zip(tokens.names, tokens.sizes):
         check_pixels(width, height, tokenizer.max_pixels, f"{npz}: image {name!r}")
     out = check_new_output(out_dir, inputs=[Path(npz)], overwrite=True, folder=True)
-    targets = check_outputs(_output_paths(tokens.names, out, str(npz)), inputs=[Path(npz)],
+    targets = check_outputs(output_paths(tokens.names, out, str(npz)), inputs=[Path(npz)],
                             overwrite=overwrite)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(tokens.ids):
@@ -282,9 +287,9 @@ def decode_file(
     return targets
 
 
-def _output_paths(names: list[str], out: Path, source: str) -> list[Path]:
-    """Where each name's PNG goes: its relative path under ``out``, with the suffix
-    ``.png``; names that land on the same file get ``-1``, ``-2``... The names were
+def output_paths(names: list[str], out: Path, source: str, suffix: str = ".png") -> list[Path]:
+    """Where each name's file goes: its relative path under ``out``, with ``suffix``
+    (``.png``); names that land on the same file get ``-1``, ``-2``... The names were
     checked to be plain relative paths when the file was read
     (:func:`~vqtok.formats.tokens.read_tokens`); the targets are checked to stay inside
     ``out`` (a symbolic link in ``out`` cannot lead them out)."""
@@ -292,10 +297,10 @@ def _output_paths(names: list[str], out: Path, source: str) -> list[Path]:
     targets = []
     for name in names:
         stem = out.joinpath(*PurePosixPath(name).parts).with_suffix("")
-        target, n = stem.with_name(stem.name + ".png"), 0
+        target, n = stem.with_name(stem.name + suffix), 0
         while target in used:
             n += 1
-            target = stem.with_name(f"{stem.name}-{n}.png")
+            target = stem.with_name(f"{stem.name}-{n}{suffix}")
         if not is_within(target, out):
             raise ValueError(f"{source}: image name {name!r} leads outside {out} (through a "
                              f"symbolic link)")

@@ -58,6 +58,7 @@ __all__ = [
     "build_config",
     "fingerprint",
     "is_video_model",
+    "is_video_tokenizer_dir",
     "load_tokenizer_dir",
     "normalization_of",
     "read_config",
@@ -118,6 +119,14 @@ def build_config(
 def is_video_model(model: VQAutoencoder) -> bool:
     """Whether ``model`` encodes clips (its encoder has a ``temporal_factor``)."""
     return hasattr(model.encoder, "temporal_factor")
+
+
+def is_video_tokenizer_dir(path: str | os.PathLike[str], revision: str | None = None) -> bool:
+    """Whether the tokenizer directory (or Hub repo id) holds a video tokenizer; a
+    :class:`TokenizerFormatError` when it is not a valid tokenizer directory."""
+    root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision)
+    _, config = model_dir.read_model_config(root, SPEC, "tokenizer", TokenizerFormatError)
+    return "video" in config
 
 
 def read_config(path: Path) -> dict[str, Any]:

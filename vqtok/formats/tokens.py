@@ -17,6 +17,10 @@ unicode (:data:`SPEC`):
 ``num_stages``                 optional, S of a multi-stage tokenizer (then each grid is
                                ``(h, w, S)``); 1 when absent
 ``failed_paths``               ``(M,)`` files that could not be encoded; ``failed_reasons`` why
+``frames``, ``temporal_factor``  optional, written by a video tokenizer: ``(N,)`` frames per
+                               clip and the tokenizer's temporal factor; each clip's ids are
+                               then a ``(t, h, w)`` grid, ``t = 1 + (frames - 1) /
+                               temporal_factor``, with ``sizes`` and ``grids`` per frame
 =============================  ===========================================================
 """
 
@@ -52,7 +56,8 @@ SPEC = Obj({
     "ids": Array("iu", (None,)),
     "failed_paths": Array("U", (None,)),
     "failed_reasons": Array("U", (None,)),
-}, optional={"num_stages": Scalar(Int(min=1, max=256))})
+}, optional={"num_stages": Scalar(Int(min=1, max=256)), "frames": Array("iu", (None,), min=1),
+             "temporal_factor": Scalar(Int(min=1))})
 """The arrays of a tokens file; how they relate is checked by :func:`read_tokens`."""
 
 
@@ -67,14 +72,23 @@ class TokenFile:
     codebook_size: int
     downsample_factor: int
     num_stages: int = 1
+    frames: list[int] | None = None
+    """Frames per clip when a video tokenizer wrote the file (ids are then ``(t, h, w)``
+    grids, ``sizes`` per frame); None for images."""
+    temporal_factor: int | None = None
 
 
 def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[str],
                  sizes: list[tuple[int, int]], grids: list[np.ndarray],
                  failed: list[tuple[str, str]], codebook_size: int,
-                 downsample_factor: int, num_stages: int | None = None) -> Path:
+                 downsample_factor: int, num_stages: int | None = None,
+                 frames: list[int] | None = None, temporal_factor: int | None = None) -> Path:
     """Write a tokens file atomically; ``grids`` are the ``(h, w)`` id arrays per image
-    (``(h, w, S)`` with ``num_stages = S``)."""
+    (``(h, w, S)`` with ``num_stages = S``), or with ``frames`` and ``temporal_factor``
+    (a video tokenizer) the ``(t, h, w)`` arrays per clip."""
+    video = frames is not None
+    if video != (temporal_factor is not None):
+        raise ValueError("frames and temporal_factor go together (a video tokenizer's file)")
     arrays = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -84,13 +98,17 @@ def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[
         "names": np.array(names, dtype=str),
         "paths": np.array(paths, dtype=str),
         "sizes": np.array(sizes, dtype=np.int64).reshape(-1, 2),
-        "grids": np.array([g.shape[:2] for g in grids], dtype=np.int64).reshape(-1, 2),
+        "grids": np.array([g.shape[int(video):int(video) + 2] for g in grids],
+                          dtype=np.int64).reshape(-1, 2),
         "ids": np.concatenate([g.reshape(-1) for g in grids] or [np.zeros(0)]).astype(np.int64),
         "failed_paths": np.array([p for p, _ in failed], dtype=str),
         "failed_reasons": np.array([r for _, r in failed], dtype=str),
     }
     if num_stages is not None:
         arrays["num_stages"] = np.array(num_stages, dtype=np.int64)
+    if video:
+        arrays["frames"] = np.array(frames, dtype=np.int64).reshape(-1)
+        arrays["temporal_factor"] = np.array(temporal_factor, dtype=np.int64)
     return write_npz(path, arrays)
 
 
@@ -112,7 +130,18 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
                    f"grids")
     if n and np.any(-(-sizes // f) != grids):
         raise fail(f"grids do not match sizes / downsample_factor {f}")
-    counts = grids.prod(axis=1) * stages
+    video = "frames" in arrays
+    if video != ("temporal_factor" in arrays):
+        raise fail("frames and temporal_factor must both be present or both absent")
+    latent = np.ones(n, dtype=np.int64)
+    if video:
+        frames, factor = arrays["frames"].astype(np.int64), int(arrays["temporal_factor"])
+        if frames.shape[0] != n:
+            raise fail(f"inconsistent lengths: {n} names, {frames.shape[0]} frame counts")
+        if n and np.any((frames - 1) % factor):
+            raise fail(f"frame counts must be 1 + {factor}k, got {sorted(set(frames.tolist()))}")
+        latent = 1 + (frames - 1) // factor
+    counts = grids.prod(axis=1) * latent * stages
     if counts.sum() != ids.size:
         raise fail(f"ids hold {ids.size} values but the grids need {int(counts.sum())}")
     if ids.size and (ids.min() < 0 or ids.max() >= k):
@@ -120,13 +149,16 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
     for name in names:
         check_plain_name(str(name), str(path))
     offsets = np.concatenate([[0], np.cumsum(counts)])
+    shapes = [((int(t),) if video else ()) + tuple(int(v) for v in g)
+              + ((stages,) if "num_stages" in arrays else ()) for t, g in zip(latent, grids)]
     return TokenFile(
         names=[str(s) for s in names],
         sizes=[(int(h), int(w)) for h, w in sizes],
-        ids=[ids[a:b].astype(np.int64).reshape((*g, stages) if "num_stages" in arrays
-                                               else tuple(g))
-             for a, b, g in zip(offsets[:-1], offsets[1:], grids)],
+        ids=[ids[a:b].astype(np.int64).reshape(shape)
+             for a, b, shape in zip(offsets[:-1], offsets[1:], shapes)],
         codebook_size=k,
         downsample_factor=f,
         num_stages=stages,
+        frames=[int(t) for t in arrays["frames"]] if video else None,
+        temporal_factor=int(arrays["temporal_factor"]) if video else None,
     )

@@ -1,0 +1,124 @@
+"""Clips (animated GIFs, frame folders) -> one ``.npz`` of ``(t, h, w)`` token grids, and
+back to animated GIFs: what ``vqtok encode`` and ``vqtok decode`` do with a video
+tokenizer (docs/video.md#commands).
+
+The ``.npz`` is the tokens format of :mod:`vqtok.formats.tokens` with its video keys
+(``frames``, ``temporal_factor``); GIFs are read by :func:`vqtok.formats.videos.load_video`
+and written by :func:`vqtok.formats.videos.save_gif`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vqtok.apps.files import EncodeSummary, output_paths
+from vqtok.formats.outputs import check_new_output, check_outputs
+from vqtok.formats.tokens import read_tokens, write_tokens
+from vqtok.formats.videos import frame_files, save_gif, video_sources
+from vqtok.video_tokenizer import VideoTokenizer
+
+__all__ = ["decode_clips", "encode_clips", "find_clips"]
+
+log = logging.getLogger(__name__)
+
+
+def find_clips(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+    """``(path, name)`` of every clip to encode. A file is a clip (an animated GIF); a
+    folder holding GIFs or frame folders gives those (not recursively); a folder holding
+    frame images directly is one clip. ValueError for a missing path or when nothing is
+    found."""
+    if isinstance(paths_or_folders, (str, os.PathLike)):
+        paths_or_folders = [paths_or_folders]
+    found: list[tuple[Path, str]] = []
+    for given in map(Path, paths_or_folders):
+        if given.is_file():
+            found.append((given, given.name))
+        elif given.is_dir():
+            inside = video_sources(given)
+            if inside:
+                found += [(path, path.relative_to(given).as_posix()) for path in inside]
+            elif frame_files(given):
+                found.append((given, given.name))
+        else:
+            raise ValueError(f"{given}: no such file or folder")
+    if not found:
+        raise ValueError(f"no GIFs or frame folders found in {[str(p) for p in paths_or_folders]}")
+    return found
+
+
+def encode_clips(paths_or_folders: Sequence[str | os.PathLike[str]], tokenizer: VideoTokenizer,
+                 out_npz: str | os.PathLike[str], progress: bool = True,
+                 overwrite: bool = False) -> EncodeSummary:
+    """Encode clips (:func:`find_clips`) to ``out_npz``, one at a time. ``out_npz`` may not
+    be one of the inputs, nor exist unless ``overwrite`` (checked before anything is
+    read). A clip that cannot be encoded (unreadable, a frame count or size the tokenizer
+    does not take) is logged, listed in the summary and the file, and the others go on."""
+    clips = find_clips(paths_or_folders)
+    out = check_new_output(out_npz, inputs=[path for path, _ in clips], overwrite=overwrite)
+    names, paths, sizes, frames, grids = [], [], [], [], []
+    failed: list[tuple[str, str]] = []
+    for path, name in tqdm(clips, unit="clip", desc="encode", disable=not progress):
+        try:
+            pixels = tokenizer.frames(path)
+            ids = tokenizer.encode(pixels)
+        except ValueError as err:
+            reason = str(err).removeprefix(f"{path}: ")
+            log.warning("skipping %s: %s", path, reason)
+            failed.append((str(path), reason))
+            continue
+        names.append(name)
+        paths.append(str(path))
+        sizes.append(tuple(pixels.shape[1:3]))
+        frames.append(int(pixels.shape[0]))
+        grids.append(ids.numpy())
+    write_tokens(out, names=names, paths=paths, sizes=sizes, grids=grids, failed=failed,
+                 codebook_size=tokenizer.codebook_size,
+                 downsample_factor=tokenizer.downsample_factor,
+                 num_stages=tokenizer.num_stages, frames=frames,
+                 temporal_factor=tokenizer.temporal_factor)
+    return EncodeSummary(out, len(names), sum(int(g.size) for g in grids), failed, unit="clips")
+
+
+def decode_clips(npz: str | os.PathLike[str], tokenizer: VideoTokenizer,
+                 out: str | os.PathLike[str], progress: bool = False, overwrite: bool = False,
+                 duration_ms: int = 100) -> list[Path]:
+    """Decode the clips of a tokens ``.npz`` to animated GIFs: ``out`` ending in ``.gif``
+    is the file of a single clip; otherwise a folder that gets one ``NAME.gif`` per clip
+    (``walk.gif`` -> ``out/walk.gif``). Everything is checked before a file is written:
+    that a video tokenizer with this codebook wrote the file, the clips' sizes against
+    the tokenizer's budget, and the outputs (none may exist unless ``overwrite``). Each
+    GIF is written atomically."""
+    tokens = read_tokens(npz)
+    if tokens.frames is None:
+        raise ValueError(f"{npz}: images written by an image tokenizer, not clips; decode "
+                         f"them with that image tokenizer")
+    made = (tokens.codebook_size, tokens.downsample_factor, tokens.temporal_factor,
+            tokens.num_stages)
+    here = (tokenizer.codebook_size, tokenizer.downsample_factor, tokenizer.temporal_factor,
+            tokenizer.num_stages or 1)
+    if made != here:
+        raise ValueError(f"{npz}: clips made with codebook_size, downsample_factor, "
+                         f"temporal_factor, num_stages = {made}, but the tokenizer has {here}")
+    for name, count, (height, width) in zip(tokens.names, tokens.frames, tokens.sizes):
+        tokenizer.tokens_shape(count, height, width)  # within the budget, else a ValueError
+    out = Path(out)
+    if out.suffix.lower() == ".gif":
+        if len(tokens.names) != 1:
+            raise ValueError(f"{npz} holds {len(tokens.names)} clips; give a folder as the "
+                             f"output to get one GIF per clip")
+        targets = check_outputs([out], inputs=[Path(npz)], overwrite=overwrite)
+    else:
+        out = check_new_output(out, inputs=[Path(npz)], overwrite=True, folder=True)
+        targets = check_outputs(output_paths(tokens.names, out, str(npz), suffix=".gif"),
+                                inputs=[Path(npz)], overwrite=overwrite)
+    for target, ids in tqdm(list(zip(targets, tokens.ids)), unit="clip", desc="decode",
+                            disable=not progress):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_gif(np.ascontiguousarray(tokenizer.decode(ids)), target, duration_ms=duration_ms)
+    return targets
