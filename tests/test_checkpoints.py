@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import needs_fashion_mnist
-from vqtok import ImageTokenizer
-from vqtok.data import read_idx
+from vqtok import ImageTokenizer, VideoTokenizer
+from vqtok.data import MovingFashionMNIST, read_idx
 from vqtok.data.fashion_mnist import default_root, find_file
 from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
@@ -31,14 +31,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_every_checkpoint_loads_and_is_checksummed() -> None:
     dirs = sorted(p for p in CHECKPOINTS.iterdir() if p.is_dir())
-    assert {p.name for p in dirs} >= {"fmnist_fsq", "photos_fsq", "decoder_fmnist"}
+    assert {p.name for p in dirs} >= {"fmnist_fsq", "photos_fsq", "decoder_fmnist",
+                                      "moving_fmnist_video"}
     for path in dirs:
         config = json.loads((path / "config.json").read_text())
         digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
         assert config["weights_sha256"] == digest, path.name
         fmt = config["format"]
         if fmt == "vqtok.tokenizer":
-            assert ImageTokenizer.from_pretrained(path).codebook_size > 1
+            kind = VideoTokenizer if "video" in config else ImageTokenizer
+            assert kind.from_pretrained(path).codebook_size > 1
         else:
             assert fmt == "vqtok.decoder", path
             load_decoder_dir(path)
@@ -77,3 +79,27 @@ def test_photos_fsq_on_whole_held_out_photos(name: str) -> None:
     (decoded,) = tokenizer.decode(ids, sizes)
     assert decoded.size == image.size
     assert psnr(np.asarray(decoded), np.asarray(image)) > 20.0
+
+
+VIDEO_PSNR_FLOOR = 17.5  # dB; the lowest frame mean measured on these clips is in checkpoints/README.md
+
+
+@needs_fashion_mnist
+def test_moving_fmnist_video_on_held_out_clips() -> None:
+    """README: the round trip of held-out clips (sprites from the test split, a seed the
+    run never saw): shapes exact, PSNR per frame above the floor below, and the first
+    frame's ids equal to the one-frame (image) path's."""
+    tokenizer = VideoTokenizer.from_pretrained(CHECKPOINTS / "moving_fmnist_video")
+    clips = MovingFashionMNIST(split="test", num_clips=8, seed=1)
+    per_frame = []
+    for i in range(len(clips)):
+        clip = clips[i][0].numpy()[..., None]  # (17, 64, 64, 1)
+        ids = tokenizer.encode(clip)
+        assert tuple(ids.shape) == (5, 8, 8)
+        assert np.array_equal(ids[0].numpy(), tokenizer.encode_image(clip[0]).numpy())
+        back = tokenizer.decode(ids)
+        assert back.shape == clip.shape
+        per_frame.append([psnr(back[t], clip[t]) for t in range(17)])
+    mean = np.mean(per_frame, axis=0)
+    assert mean.min() > VIDEO_PSNR_FLOOR, mean.round(2).tolist()
+

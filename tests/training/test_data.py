@@ -521,3 +521,29 @@ def test_image_folder_datamodule_batches(mixed_folder: Path) -> None:
     assert images.shape == (2, 3, 16, 16) and labels.dtype == torch.int64
     with pytest.raises(ValueError, match="val_fraction"):
         ImageFolderDataModule(mixed_folder, val_fraction=1.0)
+
+
+@needs_fashion_mnist
+def test_moving_fmnist_datamodule_serves_clips_and_windows() -> None:
+    from vqtok.data import MovingFashionMNIST
+    from vqtok.training.data import MovingFashionMNISTDataModule
+
+    dm = MovingFashionMNISTDataModule(batch_size=3, train_clips=6, val_clips=4, train_frames=5)
+    dm.setup("fit")
+    clips, labels = next(iter(dm.train_dataloader()))
+    assert clips.shape == (3, 1, 5, 64, 64) and clips.dtype == torch.float32
+    assert labels.tolist() == [0, 0, 0]
+    assert -1.0 <= clips.min() and clips.max() <= 1.0
+    val, _ = next(iter(dm.val_dataloader()))
+    assert val.shape == (3, 1, 17, 64, 64)
+    # validation clips are the test split's, whole, normalised as (pixel / 255 - 0.5) / 0.5
+    held_out = MovingFashionMNIST(split="test", num_clips=4)[0][0].double()
+    assert torch.allclose(val[0, 0].double(), held_out / 127.5 - 1.0, atol=1e-6)
+    # a training window is consecutive frames of its clip, at some start
+    full = MovingFashionMNIST(split="train", num_clips=6)[0][0].double() / 127.5 - 1.0
+    window, _ = dm.train_set[0]
+    starts = [s for s in range(13) if torch.allclose(window[0].double(), full[s:s + 5],
+                                                     atol=1e-6)]
+    assert starts
+    with pytest.raises(ValueError, match="train_frames=19 exceeds num_frames=17"):
+        MovingFashionMNISTDataModule(train_frames=19)
