@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -179,12 +180,19 @@ class _StubData(pl.LightningDataModule):
 
 
 def test_fit_rejects_data_of_another_scheme_or_vocabulary(tmp_path: Path) -> None:
-    module = tiny_decoder()
+    module = tiny_decoder(position_scheme="rope_tie_v2")
     with pytest.raises(ValueError, match="position_scheme '1d' differs"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(module.vocab, "1d"))
     with pytest.raises(ValueError, match="does not match the decoder"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(
             Vocabulary(image_codebook_size=11), "rope_tie_v2"))
+
+
+def test_default_position_scheme_is_1d() -> None:
+    # The position ablations (benchmarks/RESULTS_decoder.md) chose it; model and data agree.
+    assert DecoderConfig(vocab_size=300).position_scheme == "1d"
+    assert inspect.signature(CaptionImageDataModule).parameters["position_scheme"].default \
+        == "1d"
 
 
 # ---- the token cache and the DataModule ---------------------------------------------------

@@ -191,7 +191,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
 
     def __init__(self, tokenizer: str, root: str | None = None,
                  caption_template: str = "a photo of a {label}",
-                 position_scheme: str = "rope_tie_v2", batch_size: int = 64,
+                 position_scheme: str = "1d", batch_size: int = 64,
                  val_size: int = 1000, limit_train: int | None = None,
                  limit_test: int | None = None, pad_to: int = 32,
                  image_size: int | None = None, cache_dir: str | None = "runs/token_cache",
