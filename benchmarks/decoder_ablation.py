@@ -10,6 +10,13 @@ about 14 minutes on this 2-core machine with other jobs running; ``--steps``, ``
 trade time for precision). Tokenizing the 60,000 training images first takes about 8
 minutes once; the ids are cached in ``runs/token_cache``. Replaces its own section of
 ``benchmarks/RESULTS_decoder.md`` (or ``--out``), keeping the others.
+
+Larger grids: ``--image-size 64`` scales the 32 x 32 padded images to 64 x 64 before the 4x
+tokenizer, so each image is a 16 x 16 grid (``--limit-train`` bounds how many training images
+are tokenized); its table gets its own section. Given a video tokenizer (``--tokenizer
+checkpoints/moving_fmnist_video``), the streams are captioned Moving Fashion-MNIST clips
+(``--num-frames``, ``--limit-train`` clips; held-out clips from the test split) and the table
+goes to the video grids' section.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ def quiet() -> None:
 def make_data(args: argparse.Namespace, scheme: str) -> CaptionImageDataModule:
     return CaptionImageDataModule(
         args.tokenizer, root=args.data_root, position_scheme=scheme,
-        batch_size=args.batch_size, val_size=args.val_size, cache_dir=args.cache_dir)
+        batch_size=args.batch_size, val_size=args.val_size, cache_dir=args.cache_dir,
+        image_size=args.image_size, limit_train=args.limit_train, num_frames=args.num_frames)
 
 
 def train_decoder(args: argparse.Namespace, scheme: str, seed: int
@@ -106,6 +114,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, steps: int, d_model: i
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="scale the padded 32 x 32 images to this side before tokenizing "
+                             "(64 with a 4x tokenizer: 16 x 16 grids); default: 32")
+    parser.add_argument("--limit-train", type=int, default=None,
+                        help="use only the first this-many training images or clips "
+                             "(default: all)")
+    parser.add_argument("--num-frames", type=int, default=17,
+                        help="frames per clip with a video tokenizer (default 17)")
     parser.add_argument("--d-model", type=int, default=d_model)
     parser.add_argument("--layers", type=int, default=layers)
     parser.add_argument("--heads", type=int, default=4)
@@ -130,14 +146,35 @@ def main() -> None:
     quiet()
     env = environment(args.threads)
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in args.schemes}
+    start = time.perf_counter()
     for seed in args.seeds:
         for scheme in args.schemes:
-            _, _, metrics = train_decoder(args, scheme, seed)
+            _, data, metrics = train_decoder(args, scheme, seed)
             results[scheme].append(metrics)
             log.info("seed %d %-12s val/image_loss %.4f  val/loss %.4f  (%.0f s)", seed,
                          scheme, metrics["val/image_loss"], metrics["val/loss"],
                          metrics["train_s"])
-    heading = HEADING if args.rope_base == 10000 else f"{HEADING}, rope_base {args.rope_base:g}"
+    wall_min = (time.perf_counter() - start) / 60
+    h, w = data.image_tokens
+    if data.video:
+        t = data.video_tokens[0]
+        heading = f"{HEADING}, {t} x {h} x {w} video grids"
+        streams = (f"Moving Fashion-MNIST `[BOS] <caption> [BOV] {t}x{h}x{w} codes [EOV] [EOS]` "
+                   f"streams (clips of {args.num_frames} frames of {data.image_size} x "
+                   f"{data.image_size}, captions such as \"a bag moving up and a shirt moving "
+                   f"right\"; training clips 0..{len(data.train_set) - 1} of the train split)")
+        metric = (f"the {t * h * w} video tokens of {args.val_size} held-out clips (sprites "
+                  f"from the Fashion-MNIST test split)")
+    else:
+        heading = HEADING if (h, w) == (8, 8) else f"{HEADING}, {h} x {w} image grids"
+        subset = (f"the first {args.limit_train} training images" if args.limit_train
+                  else "the training images")
+        streams = (f"Fashion-MNIST `[BOS] a photo of a(n) <class> [BOI] {h}x{w} codes [EOI] "
+                   f"[EOS]` streams ({data.image_size} x {data.image_size} images from "
+                   f"{subset})")
+        metric = f"the {h * w} image tokens of {args.val_size} held-out training images"
+    if args.rope_base != 10000:
+        heading += f", rope_base {args.rope_base:g}"
     best = min(statistics.mean(r["val/image_loss"] for r in results[s]) for s in args.schemes)
     seeds = " ".join(map(str, args.seeds))
     rows = [("| scheme | val image loss (nats/token) | per seed | val loss, all tokens | "
@@ -155,16 +192,21 @@ def main() -> None:
         (f"Same decoder (d_model={args.d_model}, {args.layers} layers, {args.heads} heads, MHA, "
          f"tied embeddings, RoPE base {args.rope_base:g}), same initialisation and batch order per seed, {args.steps} steps "
          f"of {args.batch_size} streams (AdamW lr {args.lr:g}, {args.warmup} warm-up steps, "
-         f"cosine decay), on Fashion-MNIST `[BOS] a photo of a(n) <class> [BOI] 8x8 codes "
-         f"[EOI] [EOS]` streams tokenized by `{args.tokenizer}`; the metric is the "
-         f"cross-entropy on the 64 image tokens of {args.val_size} held-out training images "
-         f"(`val/image_loss`). Seeds: {seeds.replace(' ', ', ')}. {env}."),
+         f"cosine decay), on {streams} tokenized by `{args.tokenizer}`; the metric is the "
+         f"cross-entropy on {metric} (`val/image_loss`). Seeds: {seeds.replace(' ', ', ')}. {env}. Wall time "
+         f"{wall_min:.0f} minutes for the {len(args.seeds) * len(args.schemes)} runs."),
         "", *rows, "",
         (f"Command: `.venv/bin/python benchmarks/decoder_ablation.py --tokenizer "
          f"{args.tokenizer} --steps {args.steps} --batch-size {args.batch_size} --d-model "
          f"{args.d_model} --layers {args.layers} --heads {args.heads} --seeds {seeds} "
          f"--schemes {' '.join(args.schemes)} --rope-base {args.rope_base:g} "
-         f"--threads {args.threads}`"), "",
+         f"--threads {args.threads}"
+         + (f" --image-size {args.image_size}" if args.image_size else "")
+         + (f" --limit-train {args.limit_train}" if args.limit_train else "")
+         + (f" --num-frames {args.num_frames}" if data.video else "")
+         + (f" --val-size {args.val_size}" if args.val_size != 1000 else "")
+         + (f" --lr {args.lr:g} --warmup {args.warmup}" if (args.lr, args.warmup) != (3e-3, 30)
+            else "") + "`"), "",
     ])
     print(text)
     update_section(args.out, heading, text)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.helpers import FASHION_MNIST, needs_fashion_mnist
 
@@ -86,6 +87,8 @@ def run_commands(tmp: Path, short: bool) -> None:
                               check=False, timeout=3600)
         assert done.returncode == 0, f"{shlex.join(words)}\n{done.stderr[-3000:]}"
     assert (repo / "decoded" / "china.png").is_file() and (repo / "boot_003.png").is_file()
+    with Image.open(repo / "bag.gif") as gif:  # `vqtok generate --video --frames 9`
+        assert gif.format == "GIF" and gif.n_frames == 9
     assert (repo / "report.html").is_file() and (repo / "measured.json").is_file()
     assert _git_status() == status_before  # nothing written into the real repository
 

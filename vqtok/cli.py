@@ -184,7 +184,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     print(write_generated(args.decoder, args.tokenizer, args.prompt, args.out, num=args.num,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                          raw=args.raw, device=args.device, overwrite=args.overwrite))
+                          raw=args.raw, device=args.device, overwrite=args.overwrite,
+                          video=args.video, frames=args.frames, frame_ms=args.frame_ms))
     return 0
 
 
@@ -279,22 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
-        "generate", help="generate images from a text prompt with a trained decoder",
+        "generate", help="generate images (or, with --video, animated GIFs) from a text prompt "
+                         "with a trained decoder",
         description="Text to image: the decoder writes one token grid per image after the "
-                    "caption, the tokenizer decodes it to pixels.")
+                    "caption, the tokenizer decodes it to pixels. With --video, a decoder "
+                    "trained on clips writes a full (t, h, w) grid and a video tokenizer "
+                    "decodes it to an animated GIF.")
     p.add_argument("--decoder", required=True, help="a decoder directory (`vqtok decoder fit`)")
     p.add_argument("--tokenizer", required=True, help="the tokenizer the decoder was trained on")
     p.add_argument("--prompt", required=True,
                    help="a class name such as 'ankle boot' (put into the decoder's caption "
                         "template) or a whole caption")
     p.add_argument("--out", required=True,
-                   help="output PNG; with --num N > 1, OUT_000.png ... are written")
+                   help="output PNG (a GIF with --video); with --num N > 1, OUT_000.png ... "
+                        "are written")
     p.add_argument("--num", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default 1)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest codes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true",
                    help="feed the prompt as is, without the caption template")
+    p.add_argument("--video", action="store_true",
+                   help="write animated GIFs (a decoder trained on clips, a video tokenizer)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per GIF with --video: 1 + k x the tokenizer's temporal factor "
+                        "(default: the length of the decoder's training clips)")
+    p.add_argument("--frame-ms", type=int, default=100,
+                   help="display time of each GIF frame in milliseconds (default 100)")
     _device_and_overwrite(p, "replace existing output files")
     p.set_defaults(func=cmd_generate)
 

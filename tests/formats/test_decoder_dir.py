@@ -149,6 +149,8 @@ def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
      r"vocabulary.specials must be a list of distinct strings starting with \['bos'"),
     (lambda c: c.update(image_tokens=[300, 300]), "300 x 300 is 90000 tokens, more than"),
     (lambda c: c.update(image_tokens=[128, 129]), "128 x 129 is 16512 tokens, more than"),
+    (lambda c: c.update(video_tokens=[5, 8]), "video_tokens must be a list of 3 items"),
+    (lambda c: c.update(video_tokens=[5, 64, 64]), "video_tokens 5 x 64 x 64 is 20480 tokens"),
     (lambda c: c.update(caption_template="a {label} of {kind}"),
      "caption_template must be text with exactly one field"),
     (lambda c: c.update(extra={"tokenizer": "checkpoints/fmnist_fsq"}),

@@ -15,6 +15,7 @@ from vqtok.multimodal import (
     build_stream,
     collate,
     generate_image,
+    generate_video,
 )
 from vqtok.registry import build, spec_of
 
@@ -140,6 +141,20 @@ def test_video_constraint_uses_video_markers() -> None:
     again = model.generate(opened.ids[None], opened.positions[None], 13, temperature=0,
                            constraint=GridConstraint(VOCAB, (2, 2, 3), begin=False))
     assert torch.equal(again.ids, out.ids) and torch.equal(again.positions, out.positions)
+
+
+@pytest.mark.parametrize("scheme", ["rope_tie_v2", "1d"])
+def test_generate_video_is_the_constrained_greedy_stream(scheme: str) -> None:
+    model = _model("mha", scheme)
+    grids = generate_video(model, VOCAB, ["a bag moving up", "v"], 2, 2, 3, temperature=0)
+    assert grids.shape == (2, 2, 2, 3) and grids.dtype == torch.int64
+    assert torch.equal(generate_video(model, VOCAB, "v", 2, 2, 3, temperature=0), grids[1])
+    # The same tokens as the decoder's own constrained loop, read in raster (t, h, w) order.
+    prompt = build_stream(["v"], VOCAB, scheme)
+    out = model.generate(prompt.ids[None], prompt.positions[None], 14, temperature=0,
+                         constraint=GridConstraint(VOCAB, (2, 2, 3)))
+    codes = out.ids[0, prompt.ids.shape[0] + 1:-1] - VOCAB.image_offset
+    assert codes.tolist() == grids[1].flatten().tolist()
 
 
 def test_generation_arguments_are_checked() -> None:

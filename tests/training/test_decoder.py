@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -56,7 +58,8 @@ def _toy_batch(vocab: Vocabulary) -> tuple[list, object]:
     g = torch.Generator().manual_seed(0)
     streams = [build_stream(["ab", torch.randint(0, 6, (2, 2), generator=g)], vocab,
                             add_eos=True),
-               build_stream(["xyz!", torch.randint(0, 6, (1, 3), generator=g)], vocab)]
+               build_stream(["xyz!", torch.randint(0, 6, (1, 3), generator=g)], vocab),
+               build_stream(["v", torch.randint(0, 6, (2, 1, 2), generator=g)], vocab)]
     return streams, collate(streams, vocab)
 
 
@@ -72,15 +75,15 @@ def test_stream_losses_match_a_token_loop() -> None:
             lp = logits[row, t].double()
             nll = math.log(sum(math.exp(v) for v in lp.tolist())) - float(lp[target])
             sums["all"].append(nll)
-            if s.modality[t + 1] == Modality.IMAGE:
+            if s.modality[t + 1] in (Modality.IMAGE, Modality.VIDEO):  # every code
                 sums["image"].append(nll)
             if s.modality[t + 1] == Modality.TEXT:
                 sums["text"].append(nll)
-    assert len(sums["image"]) == 4 + 3 and len(sums["text"]) == 2 + 4  # BOS is no target
+    assert len(sums["image"]) == 4 + 3 + 4 and len(sums["text"]) == 2 + 4 + 1  # BOS: no target
     for key, name in (("all", "loss"), ("image", "image_loss"), ("text", "text_loss")):
         expected = sum(sums[key]) / len(sums[key])
         assert terms[name].item() == pytest.approx(expected, rel=1e-5)
-    assert int(terms["n_image"]) == 7 and int(terms["n_all"]) == len(sums["all"])
+    assert int(terms["n_image"]) == 11 and int(terms["n_all"]) == len(sums["all"])
     assert int(terms["n_text"]) == len(sums["text"])
 
 
@@ -177,12 +180,19 @@ class _StubData(pl.LightningDataModule):
 
 
 def test_fit_rejects_data_of_another_scheme_or_vocabulary(tmp_path: Path) -> None:
-    module = tiny_decoder()
+    module = tiny_decoder(position_scheme="rope_tie_v2")
     with pytest.raises(ValueError, match="position_scheme '1d' differs"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(module.vocab, "1d"))
     with pytest.raises(ValueError, match="does not match the decoder"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(
             Vocabulary(image_codebook_size=11), "rope_tie_v2"))
+
+
+def test_default_position_scheme_is_1d() -> None:
+    # The position ablations (benchmarks/RESULTS_decoder.md) chose it; model and data agree.
+    assert DecoderConfig(vocab_size=300).position_scheme == "1d"
+    assert inspect.signature(CaptionImageDataModule).parameters["position_scheme"].default \
+        == "1d"
 
 
 # ---- the token cache and the DataModule ---------------------------------------------------
@@ -277,3 +287,34 @@ def test_datamodule_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: s
     tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
     with pytest.raises(ValueError, match=match):
         CaptionImageDataModule(str(tok_dir), **kwargs)
+
+
+def bilinear_2x(image: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upscale of ``(H, W)`` with half-pixel centres: output pixel ``i`` samples
+    the input at ``(i + 0.5) / 2 - 0.5``, clamped to the edge (float64 reference)."""
+    def weights(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, n - 1), src - low
+    (r0, r1, fr), (c0, c1, fc) = weights(image.shape[0]), weights(image.shape[1])
+    rows = image[r0] * (1 - fr)[:, None] + image[r1] * fr[:, None]
+    return rows[:, c0] * (1 - fc) + rows[:, c1] * fc
+
+
+@needs_fashion_mnist
+def test_datamodule_image_size_gives_larger_grids(tmp_path: Path) -> None:
+    tok_dir = tiny_tokenizer_dir(tmp_path / "tok")
+    dm = CaptionImageDataModule(str(tok_dir), root=str(FASHION_MNIST), limit_train=4, val_size=3,
+                                image_size=64, cache_dir=str(tmp_path / "cache"))
+    assert dm.image_tokens == (16, 16)
+    dm.setup("fit")
+    ref = FashionMNISTDataModule(root=str(FASHION_MNIST), val_size=3, limit_train=4)
+    ref.setup("fit")
+    images = torch.stack([
+        torch.from_numpy(bilinear_2x(ref.val_set[i][0][0].double().numpy())).float()[None]
+        for i in range(3)])  # (3, 1, 64, 64)
+    expected = ImageTokenizer.from_pretrained(tok_dir).encode(images)
+    assert dm.val_set.grids.shape == (3, 16, 16)
+    assert torch.equal(dm.val_set.grids, expected)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [dm.cache_file("train").name]
+    assert "size64" in dm.cache_file("train").name  # not the 32 x 32 grids' cache

@@ -14,6 +14,7 @@
                  "init_args": {"config": {...DecoderConfig fields...}}},
      "vocabulary": {"text_vocab": 256, "image_codebook_size": 1000, "specials": [...]},
      "image_tokens": [8, 8],          # the (h, w) token grid it was trained to write
+     "video_tokens": [5, 8, 8],       # optional: the (t, h, w) grid of its training clips
      "caption_template": "a photo of a {label}",   # or null
      "extra": {...}}                  # optional, free JSON metadata, not interpreted
 
@@ -25,6 +26,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import math
 import os
 import string
 from pathlib import Path
@@ -119,6 +121,7 @@ SPEC = Obj({
     "caption_template": Nullable(_Template()),
 }, optional={
     **model_dir.OPTIONAL_SPEC,
+    "video_tokens": ListOf(Int(min=1, max=MAX_IMAGE_TOKENS), length=3),
     "extra": Obj({}, optional={
         "labels": ListOf(Str()),
         "tokenizer": Obj({"path": Str(), "sha256": Str(pattern="[0-9a-f]{64}",
@@ -146,6 +149,7 @@ def build_decoder_config(
     *,
     caption_template: str | None = None,
     extra: dict[str, Any] | None = None,
+    video_tokens: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
     if not isinstance(model, MultimodalDecoder):
@@ -157,6 +161,8 @@ def build_decoder_config(
         "image_tokens": [int(s) for s in image_tokens],
         "caption_template": caption_template,
     }
+    if video_tokens is not None:
+        config["video_tokens"] = [int(s) for s in video_tokens]
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
     validate(config, SPEC, CONFIG_NAME, DecoderFormatError)
@@ -179,16 +185,18 @@ def save_decoder_dir(
     *,
     caption_template: str | None = None,
     extra: dict[str, Any] | None = None,
+    video_tokens: tuple[int, int, int] | None = None,
 ) -> Path:
     """Write ``model`` and its vocabulary as a decoder directory at ``out_dir``.
 
     ``image_tokens`` is the ``(h, w)`` grid the decoder writes (what its tokenizer gives for
-    the training images); ``caption_template`` how its captions were made from a label.
+    the training images); ``caption_template`` how its captions were made from a label;
+    ``video_tokens`` the ``(t, h, w)`` grid of the clips of a decoder trained on video.
     An existing decoder at ``out_dir`` is replaced atomically; a directory holding other
     files is refused rather than deleted.
     """
     config = build_decoder_config(model, vocab, image_tokens, caption_template=caption_template,
-                                  extra=extra)
+                                  extra=extra, video_tokens=video_tokens)
     return model_dir.save_model_dir(Path(out_dir), config, model, FORMAT, "decoder")
 
 
@@ -204,10 +212,12 @@ def read_decoder_config(path: Path) -> dict[str, Any]:
 
 
 def _check_grid(config: dict[str, Any], path: Path | str) -> None:
-    h, w = config["image_tokens"]
-    if h * w > MAX_IMAGE_TOKENS:
-        raise DecoderFormatError(f"{path}: image_tokens {h} x {w} is {h * w} tokens, more than "
-                                 f"the {MAX_IMAGE_TOKENS} a generated grid may have")
+    for key in ("image_tokens", "video_tokens"):
+        shape = config.get(key)
+        if shape is not None and math.prod(shape) > MAX_IMAGE_TOKENS:
+            raise DecoderFormatError(
+                f"{path}: {key} {' x '.join(map(str, shape))} is {math.prod(shape)} tokens, "
+                f"more than the {MAX_IMAGE_TOKENS} a generated grid may have")
 
 
 def load_decoder_dir(

@@ -18,7 +18,9 @@ from vqtok.multimodal.decoder import (
     GenerationOutput,
     GridConstraint,
     MultimodalDecoder,
+    generate_grid,
     generate_image,
+    generate_video,
     sample_next,
 )
 from vqtok.multimodal.positions import SCHEMES, PositionScheme, make_scheme
@@ -57,7 +59,9 @@ __all__ = [
     "collate",
     "extract_images",
     "extract_videos",
+    "generate_grid",
     "generate_image",
+    "generate_video",
     "make_attention",
     "make_scheme",
     "sample_next",

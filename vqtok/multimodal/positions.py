@@ -8,10 +8,11 @@ ordered (time, row, column). A scheme walks the blocks with a running *cursor*, 
 value of the text counter ``P`` (0 before the first token, so the first text token sits at 1).
 
 Schemes:
-- ``"rope_tie_v2"`` (default): RoPE-Tie-v2, text at ``(P, P, P)``, grids centred on the
+- ``"rope_tie_v2"``: RoPE-Tie-v2, text at ``(P, P, P)``, grids centred on the
   positions they would take if flattened (see :class:`RopeTieV2`).
 - ``"mrope"``: Qwen2-VL M-RoPE, patch ``(k, i, j)`` at ``s + (k, i, j)``, next text at max + 1.
-- ``"1d"``: every token, patches included, at ``(P, P, P)`` with ``P += 1`` (flattened).
+- ``"1d"`` (the decoder's default): every token, patches included, at ``(P, P, P)`` with
+  ``P += 1`` (flattened).
 - ``"nope"``: the positions of ``"1d"`` but no rotary embedding at all (causal only).
 """
 
