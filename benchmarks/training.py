@@ -126,7 +126,7 @@ def bench_compile(batch: int, steps: int, warmup: int, quantizers: list[str]) ->
 
 
 def bench_bf16(batch: int, steps: int, quantizers: list[str], seeds: int,
-               val_images: int) -> list[str]:
+               val_images: int, first_seed: int = 0) -> list[str]:
     """Train the same model on the same Fashion-MNIST batches in float32 and under bf16
     autocast, then count the codes of ``val_images`` test images (each run in its own
     precision): the usage each precision ends with, seed by seed."""
@@ -138,7 +138,7 @@ def bench_bf16(batch: int, steps: int, quantizers: list[str], seeds: int,
     rows = ["| quantizer | seed | float32 usage | bf16 usage | bf16 - float32 (points) |",
             "|---|---:|---:|---:|---:|"]
     for name in quantizers:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             usage = {}
             for precision in ("float32", "bf16"):
                 net = model(name).train()
@@ -178,6 +178,8 @@ def main() -> None:
     parser.add_argument("--quantizers", nargs="+", default=["fsq", "vq_ste"],
                         choices=["fsq", "vq_ste", "vq_ema"])
     parser.add_argument("--seeds", type=int, default=3, help="bf16: seeds per quantizer")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="bf16: the first seed (several processes can share the seeds)")
     parser.add_argument("--val-images", type=int, default=2000,
                         help="bf16: test images whose codes are counted")
     args = parser.parse_args()
@@ -187,7 +189,8 @@ def main() -> None:
     elif args.what == "compile":
         rows = bench_compile(args.batch, args.steps, args.warmup, args.quantizers)
     else:
-        rows = bench_bf16(args.batch, args.steps, args.quantizers, args.seeds, args.val_images)
+        rows = bench_bf16(args.batch, args.steps, args.quantizers, args.seeds, args.val_images,
+                          args.first_seed)
     load_after = os.getloadavg()
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, "
           f"1 thread per process; load average {load_before[0]:.1f} before, "
