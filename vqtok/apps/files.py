@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -57,6 +57,14 @@ def find_images(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tupl
     """``(path, name)`` of every image to encode: files as given (any extension), folders
     searched recursively for image suffixes (hidden entries skipped), in sorted order.
     Raises ValueError for a path that does not exist or when nothing is found."""
+    return find_inputs(paths_or_folders, image_files, "image files")
+
+
+def find_inputs(paths_or_folders: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+                in_folder: Callable[[Path], list[Path]], what: str) -> list[tuple[Path, str]]:
+    """``(path, name)`` of every input: a file as given, a folder as the ``in_folder(folder)``
+    paths it yields (named relative to it). ValueError for a missing path, or when nothing
+    is found (``what`` names what was looked for)."""
     if isinstance(paths_or_folders, (str, os.PathLike)):
         paths_or_folders = [paths_or_folders]
     found: list[tuple[Path, str]] = []
@@ -64,11 +72,12 @@ def find_images(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tupl
         if given.is_file():
             found.append((given, given.name))
         elif given.is_dir():
-            found += [(path, path.relative_to(given).as_posix()) for path in image_files(given)]
+            found += [(path, path.relative_to(given.parent if path == given else given)
+                       .as_posix()) for path in in_folder(given)]
         else:
             raise ValueError(f"{given}: no such file or folder")
     if not found:
-        raise ValueError(f"no image files found in {[str(p) for p in paths_or_folders]}")
+        raise ValueError(f"no {what} found in {[str(p) for p in paths_or_folders]}")
     return found
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vqtok.apps.files import EncodeSummary, output_paths
+from vqtok.apps.files import EncodeSummary, find_inputs, output_paths
 from vqtok.formats.outputs import check_new_output, check_outputs
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.formats.videos import frame_files, save_gif, video_sources
@@ -33,23 +33,10 @@ def find_clips(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tuple
     folder holding GIFs or frame folders gives those (not recursively); a folder holding
     frame images directly is one clip. ValueError for a missing path or when nothing is
     found."""
-    if isinstance(paths_or_folders, (str, os.PathLike)):
-        paths_or_folders = [paths_or_folders]
-    found: list[tuple[Path, str]] = []
-    for given in map(Path, paths_or_folders):
-        if given.is_file():
-            found.append((given, given.name))
-        elif given.is_dir():
-            inside = video_sources(given)
-            if inside:
-                found += [(path, path.relative_to(given).as_posix()) for path in inside]
-            elif frame_files(given):
-                found.append((given, given.name))
-        else:
-            raise ValueError(f"{given}: no such file or folder")
-    if not found:
-        raise ValueError(f"no GIFs or frame folders found in {[str(p) for p in paths_or_folders]}")
-    return found
+    def in_folder(folder: Path) -> list[Path]:
+        return video_sources(folder) or ([folder] if frame_files(folder) else [])
+
+    return find_inputs(paths_or_folders, in_folder, "GIFs or frame folders")
 
 
 def encode_clips(paths_or_folders: Sequence[str | os.PathLike[str]], tokenizer: VideoTokenizer,
