@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from vqtok.cli import main
+from vqtok.formats.tokens import read_tokens
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ
 from vqtok.tokenizer import ImageTokenizer
@@ -79,6 +80,24 @@ def test_export_encode_decode_round_trip(checkpoint: Path, tmp_path: Path) -> No
         ids = tok.encode(img)
         expected = tok.decode(ids, sizes=[(img.height, img.width)])[0]
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_encode_compile_gives_the_ids_of_the_usual_path(tmp_path: Path) -> None:
+    """`vqtok encode --compile` with the shipped Fashion-MNIST tokenizer: the ids of every
+    file equal those of the eager run."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(70):  # one full fixed batch of 64 and a partial one
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    tok = Path(__file__).resolve().parents[1] / "checkpoints" / "fmnist_fsq"
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        assert main(["encode", str(folder), "--tokenizer", str(tok), "--out",
+                     str(tmp_path / f"{name}.npz"), "--quiet", "--workers", "0", *extra]) == 0
+    eager, compiled = read_tokens(tmp_path / "eager.npz"), read_tokens(tmp_path / "compiled.npz")
+    assert list(compiled.names) == list(eager.names) and len(eager.ids) == 70
+    for a, b in zip(eager.ids, compiled.ids):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_export_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

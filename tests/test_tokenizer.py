@@ -327,3 +327,20 @@ def test_fixed_batches_do_not_depend_on_neighbours_or_places() -> None:
     with torch.inference_mode():
         by_model = rgb.model.encode(normalised(np.stack(images[:64]))).indices
     assert torch.equal(together[:64], by_model)
+
+
+def test_compiled_encoder_gives_eager_ids_whatever_the_batch() -> None:
+    """``compile=True`` (inductor) on the fixed batches: the same ids as eager mode, alone,
+    together and shuffled, with one graph built for the one image size."""
+    eager = ImageTokenizer(tiny_model(3, seed=2))
+    compiled = ImageTokenizer(tiny_model(3, seed=2), compile=True)
+    images = list(random_pixels((100, 32, 32, 3), seed=4))
+    expected = eager.encode(images, batch_size=100)
+    together = compiled.encode(images, batch_size=100)
+    order = np.random.default_rng(1).permutation(100)
+    shuffled = compiled.encode([images[i] for i in order], batch_size=100)
+    assert compiled._compiled is not None and compiled._compiled.failed is None
+    assert compiled._compiled.shapes == {(64, 3, 32, 32)}
+    assert torch.equal(together, expected)
+    assert torch.equal(shuffled[np.argsort(order)], expected)
+    assert torch.equal(compiled.encode(images[7]), expected[7:8])

@@ -113,6 +113,8 @@ def _video_tokenizer(args: argparse.Namespace) -> object | None:
         return None
     if args.tile_size != "auto":
         raise ValueError("--tile-size: a video tokenizer does not run on tiles")
+    if getattr(args, "compile", False):
+        raise ValueError("--compile: only the image tokenizer's encoder is compiled")
     from vqtok.video_tokenizer import DEFAULT_MAX_CLIP_PIXELS, VideoTokenizer
 
     budget = DEFAULT_MAX_CLIP_PIXELS if args.max_pixels == "auto" else args.max_pixels
@@ -135,7 +137,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
                                                max_pixels=args.max_pixels,
-                                               tile_size=args.tile_size)
+                                               tile_size=args.tile_size, compile=args.compile)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
                            progress=not args.quiet, overwrite=args.overwrite,
                            workers=args.workers)
@@ -267,7 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read images while the model runs (default: one per "
-                        "CPU core, at most 4, none for 64 files or fewer; 0: read here)")
+                        "CPU core beyond the first two, at most 4, none for 64 files or "
+                        "fewer; 0: read here)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the encoder on small images through torch.compile: about 1.5x "
+                        "faster on the CPU after a few seconds of compiling per image size, "
+                        "so for thousands of images (needs a C++ compiler; without one it "
+                        "warns and runs as usual)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images "

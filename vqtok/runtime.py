@@ -5,9 +5,13 @@ a result independent of the batch and of the input's size (the determinism rules
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -60,4 +64,57 @@ def inference_kernels(device: torch.device, batch_invariant: bool) -> Iterator[N
         yield
 
 
-__all__ = ["cpu_per_sample_kernels", "inference_kernels", "resolve_device"]
+MAX_COMPILED_SHAPES = 8
+"""Input shapes a :class:`CompiledCall` compiles a graph for; further shapes run eager (a
+graph costs seconds to build, so a folder of many image sizes would spend its time
+compiling)."""
+
+
+class CompiledCall:
+    """``fn(x)`` through ``torch.compile`` (inductor, static shapes: one graph per input
+    shape, built on the first call with that shape), falling back to eager ``fn``:
+
+    * for shapes beyond the first :data:`MAX_COMPILED_SHAPES`;
+    * for good, with one warning, when compiling fails (inductor needs a C++ compiler on
+      the CPU; an op it cannot lower).
+
+    Inductor fuses the elementwise steps between convolutions (activations, norms,
+    additions) that eager mode runs one memory pass at a time; the convolutions and matrix
+    products stay torch's own kernels, so results match eager up to float rounding.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.compiled = torch.compile(fn, dynamic=False)
+        self.shapes: set[tuple[int, ...]] = set()
+        self.failed: str | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        shape = tuple(x.shape)
+        if self.failed is None and (shape in self.shapes or
+                                    len(self.shapes) < MAX_COMPILED_SHAPES):
+            if shape not in self.shapes:
+                log.info("compiling the %s for inputs of shape %s (once per shape)",
+                         self.name, shape)
+            try:
+                out = self.compiled(x)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: run eager
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                self.failed = reason
+                log.warning("torch.compile of the %s failed (%s); running it eagerly",
+                            self.name, reason[:200])
+            else:
+                self.shapes.add(shape)
+                return out
+        return self.fn(x)
+
+
+def compiled_indices(model: nn.Module) -> CompiledCall:
+    """``model.encode(x).indices`` (a :class:`~vqtok.models.autoencoder.VQAutoencoder`) as a
+    :class:`CompiledCall`."""
+    return CompiledCall(lambda x: model.encode(x).indices, "encoder")
+
+
+__all__ = ["MAX_COMPILED_SHAPES", "CompiledCall", "compiled_indices", "cpu_per_sample_kernels",
+           "inference_kernels", "resolve_device"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 import vqtok.formats.atomic
 from tests.helpers import tiny_model
-from vqtok.apps.files import decode_file, encode_files
+from vqtok.apps.files import decode_file, default_workers, encode_files
 from vqtok.formats.tokens import read_tokens
 from vqtok.tokenizer import ImageTokenizer
 
@@ -224,3 +225,10 @@ def test_large_images_are_read_alone_in_the_main_process(folder: Path, tok: Imag
     assert after.failed == before.failed
     a, b = read_tokens(tmp_path / "a.npz"), read_tokens(tmp_path / "b.npz")
     assert a.names == b.names and all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))
+
+
+def test_default_workers_leave_two_cores_to_the_model() -> None:
+    assert [default_workers(1000, cores) for cores in (1, 2, 3, 4, 6, 8, 64)] == [
+        0, 0, 1, 2, 4, 4, 4]
+    assert default_workers(64, 8) == 0 and default_workers(65, 8) == 4  # one chunk: none
+    assert default_workers(1000) == max(0, min(4, (os.cpu_count() or 1) - 2))

@@ -98,6 +98,9 @@ def test_kinds_of_tokens_and_tokenizers_are_not_mixed(tok_dir: Path, tmp_path: P
     assert main(["encode", str(tmp_path / "a.gif"), "--tokenizer", str(tok_dir), "--out",
                  str(tmp_path / "x.npz"), "--tile-size", "64"]) == 2
     assert "a video tokenizer does not run on tiles" in capsys.readouterr().err
+    assert main(["encode", str(tmp_path / "a.gif"), "--tokenizer", str(tok_dir), "--out",
+                 str(tmp_path / "x.npz"), "--compile"]) == 2
+    assert "--compile: only the image tokenizer's encoder is compiled" in capsys.readouterr().err
 
 
 def test_tokens_file_video_keys_are_checked(tmp_path: Path) -> None:

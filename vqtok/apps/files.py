@@ -25,7 +25,7 @@ from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_n
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
 
-__all__ = ["EncodeSummary", "decode_file", "encode_files", "find_images"]
+__all__ = ["EncodeSummary", "decode_file", "default_workers", "encode_files", "find_images"]
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def encode_files(
 ) -> EncodeSummary:
     """Encode image files and folders to ``out_npz``.
 
-    Files stream through a torch DataLoader: ``workers`` processes (default: one per CPU
-    core, at most 4, none for a single chunk of files) read and convert images in chunks
-    of :data:`LOAD_CHUNK` while this process runs the model. Images wait in one bucket
+    Files stream through a torch DataLoader: ``workers`` processes (default:
+    :func:`default_workers`) read and convert images in chunks of :data:`LOAD_CHUNK`
+    while this process runs the model. Images wait in one bucket
     per padded size until the bucket holds a batch (``batch_size`` images, or the fixed
     batch the tokenizer uses for that size, :meth:`ImageTokenizer.fixed_batch`), so a
     forward pass never mixes sizes; the ids of an image do not depend on its batch.
@@ -139,7 +139,7 @@ def encode_files(
         bar.update(len(members))
 
     if workers is None:
-        workers = min(4, os.cpu_count() or 1) if len(files) > LOAD_CHUNK else 0
+        workers = default_workers(len(files))
     loader = DataLoader(_FileChunks(files, tokenizer), batch_size=None, num_workers=workers,
                         collate_fn=_as_is, prefetch_factor=2 if workers else None)
     with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
@@ -185,6 +185,16 @@ def encode_files(
 
 LOAD_CHUNK = 64
 """Files a loader worker reads per task."""
+
+
+def default_workers(files: int, cores: int | None = None) -> int:
+    """Loader workers for ``files`` files on ``cores`` CPU cores (default: this machine's):
+    one per core beyond the first two, at most 4, and none for a single chunk of files.
+    The model's threads use every core, so on two cores workers only add their start-up
+    and the copies between processes (benchmarks/RESULTS_tokenize.md: 2,048 small PNGs
+    encode a third slower with two workers than with none)."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return 0 if files <= LOAD_CHUNK else max(0, min(4, cores - 2))
 ALONE_PIXELS = 1 << 20
 """Images over this many pixels (from the file's header) skip the loader workers and the
 buckets: they are read and encoded one at a time."""
