@@ -12,6 +12,9 @@
 Writes a markdown table to stdout; benchmarks/RESULTS_training.md keeps the recorded run.
 * ``bf16``: the same model trained on the same Fashion-MNIST batches in float32 and under
   bf16 autocast, seed by seed; the codebook usage each ends with on held-out test images.
+  ``--control`` trains float32 against float32 whose initial weights are scaled by
+  ``1 + 2**-20`` (a change 4,096 times smaller than bf16's relative rounding, 2**-8): how far two runs
+  drift apart from any tiny difference, the yardstick for bf16's difference.
 
 Run: ``.venv/bin/python benchmarks/training.py ddp`` (or ``compile``, ``bf16``).
 """
@@ -126,29 +129,36 @@ def bench_compile(batch: int, steps: int, warmup: int, quantizers: list[str]) ->
 
 
 def bench_bf16(batch: int, steps: int, quantizers: list[str], seeds: int,
-               val_images: int, first_seed: int = 0) -> list[str]:
+               val_images: int, first_seed: int = 0, control: bool = False) -> list[str]:
     """Train the same model on the same Fashion-MNIST batches in float32 and under bf16
     autocast, then count the codes of ``val_images`` test images (each run in its own
-    precision): the usage each precision ends with, seed by seed."""
+    precision): the usage each precision ends with, seed by seed. ``control``: the second
+    run is float32 too, from weights scaled by ``1 + 2**-20``."""
     from vqtok.data import FashionMNIST
     from vqtok.metrics import CodebookUsage
 
     torch.set_num_threads(1)
     train, test = FashionMNIST(None, "train"), FashionMNIST(None, "test")
-    rows = ["| quantizer | seed | float32 usage | bf16 usage | bf16 - float32 (points) |",
+    other = "float32, weights x (1 + 2^-20)" if control else "bf16"
+    rows = [f"| quantizer | seed | float32 usage | {other} usage | difference (points) |",
             "|---|---:|---:|---:|---:|"]
     for name in quantizers:
         for seed in range(first_seed, first_seed + seeds):
             usage = {}
             for precision in ("float32", "bf16"):
                 net = model(name).train()
+                if control and precision == "bf16":
+                    with torch.no_grad():
+                        for p in net.parameters():
+                            p.mul_(1 + 2 ** -20)
                 torch.manual_seed(seed)  # model() seeds 0; the seed moves the data order
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
                 order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
                 for step in range(steps):
                     idx = order[(step * batch) % len(train):][:batch]
                     x = torch.stack([train[int(i)][0] for i in idx])
-                    with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                    with torch.autocast("cpu", torch.bfloat16,
+                                        enabled=precision == "bf16" and not control):
                         out = net(x)
                         loss = F.l1_loss(out.x_hat.float(), x) + sum(out.quant.losses.values())
                     opt.zero_grad(set_to_none=True)
@@ -156,8 +166,8 @@ def bench_bf16(batch: int, steps: int, quantizers: list[str], seeds: int,
                     opt.step()
                 net.eval()
                 counter = CodebookUsage(net.quantizer.codebook_size)
-                with torch.no_grad(), torch.autocast("cpu", torch.bfloat16,
-                                                     enabled=precision == "bf16"):
+                with torch.no_grad(), torch.autocast(
+                        "cpu", torch.bfloat16, enabled=precision == "bf16" and not control):
                     for start in range(0, val_images, 256):
                         x = torch.stack([test[i][0] for i in
                                          range(start, min(start + 256, val_images))])
@@ -180,6 +190,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="bf16: seeds per quantizer")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="bf16: the first seed (several processes can share the seeds)")
+    parser.add_argument("--control", action="store_true",
+                        help="bf16: float32 against float32 from weights scaled by 1 + 2^-20")
     parser.add_argument("--val-images", type=int, default=2000,
                         help="bf16: test images whose codes are counted")
     args = parser.parse_args()
@@ -190,7 +202,7 @@ def main() -> None:
         rows = bench_compile(args.batch, args.steps, args.warmup, args.quantizers)
     else:
         rows = bench_bf16(args.batch, args.steps, args.quantizers, args.seeds, args.val_images,
-                          args.first_seed)
+                          args.first_seed, args.control)
     load_after = os.getloadavg()
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, "
           f"1 thread per process; load average {load_before[0]:.1f} before, "
