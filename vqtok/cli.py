@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU core beyond the first two, at most 4, none for 64 files or "
                         "fewer; 0: read here)")
     p.add_argument("--compile", action="store_true",
-                   help="run the encoder on small images through torch.compile: about 1.5x "
+                   help="run the encoder on small images through torch.compile: 1.5 to 2x "
                         "faster on the CPU after a few seconds of compiling per image size, "
                         "so for thousands of images (needs a C++ compiler; without one it "
                         "warns and runs as usual)")

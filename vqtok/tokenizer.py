@@ -102,7 +102,7 @@ class ImageTokenizer:
             the same result (:func:`vqtok.tiling.tiling_plan`: ``"auto"``, ``None`` or a
             side; a model with GroupNorm or self-attention is never tiled).
         compile: run the fixed batches of small images (the data set path, module doc)
-            through ``torch.compile`` (:class:`vqtok.runtime.CompiledCall`): about 1.5x the
+            through ``torch.compile`` (:class:`vqtok.runtime.CompiledCall`): 1.5 to 2x the
             encoder's speed on the CPU once a graph is built, a few seconds per image size,
             so worth it for thousands of images. Ids equal eager mode's up to float
             rounding (a latent on the boundary between two codes), and stay independent of

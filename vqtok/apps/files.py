@@ -195,6 +195,8 @@ def default_workers(files: int, cores: int | None = None) -> int:
     encode a third slower with two workers than with none)."""
     cores = (os.cpu_count() or 1) if cores is None else cores
     return 0 if files <= LOAD_CHUNK else max(0, min(4, cores - 2))
+
+
 ALONE_PIXELS = 1 << 20
 """Images over this many pixels (from the file's header) skip the loader workers and the
 buckets: they are read and encoded one at a time."""
