@@ -45,6 +45,7 @@ from vqtok.formats.tokenizer_dir import (
     normalization_of,
     save_tokenizer_dir,
 )
+from vqtok.formats.tokens import check_ids_in_range, int64_ids
 from vqtok.formats.videos import load_video
 from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.models.video import latent_frames, valid_frame_counts
@@ -241,15 +242,7 @@ class VideoTokenizer:
                              f"raises it)")
 
     def _check_ids(self, ids: Tensor | np.ndarray, batched: bool) -> Tensor:
-        if isinstance(ids, np.ndarray):
-            if ids.dtype.kind not in "iu":
-                raise ValueError(f"expected integer token ids, got numpy dtype {ids.dtype}")
-            ids = torch.from_numpy(ids.astype(np.int64))
-        if not isinstance(ids, Tensor):
-            raise ValueError(  # noqa: TRY004
-                f"expected token ids as a tensor or numpy array, got {type(ids).__name__}")
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"expected integer token ids, got dtype {ids.dtype}")
+        ids = int64_ids(ids)
         stages = self.num_stages
         axes = (3 if stages is None else 4) + int(batched)
         layout = ("(B, t, h, w)" if batched else "(t, h, w)") if stages is None else (
@@ -261,10 +254,7 @@ class VideoTokenizer:
         f = self.downsample_factor
         self._check_budget(1 + (t - 1) * self.temporal_factor, h * f, w * f,
                            f"a {t} x {h} x {w} token grid decodes to a clip")
-        ids = ids.to("cpu", torch.int64)
-        if ids.min() < 0 or ids.max() >= self.codebook_size:
-            raise ValueError(f"token ids must lie in [0, {self.codebook_size}), got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        check_ids_in_range(ids, self.codebook_size)
         return ids
 
 

@@ -31,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vqtok.formats.npzfile import read_npz, write_npz
 from vqtok.formats.outputs import check_plain_name
 from vqtok.formats.schema import Array, Const, FormatError, Int, Obj, Scalar, Version, validate
 from vqtok.formats.tokenizer_dir import FORMAT_VERSION as TOKENIZER_FORMAT_VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SPEC", "TokenFile", "read_tokens", "write_tokens"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SPEC", "TokenFile", "check_ids_in_range", "int64_ids",
+           "read_tokens", "write_tokens"]
 
 FORMAT = "vqtok.tokens"
 FORMAT_VERSION = 1
@@ -162,3 +164,25 @@ def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
         frames=[int(t) for t in arrays["frames"]] if video else None,
         temporal_factor=int(arrays["temporal_factor"]) if video else None,
     )
+
+
+def int64_ids(ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Token ids given to a tokenizer's ``decode`` (a torch tensor or numpy array of any
+    integer dtype) as an int64 CPU tensor; a ValueError for anything else."""
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"expected integer token ids, got numpy dtype {ids.dtype}")
+        ids = torch.from_numpy(ids.astype(np.int64))
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"expected token ids as a tensor or numpy array, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"expected integer token ids, got dtype {ids.dtype}")
+    return ids.to("cpu", torch.int64)
+
+
+def check_ids_in_range(ids: torch.Tensor, codebook_size: int) -> None:
+    """A ValueError naming the values found unless every id lies in ``[0, codebook_size)``."""
+    if ids.numel() and (ids.min() < 0 or ids.max() >= codebook_size):
+        raise ValueError(f"token ids must lie in [0, {codebook_size}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
