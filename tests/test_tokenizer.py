@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,6 @@ from vqtok.tokenizer import ImageTokenizer
 TINY = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
         "num_groups": 4}
 K = 8 * 5 * 5 * 5  # FSQ levels [8, 5, 5, 5]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_model(in_channels: int = 3, seed: int = 0, norm: str = "group") -> VQAutoencoder:
