@@ -227,6 +227,24 @@ def test_large_images_are_read_alone_in_the_main_process(folder: Path, tok: Imag
     assert a.names == b.names and all(np.array_equal(x, y) for x, y in zip(a.ids, b.ids))
 
 
+def test_a_budget_under_alone_pixels_is_the_one_named(folder: Path, tok: ImageTokenizer,
+                                                      tmp_path: Path, monkeypatch) -> None:
+    """With the tokenizer's budget below ALONE_PIXELS, an image over it fails in the worker
+    with the tokenizer's budget in its reason; with a budget above, it is read alone."""
+    from vqtok.apps import files
+
+    monkeypatch.setattr(files, "ALONE_PIXELS", 1000)
+    monkeypatch.setattr(tok, "max_pixels", 600)  # sub/c.png, 27 x 30 = 810 pixels, is over
+    summary = encode_files([folder], tok, tmp_path / "a.npz", progress=False, workers=0)
+    reasons = {Path(path).name: reason for path, reason in summary.failed}
+    assert reasons["c.png"] == "the image is 27 x 30 = 810 pixels, over the budget of 600 " \
+                               "(--max-pixels raises it)"
+    monkeypatch.setattr(tok, "max_pixels", 5000)
+    monkeypatch.setattr(files, "ALONE_PIXELS", 600)
+    summary = encode_files([folder], tok, tmp_path / "b.npz", progress=False, workers=0)
+    assert "c.png" not in {Path(path).name for path, _ in summary.failed}
+
+
 def test_default_workers_leave_two_cores_to_the_model() -> None:
     assert [default_workers(1000, cores) for cores in (1, 2, 3, 4, 6, 8, 64)] == [
         0, 0, 1, 2, 4, 4, 4]

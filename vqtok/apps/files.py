@@ -15,12 +15,16 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
-from vqtok.formats.images import IMAGE_FORMATS, check_pixels, image_files, load_image
+from vqtok.formats.images import (
+    TooManyPixelsError,
+    check_pixels,
+    image_files,
+    load_image,
+)
 from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
@@ -217,16 +221,17 @@ class _FileChunks(Dataset):
         return math.ceil(len(self.files) / LOAD_CHUNK)
 
     def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str | None]]:
+        budget = self.tokenizer.max_pixels
+        alone = budget is None or budget > ALONE_PIXELS  # can a file be large but allowed?
         chunk: list[tuple[int, torch.Tensor | str | None]] = []
         for i in range(k * LOAD_CHUNK, min(len(self.files), (k + 1) * LOAD_CHUNK)):
             path, name = self.files[i]
             try:
                 check_plain_name(name, str(path))  # decode writes <out>/<name>.png
-                if _pixels_in_header(path) > ALONE_PIXELS:
-                    chunk.append((i, None))  # read in the main process, alone
-                    continue
-                image = load_image(path, max_pixels=self.tokenizer.max_pixels)
+                image = load_image(path, max_pixels=ALONE_PIXELS if alone else budget)
                 chunk.append((i, self.tokenizer.pixels(image)))
+            except TooManyPixelsError as err:  # judged from the header, nothing decoded
+                chunk.append((i, None) if alone else (i, str(err)))  # None: read it alone
             except Exception as err:  # noqa: BLE001 - any failure skips the file only
                 chunk.append((i, str(err) or type(err).__name__))
         return chunk
@@ -234,16 +239,6 @@ class _FileChunks(Dataset):
 
 def _as_is(chunk: list) -> list:
     return chunk
-
-
-def _pixels_in_header(path: Path) -> int:
-    """Width x height from the image's header (nothing decoded); 0 when it cannot be read
-    (the full read then says why)."""
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
-            return image.width * image.height
-    except Exception:  # noqa: BLE001 - load_image reports the problem
-        return 0
 
 
 def _encode_each(tokenizer: ImageTokenizer, inputs: list[torch.Tensor]

@@ -39,6 +39,7 @@ __all__ = [
     "ImageLike",
     "Images",
     "Normalization",
+    "TooManyPixelsError",
     "check_pixels",
     "image_files",
     "load_image",
@@ -126,10 +127,15 @@ def image_files(root: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+class TooManyPixelsError(ValueError):
+    """An image over a pixel budget (from its header or its shape, before any decoding)."""
+
+
 def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
-    """A ValueError naming ``what`` when ``width x height`` is over ``max_pixels``."""
+    """A :class:`TooManyPixelsError` naming ``what`` when ``width x height`` is over
+    ``max_pixels``."""
     if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(f"{what} is {width} x {height} = {width * height:,} pixels, over the "
+        raise TooManyPixelsError(f"{what} is {width} x {height} = {width * height:,} pixels, over the "
                          f"budget of {max_pixels:,} (--max-pixels raises it)")
 
 
