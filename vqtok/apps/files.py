@@ -19,12 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
-from vqtok.formats.images import (
-    TooManyPixelsError,
-    check_pixels,
-    image_files,
-    load_image,
-)
+from vqtok.formats.images import TooManyPixelsError, check_pixels, image_files, load_image
 from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer

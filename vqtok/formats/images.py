@@ -135,8 +135,8 @@ def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> 
     """A :class:`TooManyPixelsError` naming ``what`` when ``width x height`` is over
     ``max_pixels``."""
     if max_pixels is not None and width * height > max_pixels:
-        raise TooManyPixelsError(f"{what} is {width} x {height} = {width * height:,} pixels, over the "
-                         f"budget of {max_pixels:,} (--max-pixels raises it)")
+        raise TooManyPixelsError(f"{what} is {width} x {height} = {width * height:,} pixels, "
+                                 f"over the budget of {max_pixels:,} (--max-pixels raises it)")
 
 
 def load_image(path: str | os.PathLike[str], draft: int | None = None,
