@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import TooManyPixelsError, check_pixels, image_files, load_image
-from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
+from vqtok.formats.outputs import (
+    check_new_output,
+    check_output_folder,
+    check_outputs,
+    check_plain_name,
+    is_within,
+)
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
 
@@ -88,6 +94,7 @@ def encode_files(
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
+    also_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> EncodeSummary:
     """Encode image files and folders to ``out_npz``.
 
@@ -101,8 +108,9 @@ def encode_files(
     comes, and encoded at once (on tiles, if the model allows): memory stays bounded
     whatever the images' sizes.
 
-    ``out_npz`` may not be one of the images, nor exist unless ``overwrite``: that is
-    checked before anything is read. A file that cannot be read or encoded for any reason
+    ``out_npz`` may not be one of the images or ``also_inputs`` (the tokenizer's directory:
+    nor lie inside it), nor exist unless ``overwrite``: that is checked before anything is
+    read. A file that cannot be read or encoded for any reason
     (truncated, not an image, over the tokenizer's pixel budget, smaller than one token,
     out of memory) is logged, listed in the summary and in the ``.npz``, and the others
     go on. The ``.npz`` lists images in the order of the files found and is written to a
@@ -113,7 +121,8 @@ def encode_files(
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 or None, got {workers!r}")
     files = find_images(paths_or_folders)
-    out = check_new_output(out_npz, inputs=[path for path, _ in files], overwrite=overwrite)
+    out = check_new_output(out_npz, inputs=[*also_inputs, *(path for path, _ in files)],
+                           overwrite=overwrite)
     done: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
     failed: dict[int, tuple[str, str]] = {}
 
@@ -259,6 +268,7 @@ def decode_file(
     batch_size: int = 16,
     progress: bool = False,
     overwrite: bool = False,
+    also_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> list[Path]:
     """Decode a tokens ``.npz`` to PNGs in ``out_dir`` named after the sources
     (``photos/cat.jpg`` -> ``out_dir/photos/cat.png``; clashes get ``-1``, ``-2``...);
@@ -266,7 +276,8 @@ def decode_file(
 
     Before anything is written: the names must be plain relative paths, two of them may
     not need the same path as a file and as a folder, no PNG may exist already unless
-    ``overwrite`` (nor be the tokens file), and every declared image must fit the
+    ``overwrite``, none may be (or lie inside) the tokens file or ``also_inputs`` (the
+    tokenizer's directory), and every declared image must fit the
     tokenizer's pixel budget. Each PNG is written atomically."""
     tokens = read_tokens(npz)
     if tokens.frames is not None:
@@ -280,8 +291,9 @@ def decode_file(
             f"num_stages={made[2]}, but the tokenizer has {here[0]}, {here[1]} and {here[2]}")
     for name, (height, width) in zip(tokens.names, tokens.sizes):
         check_pixels(width, height, tokenizer.max_pixels, f"{npz}: image {name!r}")
-    out = check_new_output(out_dir, inputs=[Path(npz)], overwrite=True, folder=True)
-    targets = check_outputs(output_paths(tokens.names, out, str(npz)), inputs=[Path(npz)],
+    inputs = [Path(npz), *map(Path, also_inputs)]
+    out = check_output_folder(out_dir, inputs=inputs)
+    targets = check_outputs(output_paths(tokens.names, out, str(npz)), inputs=inputs,
                             overwrite=overwrite)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(tokens.ids):
