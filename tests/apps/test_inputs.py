@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,49 @@ def test_an_output_folder_may_hold_inputs_its_files_may_not_be_them(tmp_path: Pa
                          folder=True)
     with pytest.raises(ValueError, match="is inside"):
         check_output_folder(tmp_path / "sub", inputs=[tmp_path])
+
+
+# ---- only regular files are read ------------------------------------------------------
+
+
+def vqtok(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed command in a subprocess, killed after two minutes: a read that blocks (a
+    named pipe opened for reading) fails the test instead of hanging the suite."""
+    exe = Path(sys.executable).with_name("vqtok")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+def test_encode_skips_named_pipes_in_a_folder_and_refuses_one_by_name(tmp_path: Path) -> None:
+    tok = ROOT / "checkpoints" / "fmnist_fsq"  # read only
+    folder = tmp_path / "in"
+    folder.mkdir()
+    grey(folder / "a.png")
+    os.mkfifo(folder / "b.png")
+    os.mkfifo(tmp_path / "elsewhere")
+    (folder / "c.png").symlink_to(tmp_path / "elsewhere")  # a link to a named pipe
+    done = vqtok(["encode", "in", "--tokenizer", str(tok), "--out", "t.npz", "--quiet"],
+                 tmp_path)
+    assert done.returncode == 1, done.stderr  # some files failed, the others are encoded
+    assert "encoded 1 images" in done.stdout
+    for name in ("b.png", "c.png"):
+        assert f"in/{name}: a named pipe (FIFO), not a regular file" in done.stdout
+    with np.load(tmp_path / "t.npz") as npz:
+        assert [str(n) for n in npz["names"]] == ["a.png"]
+
+    done = vqtok(["encode", "in/b.png", "--tokenizer", str(tok), "--out", "u.npz"], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "in/b.png: a named pipe (FIFO), not a regular file or a folder" in line
+    assert not (tmp_path / "u.npz").exists()
+
+
+def test_an_image_folder_skips_named_pipes(tmp_path: Path) -> None:
+    grey(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")
+    code = ("import sys; from vqtok.data import ImageFolder; "
+            "d = ImageFolder(sys.argv[1], size=16); print(len(d), d.skipped)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 [PosixPath(") and "b.png" in done.stdout

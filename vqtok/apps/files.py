@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import TooManyPixelsError, check_pixels, image_files, load_image
+from vqtok.formats.inputs import check_regular_file, not_regular
 from vqtok.formats.outputs import (
     check_new_output,
     check_output_folder,
@@ -68,8 +69,9 @@ def find_images(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tupl
 def find_inputs(paths_or_folders: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                 in_folder: Callable[[Path], list[Path]], what: str) -> list[tuple[Path, str]]:
     """``(path, name)`` of every input: a file as given, a folder as the ``in_folder(folder)``
-    paths it yields (named relative to it). ValueError for a missing path, or when nothing
-    is found (``what`` names what was looked for)."""
+    paths it yields (named relative to it). ValueError for a missing path, a path given by
+    name that is neither a regular file nor a folder (a named pipe, a device), or when
+    nothing is found (``what`` names what was looked for)."""
     if isinstance(paths_or_folders, (str, os.PathLike)):
         paths_or_folders = [paths_or_folders]
     found: list[tuple[Path, str]] = []
@@ -79,6 +81,9 @@ def find_inputs(paths_or_folders: Sequence[str | os.PathLike[str]] | str | os.Pa
         elif given.is_dir():
             found += [(path, path.relative_to(given.parent if path == given else given)
                        .as_posix()) for path in in_folder(given)]
+        elif not_regular(given) is not None:
+            raise ValueError(f"{given}: {not_regular(given)}, not a regular file or a folder; "
+                             f"give image files or folders")
         else:
             raise ValueError(f"{given}: no such file or folder")
     if not found:
@@ -215,7 +220,8 @@ bucket is encoded."""
 
 class _FileChunks(Dataset):
     """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
-    None for an image over ALONE_PIXELS), ...]``, read in a loader worker."""
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker. A folder entry
+    that is not a regular file (a named pipe would block the read forever) fails unopened."""
 
     def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer) -> None:
         self.files = files
@@ -232,6 +238,7 @@ class _FileChunks(Dataset):
             path, name = self.files[i]
             try:
                 check_plain_name(name, str(path))  # decode writes <out>/<name>.png
+                check_regular_file(path)
                 image = load_image(path, max_pixels=ALONE_PIXELS if alone else budget)
                 chunk.append((i, self.tokenizer.pixels(image)))
             except TooManyPixelsError as err:  # judged from the header, nothing decoded
