@@ -58,7 +58,8 @@ def check_not_an_input(path: str | os.PathLike[str], inputs: Iterable[str | os.P
         if in_id is None:
             continue
         if in_id == out_id:
-            raise ValueError(f"{path} is also an input of this command ({given}); refusing to "
+            through = "" if given == path else f" ({given})"
+            raise ValueError(f"{path} is also an input of this command{through}; refusing to "
                              f"write over it, even with --overwrite (choose another output)")
         if in_id in around:
             raise ValueError(f"{path} is inside {given}, an input of this command; refusing "
@@ -77,12 +78,12 @@ def check_not_an_input(path: str | os.PathLike[str], inputs: Iterable[str | os.P
 
 def check_new_output(path: str | os.PathLike[str], *, inputs: Iterable[Path] = (),
                      overwrite: bool = False, folder: bool = False) -> Path:
-    """Refuse ``path`` as an output (a ValueError naming it) when it is, lies inside or
-    holds one of ``inputs`` (:func:`check_not_an_input`), when it exists and ``overwrite``
-    is false, or when it exists as the wrong kind (a folder where a file is written, or
-    the other way round)."""
+    """Refuse ``path`` as an output (a ValueError naming it) when it is or lies inside one
+    of ``inputs``, or, as a ``folder`` that is replaced whole, holds one
+    (:func:`check_not_an_input`); when it exists and ``overwrite`` is false; or when it
+    exists as the wrong kind (a folder where a file is written, or the other way round)."""
     path = Path(path)
-    check_not_an_input(path, inputs)
+    check_not_an_input(path, inputs, holding=folder)
     if path.is_symlink() or path.exists():
         if folder and not path.is_dir():
             raise ValueError(f"{path} exists and is not a folder; choose another output")
