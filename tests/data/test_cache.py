@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.training.test_data import FILE_NAMES, idx_bytes, write_fashion_files
+from tests.training.test_data import (  # noqa: F401 - http_dir is a fixture
+    FILE_NAMES,
+    http_dir,
+    idx_bytes,
+    write_fashion_files,
+)
 from vqtok.cli import main
 from vqtok.data import FashionMNIST, data_home, dataset_dir
 from vqtok.data.fashion_mnist import OFFICIAL_MD5
@@ -151,3 +157,25 @@ def test_a_root_is_replaced_whole_so_it_may_hold_only_fashion_mnist(tmp_path: Pa
                  str(inner)]) == 2
     assert "holds" in capsys.readouterr().err
     assert len(list((inner / "from").iterdir())) == 4
+
+
+def test_a_download_is_checked_with_the_files_it_keeps(http_dir, tmp_path: Path  # noqa: F811
+                                                       ) -> None:
+    from vqtok.data.fashion_mnist import download
+
+    served, url = http_dir
+    write_fashion_files(served, n_train=12, n_test=5)
+    root = tmp_path / "fm"
+    write_fashion_files(root, n_train=12, n_test=5)
+    for name in ("t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (root / name).unlink()
+    labels = np.zeros(7, dtype=np.uint8)  # 7 training labels for the 12 images kept
+    (served / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    before = cache_files(root)
+    with pytest.raises(ValueError, match=r"fm/train-images-idx3-ubyte.gz holds 12 train images "
+                                         r"but http://.*/train-labels-idx1-ubyte.gz holds 7"):
+        download(root, base_url=url, timeout=10, checksums=None)
+    assert cache_files(root) == before  # nothing fetched is kept, nothing kept is lost
+    write_fashion_files(served, n_train=12, n_test=5)  # the matching files
+    download(root, base_url=url, timeout=10, checksums=None)
+    assert cache_files(root) == cache_files(served)
