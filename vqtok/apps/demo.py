@@ -22,6 +22,7 @@ from vqtok.data import PHOTOS_DIR
 from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import DEFAULT_MAX_PIXELS, load_image
 from vqtok.formats.inputs import check_regular_file
+from vqtok.formats.outputs import check_new_output
 from vqtok.tokenizer import ImageTokenizer
 
 __all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
@@ -112,7 +113,9 @@ def run_demo(args: DemoOptions) -> list[str]:
     side_by_side = Image.new("RGB", (photo.width * 2, photo.height))
     side_by_side.paste(photo, (0, 0))
     side_by_side.paste(reconstruction.convert("RGB"), (photo.width, 0))
-    atomic_write(run / "demo_roundtrip.png", lambda f: side_by_side.save(f, format="PNG"))
+    out = check_new_output(run / "demo_roundtrip.png", inputs=[Path(args.config),
+                                                               Path(args.photo)])
+    atomic_write(out, lambda f: side_by_side.save(f, format="PNG"))
 
     metrics = cli.trainer.callback_metrics
     k = tokenizer.codebook_size
