@@ -131,7 +131,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         from vqtok.apps.videos import encode_clips
 
         summary = encode_clips(args.images, video, args.out, progress=not args.quiet,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, also_inputs=[args.tokenizer])
         print(summary)
         return 1 if summary.failed else 0
 
@@ -140,7 +140,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                                                tile_size=args.tile_size, compile=args.compile)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
                            progress=not args.quiet, overwrite=args.overwrite,
-                           workers=args.workers)
+                           workers=args.workers, also_inputs=[args.tokenizer])
     print(summary)
     # The good files' ids are saved either way; a non-zero status tells scripts some failed.
     return 1 if summary.failed else 0
@@ -155,7 +155,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         from vqtok.apps.videos import decode_clips
 
         written = decode_clips(args.tokens, video, args.out, progress=not args.quiet,
-                               overwrite=args.overwrite, duration_ms=args.frame_ms)
+                               overwrite=args.overwrite, duration_ms=args.frame_ms,
+                               also_inputs=[args.tokenizer])
         print(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
         return 0
 
@@ -163,7 +164,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                                                max_pixels=args.max_pixels,
                                                tile_size=args.tile_size)
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
-                          progress=not args.quiet, overwrite=args.overwrite)
+                          progress=not args.quiet, overwrite=args.overwrite,
+                          also_inputs=[args.tokenizer])
     print(f"wrote {len(written)} images to {args.out}")
     return 0
 

@@ -7,8 +7,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image
+
 from vqtok import ImageTokenizer
 from vqtok.apps.demo import max_time
+from vqtok.cli import main
 
 
 def test_max_time_format() -> None:
@@ -41,3 +44,23 @@ def test_demo_runs_from_any_directory_and_prints_each_line_once(tmp_path: Path) 
     assert len(messages) == len(set(messages)), messages
     for noise in ("Tip:", "LightningCLI's args", "LeafSpec"):
         assert noise not in done.stdout + done.stderr
+
+
+def test_every_option_is_checked_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("L", (2000, 1100)).save(tmp_path / "big.png")  # 2.2 million pixels
+    cases = [
+        (["--photo", "missing.png"], "--photo missing.png: no such file"),
+        (["--photo", "notes.png"], "--photo notes.png: cannot read the image"),
+        (["--photo", "big.png"], "over the budget of 2,097,152"),
+        (["--photo", "."], "--photo .: a folder, not a regular file"),
+        (["--config", "none.yaml"], "--config none.yaml: no such file"),
+        (["--max-minutes", "nan"], "--max-minutes must be a positive number"),
+        (["--max-steps", "0"], "--max-steps must be a positive integer"),
+    ]
+    for args, message in cases:
+        assert main(["demo", "--max-steps", "1", "--max-minutes", "0.05", *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "runs").exists(), args  # no training was started

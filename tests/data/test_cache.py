@@ -10,8 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.training.test_data import FILE_NAMES, write_fashion_files
+from tests.training.test_data import (  # noqa: F401 - http_dir is a fixture
+    FILE_NAMES,
+    http_dir,
+    idx_bytes,
+    write_fashion_files,
+)
 from vqtok.cli import main
 from vqtok.data import FashionMNIST, data_home, dataset_dir
 from vqtok.data.fashion_mnist import OFFICIAL_MD5
@@ -95,3 +101,81 @@ def test_fit_without_the_data_set_is_one_line_and_leaves_no_run(tmp_path: Path) 
     assert "vqtok data fashion-mnist" in errors[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def cache_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_copy_keeps_the_previous_cache_whole(tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "cache"))
+    write_fashion_files(tmp_path / "good", n_train=12, n_test=5, seed=0)
+    assert main(["data", "fashion-mnist", "--from", str(tmp_path / "good"), "--quiet"]) == 0
+    target = tmp_path / "cache" / "fashion-mnist"
+    before = cache_files(target)
+    bad = tmp_path / "bad"
+    write_fashion_files(bad, n_train=7, n_test=3, seed=1)  # a valid first file, then
+    labels = bad / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-8])  # a cut-off one
+    capsys.readouterr()
+    assert main(["data", "fashion-mnist", "--from", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(labels) in err  # the user's file, by its path
+    assert ".tmp-" not in err
+    assert cache_files(target) == before  # not one file replaced
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["fashion-mnist"]
+
+
+def test_images_and_labels_must_be_as_many(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "source"
+    write_fashion_files(source, n_train=100, n_test=5)
+    labels = np.zeros(60_000, dtype=np.uint8)  # the full training set's labels
+    (source / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    assert main(["data", "fashion-mnist", "--from", str(source), "--root",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "100 train images but" in err and "60,000 labels" in err
+    assert str(source / "train-labels-idx1-ubyte.gz") in err
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_root_is_replaced_whole_so_it_may_hold_only_fashion_mnist(tmp_path: Path,
+                                                                    capsys) -> None:
+    source, root = tmp_path / "source", tmp_path / "mine"
+    write_fashion_files(source, n_train=3, n_test=2)
+    root.mkdir()
+    (root / "notes.txt").write_text("keep me")
+    assert main(["data", "fashion-mnist", "--from", str(source), "--root", str(root)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert cache_files(root) == {"notes.txt": b"keep me"}
+    # a root that holds the source would delete it when replaced
+    inner = root / "fashion-mnist"
+    write_fashion_files(inner / "from", n_train=3, n_test=2)
+    assert main(["data", "fashion-mnist", "--from", str(inner / "from"), "--root",
+                 str(inner)]) == 2
+    assert "holds" in capsys.readouterr().err
+    assert len(list((inner / "from").iterdir())) == 4
+
+
+def test_a_download_is_checked_with_the_files_it_keeps(http_dir, tmp_path: Path  # noqa: F811
+                                                       ) -> None:
+    from vqtok.data.fashion_mnist import download
+
+    served, url = http_dir
+    write_fashion_files(served, n_train=12, n_test=5)
+    root = tmp_path / "fm"
+    write_fashion_files(root, n_train=12, n_test=5)
+    for name in ("t10k-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (root / name).unlink()
+    labels = np.zeros(7, dtype=np.uint8)  # 7 training labels for the 12 images kept
+    (served / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    before = cache_files(root)
+    with pytest.raises(ValueError, match=r"fm/train-images-idx3-ubyte.gz holds 12 train images "
+                                         r"but http://.*/train-labels-idx1-ubyte.gz holds 7"):
+        download(root, base_url=url, timeout=10, checksums=None)
+    assert cache_files(root) == before  # nothing fetched is kept, nothing kept is lost
+    write_fashion_files(served, n_train=12, n_test=5)  # the matching files
+    download(root, base_url=url, timeout=10, checksums=None)
+    assert cache_files(root) == cache_files(served)

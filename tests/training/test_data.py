@@ -249,9 +249,8 @@ def test_download_never_leaves_half_files(http_dir, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="t10k-images-idx3-ubyte.gz") as info:
         download_fashion_mnist(root, base_url=url, timeout=10, checksums=None)
     assert str(root) in str(info.value)
-    # the two files fetched before the failure are complete; nothing else is there
-    assert sorted(p.name for p in root.iterdir()) == [
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    # all or nothing: not even the two good files fetched before the failure are kept
+    assert list(root.iterdir()) == [] and not list(tmp_path.glob(".*"))
     broken.unlink()
     write_fashion_files(served, gz=True)
     (served / "t10k-labels-idx1-ubyte.gz").unlink()

@@ -20,13 +20,19 @@ from PIL import Image
 
 from vqtok.data import PHOTOS_DIR
 from vqtok.formats.atomic import atomic_write
+from vqtok.formats.images import DEFAULT_MAX_PIXELS, load_image
+from vqtok.formats.inputs import check_regular_file
+from vqtok.formats.outputs import check_new_output
 from vqtok.tokenizer import ImageTokenizer
 
-__all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "DemoOptions", "max_time", "psnr_uint8",
-           "run_demo"]
+__all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
+           "max_time", "psnr_uint8", "run_demo"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "photos_fsq.yaml"
 HELD_OUT_PHOTO = PHOTOS_DIR / "test" / "china.png"
+PHOTO_MAX_PIXELS = DEFAULT_MAX_PIXELS
+"""The largest ``--photo`` the demo round-trips, whether or not the trained model runs on
+tiles: checked from the file's header before training starts."""
 
 
 @dataclass
@@ -52,10 +58,35 @@ def max_time(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def check_options(args: DemoOptions) -> Image.Image:
+    """Every option checked before training starts, so a mistake costs seconds, not the
+    training time: the step and time limits, the config (a regular file) and the photo (a
+    readable image of at most :data:`PHOTO_MAX_PIXELS`, judged from its header). Returns
+    the photo, read and in RGB. Raises ValueError (FileNotFoundError for a missing file)
+    naming the option and the file."""
+    steps, minutes = args.max_steps, args.max_minutes
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--max-steps must be a positive integer, got {steps!r}")
+    if (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
+            or not math.isfinite(minutes) or minutes <= 0):
+        raise ValueError(f"--max-minutes must be a positive number of minutes, got {minutes!r}")
+    for option, path in (("--config", args.config), ("--photo", args.photo)):
+        try:
+            check_regular_file(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{option} {err}") from err
+        except ValueError as err:
+            raise ValueError(f"{option} {err}") from err
+    try:
+        return load_image(args.photo, max_pixels=PHOTO_MAX_PIXELS).convert("RGB")
+    except ValueError as err:
+        raise ValueError(f"--photo {err}") from err
+
+
 def run_demo(args: DemoOptions) -> list[str]:
-    """Train, export, round-trip the photo; returns the summary lines the CLI prints."""
-    if not Path(args.config).is_file():
-        raise FileNotFoundError(f"config {args.config} not found")
+    """Check the options (:func:`check_options`), train, export, round-trip the photo;
+    returns the summary lines the CLI prints."""
+    photo = check_options(args)
     from vqtok.training.cli import run_dir, run_tokenizer_cli  # Lightning, only when it runs
 
     quiet = ["--trainer.enable_progress_bar=false"] if args.quiet else []
@@ -74,16 +105,17 @@ def run_demo(args: DemoOptions) -> list[str]:
     )
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     run = Path(run_dir(cli.trainer))
-    tokenizer = ImageTokenizer.from_pretrained(run / "tokenizer")
+    tokenizer = ImageTokenizer.from_pretrained(run / "tokenizer", max_pixels=PHOTO_MAX_PIXELS)
 
-    photo = Image.open(args.photo).convert("RGB")
     ids, sizes = tokenizer.encode_with_sizes(photo)
     reconstruction = tokenizer.decode(ids, sizes=sizes)[0]
     psnr = psnr_uint8(np.asarray(photo), np.asarray(reconstruction))
     side_by_side = Image.new("RGB", (photo.width * 2, photo.height))
     side_by_side.paste(photo, (0, 0))
     side_by_side.paste(reconstruction.convert("RGB"), (photo.width, 0))
-    atomic_write(run / "demo_roundtrip.png", lambda f: side_by_side.save(f, format="PNG"))
+    out = check_new_output(run / "demo_roundtrip.png", inputs=[Path(args.config),
+                                                               Path(args.photo)])
+    atomic_write(out, lambda f: side_by_side.save(f, format="PNG"))
 
     metrics = cli.trainer.callback_metrics
     k = tokenizer.codebook_size

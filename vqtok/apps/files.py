@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 
 from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import TooManyPixelsError, check_pixels, image_files, load_image
-from vqtok.formats.outputs import check_new_output, check_outputs, check_plain_name, is_within
+from vqtok.formats.inputs import check_regular_file, not_regular
+from vqtok.formats.outputs import (
+    check_new_output,
+    check_output_folder,
+    check_outputs,
+    check_plain_name,
+    is_within,
+)
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizer import ImageTokenizer
 
@@ -62,8 +69,9 @@ def find_images(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tupl
 def find_inputs(paths_or_folders: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                 in_folder: Callable[[Path], list[Path]], what: str) -> list[tuple[Path, str]]:
     """``(path, name)`` of every input: a file as given, a folder as the ``in_folder(folder)``
-    paths it yields (named relative to it). ValueError for a missing path, or when nothing
-    is found (``what`` names what was looked for)."""
+    paths it yields (named relative to it). ValueError for a missing path, a path given by
+    name that is neither a regular file nor a folder (a named pipe, a device), or when
+    nothing is found (``what`` names what was looked for)."""
     if isinstance(paths_or_folders, (str, os.PathLike)):
         paths_or_folders = [paths_or_folders]
     found: list[tuple[Path, str]] = []
@@ -73,6 +81,9 @@ def find_inputs(paths_or_folders: Sequence[str | os.PathLike[str]] | str | os.Pa
         elif given.is_dir():
             found += [(path, path.relative_to(given.parent if path == given else given)
                        .as_posix()) for path in in_folder(given)]
+        elif not_regular(given) is not None:
+            raise ValueError(f"{given}: {not_regular(given)}, not a regular file or a folder; "
+                             f"give image files or folders")
         else:
             raise ValueError(f"{given}: no such file or folder")
     if not found:
@@ -88,6 +99,7 @@ def encode_files(
     progress: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
+    also_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> EncodeSummary:
     """Encode image files and folders to ``out_npz``.
 
@@ -101,8 +113,9 @@ def encode_files(
     comes, and encoded at once (on tiles, if the model allows): memory stays bounded
     whatever the images' sizes.
 
-    ``out_npz`` may not be one of the images, nor exist unless ``overwrite``: that is
-    checked before anything is read. A file that cannot be read or encoded for any reason
+    ``out_npz`` may not be one of the images or ``also_inputs`` (the tokenizer's directory:
+    nor lie inside it), nor exist unless ``overwrite``: that is checked before anything is
+    read. A file that cannot be read or encoded for any reason
     (truncated, not an image, over the tokenizer's pixel budget, smaller than one token,
     out of memory) is logged, listed in the summary and in the ``.npz``, and the others
     go on. The ``.npz`` lists images in the order of the files found and is written to a
@@ -113,7 +126,8 @@ def encode_files(
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 or None, got {workers!r}")
     files = find_images(paths_or_folders)
-    out = check_new_output(out_npz, inputs=[path for path, _ in files], overwrite=overwrite)
+    out = check_new_output(out_npz, inputs=[*also_inputs, *(path for path, _ in files)],
+                           overwrite=overwrite)
     done: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
     failed: dict[int, tuple[str, str]] = {}
 
@@ -206,7 +220,8 @@ bucket is encoded."""
 
 class _FileChunks(Dataset):
     """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
-    None for an image over ALONE_PIXELS), ...]``, read in a loader worker."""
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker. A folder entry
+    that is not a regular file (a named pipe would block the read forever) fails unopened."""
 
     def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer) -> None:
         self.files = files
@@ -223,6 +238,7 @@ class _FileChunks(Dataset):
             path, name = self.files[i]
             try:
                 check_plain_name(name, str(path))  # decode writes <out>/<name>.png
+                check_regular_file(path)
                 image = load_image(path, max_pixels=ALONE_PIXELS if alone else budget)
                 chunk.append((i, self.tokenizer.pixels(image)))
             except TooManyPixelsError as err:  # judged from the header, nothing decoded
@@ -259,6 +275,7 @@ def decode_file(
     batch_size: int = 16,
     progress: bool = False,
     overwrite: bool = False,
+    also_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> list[Path]:
     """Decode a tokens ``.npz`` to PNGs in ``out_dir`` named after the sources
     (``photos/cat.jpg`` -> ``out_dir/photos/cat.png``; clashes get ``-1``, ``-2``...);
@@ -266,7 +283,8 @@ def decode_file(
 
     Before anything is written: the names must be plain relative paths, two of them may
     not need the same path as a file and as a folder, no PNG may exist already unless
-    ``overwrite`` (nor be the tokens file), and every declared image must fit the
+    ``overwrite``, none may be (or lie inside) the tokens file or ``also_inputs`` (the
+    tokenizer's directory), and every declared image must fit the
     tokenizer's pixel budget. Each PNG is written atomically."""
     tokens = read_tokens(npz)
     if tokens.frames is not None:
@@ -280,8 +298,9 @@ def decode_file(
             f"num_stages={made[2]}, but the tokenizer has {here[0]}, {here[1]} and {here[2]}")
     for name, (height, width) in zip(tokens.names, tokens.sizes):
         check_pixels(width, height, tokenizer.max_pixels, f"{npz}: image {name!r}")
-    out = check_new_output(out_dir, inputs=[Path(npz)], overwrite=True, folder=True)
-    targets = check_outputs(output_paths(tokens.names, out, str(npz)), inputs=[Path(npz)],
+    inputs = [Path(npz), *map(Path, also_inputs)]
+    out = check_output_folder(out_dir, inputs=inputs)
+    targets = check_outputs(output_paths(tokens.names, out, str(npz)), inputs=inputs,
                             overwrite=overwrite)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(tokens.ids):

@@ -31,14 +31,14 @@ def write_generated(decoder: str, tokenizer: str, prompt: str, out: str, *, num:
                     frame_ms: int = 100) -> str:
     """Generate ``num`` images for ``prompt`` and write them as PNGs, or with ``video``
     ``num`` clips of ``frames`` frames written as animated GIFs of ``frame_ms`` per frame
-    (each file atomically; an existing file only with ``overwrite``, checked before
-    generating); returns a one-line summary."""
+    (each file atomically; an existing file only with ``overwrite``, never the decoder's or
+    the tokenizer's directory nor a file in them; checked before generating); returns a one-line summary."""
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}")
     if not video and frames is not None:
         raise ValueError("frames is for videos: add --video")
     paths = check_outputs(output_paths(out, num, ".gif" if video else ".png"),
-                          overwrite=overwrite)
+                          inputs=[Path(decoder), Path(tokenizer)], overwrite=overwrite)
     if video:
         gif_bytes(np.zeros((1, 1, 1), np.uint8), frame_ms)  # a bad frame_ms fails before work
         clips, caption = video_from_prompt(

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vqtok.apps.files import EncodeSummary, find_inputs, output_paths
-from vqtok.formats.outputs import check_new_output, check_outputs
+from vqtok.formats.outputs import check_new_output, check_output_folder, check_outputs
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.formats.videos import frame_files, save_gif, video_sources
 from vqtok.video_tokenizer import VideoTokenizer
@@ -41,13 +41,16 @@ def find_clips(paths_or_folders: Sequence[str | os.PathLike[str]]) -> list[tuple
 
 def encode_clips(paths_or_folders: Sequence[str | os.PathLike[str]], tokenizer: VideoTokenizer,
                  out_npz: str | os.PathLike[str], progress: bool = True,
-                 overwrite: bool = False) -> EncodeSummary:
+                 overwrite: bool = False,
+                 also_inputs: Sequence[str | os.PathLike[str]] = ()) -> EncodeSummary:
     """Encode clips (:func:`find_clips`) to ``out_npz``, one at a time. ``out_npz`` may not
-    be one of the inputs, nor exist unless ``overwrite`` (checked before anything is
+    be, or lie inside, one of the clips or ``also_inputs`` (the tokenizer's directory), nor
+    exist unless ``overwrite`` (checked before anything is
     read). A clip that cannot be encoded (unreadable, a frame count or size the tokenizer
     does not take) is logged, listed in the summary and the file, and the others go on."""
     clips = find_clips(paths_or_folders)
-    out = check_new_output(out_npz, inputs=[path for path, _ in clips], overwrite=overwrite)
+    out = check_new_output(out_npz, inputs=[*also_inputs, *(path for path, _ in clips)],
+                           overwrite=overwrite)
     names, paths, sizes, frames, grids = [], [], [], [], []
     failed: list[tuple[str, str]] = []
     for path, name in tqdm(clips, unit="clip", desc="encode", disable=not progress):
@@ -74,12 +77,14 @@ def encode_clips(paths_or_folders: Sequence[str | os.PathLike[str]], tokenizer: 
 
 def decode_clips(npz: str | os.PathLike[str], tokenizer: VideoTokenizer,
                  out: str | os.PathLike[str], progress: bool = False, overwrite: bool = False,
-                 duration_ms: int = 100) -> list[Path]:
+                 duration_ms: int = 100,
+                 also_inputs: Sequence[str | os.PathLike[str]] = ()) -> list[Path]:
     """Decode the clips of a tokens ``.npz`` to animated GIFs: ``out`` ending in ``.gif``
     is the file of a single clip; otherwise a folder that gets one ``NAME.gif`` per clip
     (``walk.gif`` -> ``out/walk.gif``). Everything is checked before a file is written:
     that a video tokenizer with this codebook wrote the file, the clips' sizes against
-    the tokenizer's budget, and the outputs (none may exist unless ``overwrite``). Each
+    the tokenizer's budget, and the outputs (none may exist unless ``overwrite``, nor be or lie inside the tokens file or
+    ``also_inputs``, the tokenizer's directory). Each
     GIF is written atomically."""
     tokens = read_tokens(npz)
     if tokens.frames is None:
@@ -95,15 +100,16 @@ def decode_clips(npz: str | os.PathLike[str], tokenizer: VideoTokenizer,
     for name, count, (height, width) in zip(tokens.names, tokens.frames, tokens.sizes):
         tokenizer.tokens_shape(count, height, width)  # within the budget, else a ValueError
     out = Path(out)
+    inputs = [Path(npz), *map(Path, also_inputs)]
     if out.suffix.lower() == ".gif":
         if len(tokens.names) != 1:
             raise ValueError(f"{npz} holds {len(tokens.names)} clips; give a folder as the "
                              f"output to get one GIF per clip")
-        targets = check_outputs([out], inputs=[Path(npz)], overwrite=overwrite)
+        targets = check_outputs([out], inputs=inputs, overwrite=overwrite)
     else:
-        out = check_new_output(out, inputs=[Path(npz)], overwrite=True, folder=True)
+        out = check_output_folder(out, inputs=inputs)
         targets = check_outputs(output_paths(tokens.names, out, str(npz), suffix=".gif"),
-                                inputs=[Path(npz)], overwrite=overwrite)
+                                inputs=inputs, overwrite=overwrite)
     for target, ids in tqdm(list(zip(targets, tokens.ids)), unit="clip", desc="decode",
                             disable=not progress):
         target.parent.mkdir(parents=True, exist_ok=True)

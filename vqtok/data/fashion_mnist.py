@@ -13,8 +13,10 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,8 +28,9 @@ from tqdm.auto import tqdm
 
 from vqtok.data.home import DATA_ENV, DatasetNotFoundError, dataset_dir
 from vqtok.data.idx import read_idx
-from vqtok.formats.atomic import atomic_write
+from vqtok.formats.atomic import atomic_directory
 from vqtok.formats.images import DEFAULT_NORMALIZATION
+from vqtok.formats.outputs import check_new_output
 
 log = logging.getLogger(__name__)
 
@@ -191,71 +194,124 @@ def _copy_stream(source: BinaryIO, out: BinaryIO, total: int | None, label: str,
     return md5.hexdigest(), sha256.hexdigest()
 
 
-def _check_idx(path: Path, name: str) -> None:
+def _check_idx(path: Path, name: str, source: str) -> int:
     """Reject a file that is not the IDX array its name promises (28 x 28 uint8 images, or
-    labels in [0, 10))."""
-    array = read_idx(path)
+    labels in [0, 10)); errors name ``source``, the user's file or URL the file came from.
+    Returns the number of images or labels."""
+    array = read_idx(path, source)
     images = "images" in name
     ok = array.dtype == np.uint8 and (array.ndim == 3 and array.shape[1:] == (28, 28) if images
                                       else array.ndim == 1 and (array.size == 0 or array.max()
                                                                 < len(CLASSES)))
     if not ok:
-        raise ValueError(f"{name}: not Fashion-MNIST {'images' if images else 'labels'} "
+        raise ValueError(f"{source}: not Fashion-MNIST {'images' if images else 'labels'} "
                          f"(got {array.dtype} of shape {array.shape})")
+    return len(array)
+
+
+def _cache_entries() -> set[str]:
+    """The names a filled folder may hold: the four files, gzipped or not."""
+    return {f"{n}{gz}" for pair in FILES.values() for n in pair for gz in ("", ".gz")}
+
+
+def _fill(root: Path, stage: Callable[[Path], dict[str, tuple[str, int]]]) -> None:
+    """Fill ``root`` all at once: ``stage(folder)`` writes the four files into an empty
+    staging folder beside ``root``, checking each, and returns ``{file name: (the user's
+    file or URL it came from, its count of images or labels)}``; the counts of each
+    split's images and labels must agree; only then does the staging folder replace
+    ``root`` in one rename (:func:`~vqtok.formats.atomic.atomic_directory`). On any
+    failure, or if the process is killed, ``root`` is as it was: a previous good copy
+    stays whole. ``root`` may hold only Fashion-MNIST files, as it is replaced whole."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder; give another --root")
+    if root.is_dir():
+        allowed = _cache_entries()
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in allowed
+                         and not (p.name.startswith(".") and ".tmp-" in p.name))
+        if foreign:
+            raise ValueError(f"{root} holds files that are not Fashion-MNIST's {foreign[:5]}; "
+                             f"vqtok data replaces that folder as a whole, so give --root an "
+                             f"empty or new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(Path(os.path.realpath(root))) as staging:
+        found = stage(staging)
+        for split, (image_name, label_name) in FILES.items():
+            (images, n), (labels, m) = (next(v for k, v in found.items()
+                                             if k.removesuffix(".gz") == name)
+                                        for name in (image_name, label_name))
+            if n != m:
+                raise ValueError(f"{images} holds {n:,} {split} images but {labels} holds "
+                                 f"{m:,} labels; the two files of a split must belong "
+                                 f"together")
 
 
 def download(root: str | os.PathLike | None = None, base_url: str = BASE_URL,
              timeout: float = 60.0, checksums: dict[str, str] | None = OFFICIAL_MD5,
              progress: bool = False) -> Path:
     """Fetch the four gzipped IDX files into ``root`` (default: the cache); files already
-    there are kept.
+    there are kept, and nothing is fetched when all four are.
 
-    Each file is written to a temporary name, checked (its MD5 against ``checksums``, the
-    published sums by default, then that it parses as IDX), and renamed into place, so an
-    interrupted or corrupted download never leaves a file. Raises :class:`DownloadError`
-    (an ``OSError``) that says where to put the files by hand. Returns ``root``.
+    Each file is downloaded into a staging folder and checked (its MD5 against
+    ``checksums``, the published sums by default, then that it parses as IDX); the
+    images and labels of each split must be as many; only then does the folder replace
+    ``root`` in one rename, so an interrupted or corrupted download changes nothing
+    (:func:`_fill`). Raises :class:`DownloadError` (an ``OSError``) that says where to
+    put the files by hand. Returns ``root``.
     """
     root = default_root() if root is None else Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for name in (name for pair in FILES.values() for name in pair):
-        if find_file(root, name) is not None:
-            continue
-        gz = f"{name}.gz"
-        url = f"{base_url.rstrip('/')}/{gz}"
+    names = [name for pair in FILES.values() for name in pair]
+    kept = {name: find_file(root, name) for name in names}
+    if all(kept.values()):
+        return root
 
-        def fetch(out: BinaryIO, url: str = url, gz: str = gz) -> None:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                length = resp.headers.get("Content-Length")
-                md5, _ = _copy_stream(resp, out, int(length) if length else None, gz, progress)
-            out.flush()
-            expected = (checksums or {}).get(gz)
-            if expected is not None and md5 != expected:
-                raise ValueError(f"MD5 {md5} of the downloaded {gz} is not the published "
-                                 f"{expected}")
-            _check_idx(Path(out.name), gz)  # an HTML error page or a cut-off transfer
+    def stage(folder: Path) -> dict[str, tuple[str, int]]:
+        found = {}
+        for name in names:
+            if kept[name] is not None:
+                path = kept[name]
+                shutil.copyfile(path, folder / path.name)
+                found[path.name] = (str(path), _check_idx(folder / path.name, name, str(path)))
+                continue
+            gz = f"{name}.gz"
+            url = f"{base_url.rstrip('/')}/{gz}"
+            try:
+                log.info("downloading %s to %s", url, root)
+                with urllib.request.urlopen(url, timeout=timeout) as resp, \
+                        open(folder / gz, "xb") as out:
+                    length = resp.headers.get("Content-Length")
+                    md5, _ = _copy_stream(resp, out, int(length) if length else None, gz,
+                                          progress)
+                expected = (checksums or {}).get(gz)
+                if expected is not None and md5 != expected:
+                    raise ValueError(f"MD5 {md5} of the downloaded {gz} is not the published "
+                                     f"{expected}")
+                # an HTML error page or a cut-off transfer
+                found[gz] = (url, _check_idx(folder / gz, gz, url))
+            except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts are OSErrors
+                raise DownloadError(
+                    f"could not download {url}: {err}. Without network access, fetch the four "
+                    f"files {_gz_names()} from {base_url} on another machine and copy them in "
+                    f"with `vqtok data fashion-mnist --from DIR` (or by hand, gzipped or not, "
+                    f"into {root.resolve()})"
+                ) from err
+        return found
 
-        try:
-            log.info("downloading %s to %s", url, root)
-            atomic_write(root / gz, fetch)
-        except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts are OSErrors
-            raise DownloadError(
-                f"could not download {url}: {err}. Without network access, fetch the four "
-                f"files {_gz_names()} from {base_url} on another machine and copy them in "
-                f"with `vqtok data fashion-mnist --from DIR` (or by hand, gzipped or not, "
-                f"into {root.resolve()})"
-            ) from err
+    _fill(root, stage)
     return root
 
 
 def copy_from(source: str | os.PathLike, root: str | os.PathLike | None = None,
               progress: bool = False) -> tuple[Path, list[str]]:
     """Copy the four IDX files (gzipped or not) from the folder ``source`` into ``root``
-    (default: the cache), replacing files of the same name.
+    (default: the cache), replacing what was there.
 
-    Each copy is verified before it is renamed into place: its SHA-256 equals the
-    source's and it parses as the IDX array its name promises. Returns ``(root, notes)``:
-    the notes say which files are the official release (MD5 as published) and which are
-    other data in the same layout (a re-split, say), used as given.
+    Each copy is verified: its SHA-256 equals the source's and it parses as the IDX array
+    its name promises; the images and labels of each split must be as many. Only then do
+    the four replace ``root``'s files, in one rename, so a failure changes nothing
+    (:func:`_fill`); errors name the file in ``source``. ``root`` may not be, lie inside or
+    hold ``source``. Returns ``(root, notes)``: the notes say which files are the official
+    release (MD5 as published) and which are other data in the same layout (a re-split,
+    say), used as given.
     """
     source = Path(source)
     if not source.is_dir():
@@ -267,30 +323,25 @@ def copy_from(source: str | os.PathLike, root: str | os.PathLike | None = None,
         raise DatasetNotFoundError(f"--from {source}: missing {missing} (gzipped or not); the "
                                    f"folder must hold the four Fashion-MNIST IDX files")
     root = default_root() if root is None else Path(root)
-    if root.resolve() == source.resolve():
-        raise ValueError(f"--from {source} is the cache folder itself; nothing to copy")
-    root.mkdir(parents=True, exist_ok=True)
+    check_new_output(root, inputs=[source, *files], overwrite=True, folder=True)
     notes = []
-    for path in files:
-        with open(path, "rb") as f:
-            expected = _copy_stream(f, io.BytesIO(), None, path.name, False)[1]
-        md5 = {}
 
-        def copy(out: BinaryIO, path: Path = path, expected: str = expected,
-                 md5: dict[str, str] = md5) -> None:
-            with open(path, "rb") as src:
-                md5["value"], sha256 = _copy_stream(src, out, path.stat().st_size, path.name,
-                                                    progress)
-            out.flush()
+    def stage(folder: Path) -> dict[str, tuple[str, int]]:
+        found = {}
+        for name, path in zip(names, files):
+            with open(path, "rb") as f:
+                expected = _copy_stream(f, io.BytesIO(), None, path.name, False)[1]
+            with open(path, "rb") as src, open(folder / path.name, "xb") as out:
+                md5, sha256 = _copy_stream(src, out, path.stat().st_size, path.name, progress)
             if sha256 != expected:
                 raise OSError(f"the copy of {path} does not match it (SHA-256 {sha256}, "
                               f"source {expected})")
-            _check_idx(Path(out.name), path.name)
+            found[path.name] = (str(path), _check_idx(folder / path.name, name, str(path)))
+            official = OFFICIAL_MD5.get(path.name) == md5
+            notes.append(f"{path.name}: " + ("the official release" if official else
+                                             "not the official release (MD5 differs); used "
+                                             "as given"))
+        return found
 
-        atomic_write(root / path.name, copy)
-        twin = path.name.removesuffix(".gz") if path.name.endswith(".gz") else f"{path.name}.gz"
-        (root / twin).unlink(missing_ok=True)  # one copy of each file: the one just written
-        official = OFFICIAL_MD5.get(path.name) == md5["value"]
-        notes.append(f"{path.name}: " + ("the official release" if official else
-                                         "not the official release (MD5 differs); used as given"))
+    _fill(root, stage)
     return root, notes

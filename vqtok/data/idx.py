@@ -26,8 +26,9 @@ IDX_DTYPES: dict[int, np.dtype] = {
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic number."""
+def read_bytes(path: str | os.PathLike, source: str | None = None) -> bytes:
+    """The file's bytes, gunzipped when it starts with the gzip magic number; ``source``
+    names the file in errors (default: ``path``)."""
     path = Path(path)
     raw = path.read_bytes()
     if not raw.startswith(GZIP_MAGIC):
@@ -35,7 +36,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from err
+        raise ValueError(f"{source or path}: corrupt or truncated gzip data ({err})") from err
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -67,9 +68,10 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return values.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, source: str | None = None) -> np.ndarray:
     """Read an IDX file (``*-idx3-ubyte``, ``*-idx1-ubyte``, optionally ``.gz``).
 
-    Raises ValueError naming the path when the file is corrupt or truncated.
+    Raises ValueError naming ``source`` (default: the path) when the file is corrupt or
+    truncated: a copy being checked is named after the user's file it came from.
     """
-    return parse_idx(read_bytes(path), source=str(path))
+    return parse_idx(read_bytes(path, source), source=source or str(path))

@@ -28,6 +28,7 @@ from vqtok.formats.images import (
     resize_center_crop,
     to_uint8_pixels,
 )
+from vqtok.formats.inputs import check_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[T
     loaded, tensors, skipped = [], [], []
     for path in files:
         try:
+            check_regular_file(path)  # a named pipe would block the read forever
             pixels = to_uint8_pixels(load_image(path, draft=size), channels=3)  # (H, W, 3)
             if size is not None:
                 pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), size))

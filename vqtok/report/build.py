@@ -74,7 +74,8 @@ def build_report(
         max_images: measure ``tokenizers`` on at most this many images.
         samples: images reconstructed per run.
         device: where tokenizers run.
-        overwrite: replace an existing page or JSON (checked before anything is read).
+        overwrite: replace an existing page or JSON (checked before anything is read);
+            never one of the inputs, nor a file inside a tokenizer directory.
 
     Returns:
         ``(html path, json path)``.
@@ -90,8 +91,11 @@ def build_report(
     for name, value in (("image_size", image_size), ("samples", samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    inputs = [p for d in [*run_dirs, *tokenizers] if Path(d).is_dir()
-              for p in Path(d).rglob("*") if p.is_file()]
+    # What the report reads: every file of each run, each tokenizer directory as a whole
+    # (nothing may be written into it) and a --data config file.
+    inputs = [p for d in run_dirs if Path(d).is_dir() for p in Path(d).rglob("*") if p.is_file()]
+    inputs += [*map(Path, tokenizers), *(Path(d) / TOKENIZER_SUBDIR for d in run_dirs)]
+    inputs += [Path(data)] if data is not None and Path(data).is_file() else []
     json_path = html_path.with_suffix(".json")
     check_outputs([html_path, json_path], inputs=inputs, overwrite=overwrite)
     runs = [load_run(d) for d in run_dirs]
