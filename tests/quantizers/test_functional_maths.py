@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqtok.quantizers import functional as Fq
+from vqtok.quantizers import search
 
 F64 = torch.float64
 
@@ -261,14 +262,14 @@ def test_row_max_first_index_matches_argmax_on_every_path() -> None:
     want_idx = torch.tensor([row.tolist().index(max(row.tolist())) for row in scores])
     want_max = torch.tensor([max(row.tolist()) for row in scores])
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        ramp = Fq._descending_ramp(37, dtype, scores.device)
+        ramp = search._descending_ramp(37, dtype, scores.device)
         assert (ramp is None) == (dtype == torch.bfloat16)
-        best, idx = Fq._row_max(scores.to(dtype).clone(), ramp)
+        best, idx = search._row_max(scores.to(dtype).clone(), ramp)
         assert torch.equal(idx, want_idx), dtype
         assert torch.equal(best.float(), want_max), dtype
         # a narrower last tile uses the ramp's tail (width, ..., 1)
-        wide_ramp = Fq._descending_ramp(50, dtype, scores.device)
-        best, idx = Fq._row_max(scores.to(dtype).clone(), wide_ramp)
+        wide_ramp = search._descending_ramp(50, dtype, scores.device)
+        best, idx = search._row_max(scores.to(dtype).clone(), wide_ramp)
         assert torch.equal(idx, want_idx), dtype
 
 
