@@ -6,6 +6,7 @@ tested in test_functional_maths.py (one thread, as every test module runs)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Iterator
 
@@ -103,3 +104,24 @@ def test_a_lone_row_is_searched_with_the_matrix_kernel(monkeypatch) -> None:
     assert torch.equal(search.nearest_code(x, codebook, 16, 20), want)  # blocks 16, 16, 1
     assert torch.equal(search.nearest_code(x[:1], codebook), want[:1])
     assert calls and min(calls) == 2
+
+
+def _search_in_child(case: tuple[torch.Tensor, ...], result) -> None:
+    x, codebook, want = case  # computed by the parent: the child runs only the search
+    result.put(bool(torch.equal(search.nearest_code(x, codebook, 16), want)))
+
+
+def test_a_forked_child_starts_its_own_workers(two_threads) -> None:
+    """A child forked after a pooled search (a DataLoader worker) inherits the pool's
+    state but none of its threads: its own search must start workers, not wait forever."""
+    case = _exact_case(4)
+    assert torch.equal(search.nearest_code(case[0], case[1], 16), case[2])
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    child = context.Process(target=_search_in_child, args=(case, result))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    assert child.exitcode == 0 and result.get(timeout=1) is True

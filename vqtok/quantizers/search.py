@@ -8,6 +8,7 @@ one intra-op thread (see :class:`_BlockPool` for why).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -159,6 +160,11 @@ class _BlockPool:
     _openmp: bool | None = None
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child (a DataLoader worker) inherits no thread: it starts its own.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._workers = 0
         self._lock = threading.Lock()
