@@ -118,7 +118,7 @@ def _search_block(block: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: in
         # BLAS runs a product with one row through its matrix-vector kernel, whose last
         # bit can differ from the matrix kernel's (docs/algorithms.md#nearest-code-search):
         # a lone row is searched as two copies, on the kernel every other block uses.
-        return _search_block(block.expand(2, -1), codebook, neg_sq_norm, cols, ramp, dtype)[:1]
+        return _search_block(block.repeat(2, 1), codebook, neg_sq_norm, cols, ramp, dtype)[:1]
     k = codebook.shape[0]
     buffer = _score_buffer(len(block) * min(k, cols), dtype, block.device)
     best_score = best_id = None
