@@ -49,6 +49,24 @@ def test_pooled_search_gives_the_brute_force_ids(two_threads) -> None:
     assert torch.get_num_threads() == 2  # the caller's count is untouched
 
 
+def test_one_row_block_splits_its_code_tiles_over_the_workers(two_threads,
+                                                               monkeypatch) -> None:
+    """A single row block over many code tiles: the tiles are searched in groups on the
+    workers and merged in code order, lowest id on exactly equal scores."""
+    x, codebook, want = _exact_case(5, n=120, k=90)
+    # exact duplicates of the first codes in later tiles and groups
+    codebook = torch.cat([codebook, codebook[:20], codebook[:20]])  # (130, 5)
+    dist = (x.double()[:, None] - codebook.double()[None]).pow(2).sum(-1)
+    assert torch.equal(dist.argmin(dim=1), want)  # the duplicates never win
+    calls: list[int] = []
+    split = search._split_codes
+    monkeypatch.setattr(search, "_split_codes", lambda *a: calls.append(1) or split(*a))
+    for codes in (7, 13, 64, 129):
+        assert torch.equal(search.nearest_code(x, codebook, 120, codes), want)
+    assert torch.equal(search.nearest_code(x[:1], codebook, None, 9), want[:1])
+    assert len(calls) == 5
+
+
 def test_threads_started_later_keep_the_process_default(two_threads) -> None:
     """Workers set one thread for themselves; a thread started after them still gets the
     caller's count as its default."""

@@ -2,8 +2,9 @@
 codes, tile by tile, never an N x K matrix. :mod:`vqtok.quantizers.functional` re-exports
 :func:`nearest_code`.
 
-On CPU, row blocks run on a small pool of worker threads, each computing its tiles with
-one intra-op thread (see :class:`_BlockPool` for why).
+On CPU, row blocks (or, for a single block, groups of code tiles) run on a small pool of
+worker threads, each computing its tiles with one intra-op thread (see :class:`_BlockPool`
+for why).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -98,27 +100,60 @@ def nearest_code(
     ramp = _descending_ramp(cols, dtype, x.device)
 
     def search(start: int) -> Tensor:
-        return _search_block(x[start : start + rows], codebook, neg_sq_norm, cols, ramp, dtype)
+        block = x[start : start + rows]
+        return _search_block(block, codebook, neg_sq_norm, cols, ramp, dtype)[1]
 
     starts = range(0, n, rows)
+    tiles = range(0, k, cols)
     # a compiled graph traces the loop below (no threads, no thread count, in a graph)
-    if (len(starts) > 1 and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and torch.get_num_threads() > 1 and _BlockPool.usable()):
-        return torch.cat(_POOL.map(search, starts, torch.get_num_threads()))
+    if (max(len(starts), len(tiles)) > 1 and x.device.type == "cpu"
+            and not torch.compiler.is_compiling() and torch.get_num_threads() > 1
+            and _BlockPool.usable()):
+        threads = torch.get_num_threads()
+        if len(starts) > 1:
+            return torch.cat(_POOL.map(search, starts, threads))
+        return _split_codes(x, codebook, neg_sq_norm, cols, ramp, dtype, threads)
     ids = torch.empty(n, dtype=torch.long, device=x.device)
     for start in starts:
         ids[start : start + rows] = search(start)
     return ids
 
 
+def _split_codes(x: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: int,
+                 ramp: Tensor | None, dtype: torch.dtype, threads: int) -> Tensor:
+    """One row block over many code tiles: the tiles are split into ``threads``
+    contiguous groups searched on the workers, then merged in code order with the same
+    strictly-greater rule, so the ids are those of the plain loop (the same tiles)."""
+    tiles = range(0, codebook.shape[0], cols)
+    per = -(-len(tiles) // threads)  # tiles per group, rounded up
+    firsts = range(0, codebook.shape[0], per * cols)
+
+    def search(first: int) -> tuple[Tensor, Tensor]:
+        stop = first + per * cols
+        return _search_block(x, codebook[first:stop], neg_sq_norm[first:stop], cols, ramp, dtype)
+
+    best_score, best_id = None, None
+    for first, (score, idx) in zip(firsts, _POOL.map(search, firsts, threads)):
+        if best_score is None:
+            best_score, best_id = score, idx
+        else:  # strictly greater: on a tie the earlier (lower) id stays
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_id = torch.where(better, idx + first, best_id)
+    assert best_id is not None  # K >= 1
+    return best_id
+
+
 def _search_block(block: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: int,
-                  ramp: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """Ids of the nearest codes of one block of rows, over code tiles of ``cols``."""
+                  ramp: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Best scores and ids of the nearest codes of one block of rows, over code tiles of
+    ``cols``."""
     if len(block) == 1:
         # BLAS runs a product with one row through its matrix-vector kernel, whose last
         # bit can differ from the matrix kernel's (docs/algorithms.md#nearest-code-search):
         # a lone row is searched as two copies, on the kernel every other block uses.
-        return _search_block(block.repeat(2, 1), codebook, neg_sq_norm, cols, ramp, dtype)[:1]
+        score, idx = _search_block(block.repeat(2, 1), codebook, neg_sq_norm, cols, ramp, dtype)
+        return score[:1], idx[:1]
     k = codebook.shape[0]
     buffer = _score_buffer(len(block) * min(k, cols), dtype, block.device)
     best_score = best_id = None
@@ -135,12 +170,13 @@ def _search_block(block: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: in
             better = score > best_score
             best_score = torch.where(better, score, best_score)
             best_id = torch.where(better, idx + first, best_id)
-    assert best_id is not None  # K >= 1
-    return best_id
+    assert best_score is not None and best_id is not None  # K >= 1
+    return best_score, best_id
 
 
 class _BlockPool:
-    """Worker threads that each run whole row blocks with one intra-op thread.
+    """Worker threads that each run whole row blocks (or groups of code tiles) with one
+    intra-op thread.
 
     Searched with the process's intra-op threads, every op of every tile (the product, the
     maxima, the marks) is a parallel region whose threads meet at a barrier. When another
@@ -198,12 +234,12 @@ class _BlockPool:
             task = self._tasks.get()
             task()
 
-    def map(self, fn: Callable[[int], Tensor], items: range, workers: int) -> list[Tensor]:
+    def map(self, fn: Callable[[int], Any], items: range, workers: int) -> list[Any]:
         """``[fn(item) for item in items]``, spread over ``workers`` threads, each taking
         the next item when done; the first exception is raised here."""
         workers = min(workers, len(items))
         self._grow(workers)
-        results: list[Tensor | None] = [None] * len(items)
+        results: list[Any] = [None] * len(items)
         errors: list[BaseException] = []
         taken = iter(range(len(items)))
         lock = threading.Lock()
@@ -231,7 +267,7 @@ class _BlockPool:
             done.get()
         if errors:
             raise errors[0]
-        return results  # type: ignore[return-value]
+        return results
 
 
 _POOL = _BlockPool()
