@@ -17,6 +17,12 @@ arithmetic only.
 The rows come in groups (``GROUPS``), each a section of RESULTS.md with the conditions of
 its own run. ``--rows NAME`` runs one group's rows (and the reference cases they compare
 with) and rewrites only that group's section, leaving the others as they were.
+
+``--contention`` instead times one vqtok configuration and its reference beside busy
+processes (plain CPU burners, started and stopped here, each bounded in time) and
+rewrites its own section: both run as long-lived children that take turns, one timed
+step each per pair, so both see the same load; the ratio is the median over the pairs.
+It runs a quiet phase (no burners) and a busy phase, one after the other.
 """
 
 from __future__ import annotations
@@ -669,6 +675,131 @@ def section(name: str, results: dict, limit_bytes: int, info: dict, load: tuple,
     return "\n".join(lines) + "\n"
 
 
+# ---- the VQ step beside busy processes (--contention) -----------------------------------
+
+CONTENTION_PAIR = ("vqtok-vq-ste-8192", "ref-vq-ste-8192")
+CONTENTION_PAIRS = 9
+CONTENTION_BUSY = 2
+CONTENTION_TARGET = 15.0  # reference time / vqtok time, beside the busy processes
+BURNER_MAX_S = 900  # a burner stops by itself after this, should the parent die
+BURNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def serve(case: str, limit_bytes: int) -> None:
+    """A child for --contention: build ``case``, warm up, then time one step per line
+    read from stdin and answer each with one JSON line."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    step = BUILDERS[case]()
+    for _ in range(WARMUP + 1):
+        step()
+    sys.stdout.write(json.dumps({"ready": case}) + "\n")
+    sys.stdout.flush()
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step()
+        sys.stdout.write(json.dumps({"s": time.perf_counter() - start}) + "\n")
+        sys.stdout.flush()
+
+
+def _burners(count: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", BURNER.format(s=BURNER_MAX_S)])
+            for _ in range(count)]
+
+
+def contention_run(pairs: int, busy: int, limit_bytes: int) -> dict:
+    """Interleaved pairs of (vqtok step, reference step), ``busy`` burners running: the
+    medians, every pair's ratio, and the load average over the phase."""
+    children = {
+        case: subprocess.Popen([sys.executable, __file__, "--serve", case, "--limit-bytes",
+                                str(limit_bytes)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        for case in CONTENTION_PAIR
+    }
+    burners: list[subprocess.Popen] = []
+    try:
+        for proc in children.values():  # built and warmed up before any burner starts
+            assert proc.stdout is not None and json.loads(proc.stdout.readline())["ready"]
+        burners = _burners(busy)
+        time.sleep(1.0 if busy else 0.0)  # let the burners take their cores
+        load_start = os.getloadavg()[0]
+        times: dict[str, list[float]] = {case: [] for case in CONTENTION_PAIR}
+        for i in range(pairs):
+            order = CONTENTION_PAIR if i % 2 == 0 else CONTENTION_PAIR[::-1]
+            for case in order:
+                proc = children[case]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write("step\n")
+                proc.stdin.flush()
+                times[case].append(json.loads(proc.stdout.readline())["s"])
+        load_end = os.getloadavg()[0]
+    finally:
+        for proc in [*burners, *children.values()]:
+            proc.kill()
+            proc.wait()
+    mine, ref = (times[case] for case in CONTENTION_PAIR)
+    ratios = [r / m for m, r in zip(mine, ref)]
+    return {"busy": busy, "times": times, "ratios": ratios,
+            "median_s": statistics.median(mine), "ref_median_s": statistics.median(ref),
+            "median_ratio": statistics.median(ratios), "load": (load_start, load_end)}
+
+
+CONTENTION_COMMAND = "python benchmarks/quantizers.py --contention"
+
+
+def contention_section(phases: list[dict], info: dict, busy_target: float) -> str:
+    mine, ref = CONTENTION_PAIR
+    lines = [
+        "<!-- rows: contention -->",
+        "## VQ beside busy processes",
+        "",
+        (f"Written by `{CONTENTION_COMMAND}` (about 3 minutes on an idle machine; "
+         f"`--pairs`, `--busy`): the step of `{mine}` against `{ref}` (the VQ STE rows "
+         f"above: K = 8,192, N = {N_ROWS:,}, dim {DIM}, forward + backward), first on the "
+         "machine as it is (the quiet phase), then beside busy processes: plain CPU burners "
+         "(`while True: pass` in Python, each stopping by itself after "
+         f"{BURNER_MAX_S // 60} minutes) started after both models are built and warmed "
+         "up, and stopped at the end."),
+        "",
+        (f"- Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs; "
+         f"`torch.set_num_threads({info['threads']})` in both. torch {info['torch']}, "
+         f"vector-quantize-pytorch {info['vector_quantize_pytorch']}; run on {info['date']}."),
+        ("- Both run as long-lived processes that take turns, one timed step each per pair "
+         "(the order alternating), so that both see the same load; the ratio is the median "
+         "over the pairs of reference time / vqtok time."),
+        ("- The load average (1 min) at the start and end of each phase includes the "
+         "burners and anything else running on the machine. A quiet phase with a load "
+         "well above 0, or a busy phase well above the burners' count, shared the machine "
+         "with other work: both sides then slow down, by different factors, so such "
+         "ratios are not those of an idle machine (or of one with the burners alone)."),
+        "",
+        ("| Phase | busy processes | load average | vqtok median s | reference median s | "
+         "median ratio | ratios of the pairs | target | result |"),
+        "|---|---:|---|---:|---:|---:|---|---|---|",
+    ]
+    for phase in phases:
+        quiet = phase["busy"] == 0
+        target = "info (the quiet rows above)" if quiet else f">= {busy_target:.0f}x"
+        verdict = "info" if quiet else ("PASS" if phase["median_ratio"] >= busy_target
+                                        else "FAIL")
+        ratios = ", ".join(f"{r:.1f}" for r in phase["ratios"])
+        lines.append(
+            f"| {'quiet' if quiet else 'busy'} | {phase['busy']} | {phase['load'][0]:.2f} / "
+            f"{phase['load'][1]:.2f} | {_fmt_s(phase['median_s'])} | "
+            f"{_fmt_s(phase['ref_median_s'])} | {phase['median_ratio']:.1f}x | {ratios} | "
+            f"{target} | {verdict} |")
+    lines += ["", "Every step (seconds), vqtok / reference:", ""]
+    for phase in phases:
+        for case in CONTENTION_PAIR:
+            steps = ", ".join(_fmt_s(t) for t in phase["times"][case])
+            lines.append(f"- {phase['busy']} busy, `{case}`: {steps}")
+    lines.append("<!-- /rows: contention -->")
+    return "\n".join(lines) + "\n"
+
+
 TITLE = (
     "# Quantizer benchmarks\n\n"
     "One section per group of rows, each with the conditions of its own run "
@@ -681,7 +812,7 @@ def update_report(path: Path, sections: dict[str, str]) -> str:
     """The report with ``sections`` (name -> text) replacing their earlier versions in
     ``path`` (or appended, in GROUPS order, when absent); other sections stay as they were."""
     text = path.read_text() if path.exists() else TITLE
-    for name in GROUPS:
+    for name in [*GROUPS, *(name for name in sections if name not in GROUPS)]:
         if name not in sections:
             continue
         begin, end = f"<!-- rows: {name} -->", f"<!-- /rows: {name} -->"
@@ -697,6 +828,7 @@ def update_report(path: Path, sections: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--limit-bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--limit-gib", type=float, default=DEFAULT_LIMIT_GIB,
                         help="address-space limit per configuration (default 20)")
@@ -708,14 +840,29 @@ def main() -> None:
                              "of the selected groups (rows missing a case read 'not run')")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--raw", type=Path, help="also save the raw results as JSON here")
+    parser.add_argument("--contention", action="store_true",
+                        help="time the VQ step and its reference in interleaved pairs, "
+                             "quiet and beside busy processes; rewrites only that section")
+    parser.add_argument("--pairs", type=int, default=CONTENTION_PAIRS,
+                        help=f"pairs per phase of --contention (default {CONTENTION_PAIRS})")
+    parser.add_argument("--busy", type=int, default=CONTENTION_BUSY,
+                        help=f"busy processes of --contention (default {CONTENTION_BUSY})")
     parser.add_argument("--render", type=Path,
                         help="no runs: rewrite the report from raw results saved by --raw")
     args = parser.parse_args()
     if args.case:
         child(args.case, args.limit_bytes)
         return
+    if args.serve:
+        serve(args.serve, args.limit_bytes)
+        return
     if args.render:
         saved = json.loads(args.render.read_text())
+        if "phases" in saved:  # saved by --contention --raw
+            text = contention_section(saved["phases"], saved["machine"], CONTENTION_TARGET)
+            args.output.write_text(update_report(args.output, {"contention": text}))
+            print(f"wrote {args.output}")
+            return
         sections = {
             name: section(name, saved["results"], saved["limit_bytes"], saved["machine"],
                           tuple(saved["load"]), saved["total_s"])
@@ -736,6 +883,20 @@ def main() -> None:
         limit_bytes = int(0.8 * available)
         print(f"address-space limit lowered to {limit_bytes / GIB:.1f} GiB "
               f"(80% of the {available / GIB:.1f} GiB available)", flush=True)
+    if args.contention:
+        phases = []
+        for busy in (0, args.busy):
+            phases.append(contention_run(args.pairs, busy, limit_bytes))
+            print(f"{busy} busy: vqtok {phases[-1]['median_s']:.3f} s, reference "
+                  f"{phases[-1]['ref_median_s']:.3f} s, median ratio "
+                  f"{phases[-1]['median_ratio']:.1f}x (load {phases[-1]['load'][0]:.2f} / "
+                  f"{phases[-1]['load'][1]:.2f})", flush=True)
+        if args.raw:
+            args.raw.write_text(json.dumps({"phases": phases, "machine": machine()}))
+        text = contention_section(phases, machine(), CONTENTION_TARGET)
+        args.output.write_text(update_report(args.output, {"contention": text}))
+        print(f"wrote {args.output}")
+        return
     wanted = [s for s in args.only.split(",") if s]
     needed = {case for name in groups for case in group_cases(name)}
     cases = [c for c in BUILDERS

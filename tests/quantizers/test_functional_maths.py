@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqtok.quantizers import functional as Fq
+from vqtok.quantizers import search
 
 F64 = torch.float64
 
@@ -175,29 +176,50 @@ def test_nearest_code_matches_float64_brute_force(
         assert torch.equal(ids[clear], dist.argmin(dim=1)[clear])
 
 
+def _small_ints(gen: torch.Generator, shape: tuple[int, ...], low: int = -4,
+                high: int = 4) -> torch.Tensor:
+    """Float32 small integers: every score 2 x.e - ||e||^2 of such rows and codes is an
+    exact float32 integer whatever kernel, tile or order computes it, so ids compared bit
+    for bit across chunkings hold on every CPU (docs/algorithms.md#nearest-code-search)."""
+    return torch.randint(low, high + 1, shape, generator=gen).float()
+
+
+def _first_argmin(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Brute-force ids: float64 argmin of the distances, the first (lowest) id on ties."""
+    return _sq_dist_f64(x, codebook).argmin(dim=1)
+
+
 def test_nearest_code_is_the_same_for_every_chunk_size() -> None:
+    # Exact scores (small integers), with many exact ties: every chunking must give the
+    # brute force's ids, lowest id on ties. With random floats two chunkings may round a
+    # near-tie differently (different BLAS kernels per tile shape), so no such promise.
     gen = torch.Generator().manual_seed(5)
-    x, codebook = torch.randn(103, 6, generator=gen), torch.randn(37, 6, generator=gen)
-    ref = Fq.nearest_code(x, codebook, chunk_rows=103, chunk_codes=37)
+    x, codebook = _small_ints(gen, (103, 6)), _small_ints(gen, (37, 6), -2, 2)
+    want = _first_argmin(x, codebook)
+    assert int((_sq_dist_f64(x, codebook) == _sq_dist_f64(x, codebook).min(1, keepdim=True)
+                .values).sum()) > 103  # ties exist
     for chunk in (1, 2, 7, 10, 64, 102, 500):  # most do not divide 103
-        assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=chunk), ref)
+        assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=chunk), want)
     for codes in (1, 2, 5, 36, 37, 100):  # tiles over the codes, merged by a running max
-        assert torch.equal(Fq.nearest_code(x, codebook, chunk_codes=codes), ref)
-        assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=10, chunk_codes=codes), ref)
-    assert torch.equal(Fq.nearest_code(x, codebook), ref)
-    # float64 rows take the same path; its ids agree with argmin of float64 distances
-    want = _sq_dist_f64(x, codebook).argmin(dim=1)
+        assert torch.equal(Fq.nearest_code(x, codebook, chunk_codes=codes), want)
+        assert torch.equal(Fq.nearest_code(x, codebook, chunk_rows=10, chunk_codes=codes), want)
+    assert torch.equal(Fq.nearest_code(x, codebook), want)
+    # float64 rows take the same path
     assert torch.equal(Fq.nearest_code(x.double(), codebook.double(), chunk_codes=5), want)
 
 
 def test_nearest_code_exact_ties_go_to_the_lowest_index() -> None:
+    # Codes 0..4 then exact duplicates at 45..49 and (reversed) 50..54, in other BLAS
+    # tiles: the lowest index must win. Rows, codes and their products are small integers
+    # and quarters, exact in float32, so duplicates score exactly equal on any kernel.
+    base = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, -1],
+                         [1, 1, -1, 0]])
     gen = torch.Generator().manual_seed(6)
-    base = torch.randn(5, 4, generator=gen)
-    # codes 0..4 then exact duplicates at 5..9 and 10..14 (and in the middle of a wider
-    # codebook, so duplicates sit in different BLAS tiles): the lowest index must win
-    far = 100.0 + torch.randn(40, 4, generator=gen)
+    far = _small_ints(gen, (40, 4), 20, 30)
     codebook = torch.cat([base, far, base, base.flip(0), far[:3]])  # (93, 4)
-    x = base[torch.tensor([0, 1, 2, 3, 4, 4, 2])] + 1e-3 * torch.randn(7, 4, generator=gen)
+    # each row within a quarter per coordinate of its base code, nearer than any other
+    x = base[torch.tensor([0, 1, 2, 3, 4, 4, 2])] + 0.25 * _small_ints(gen, (7, 4), -1, 1)
+    assert torch.equal(_first_argmin(x, codebook), torch.tensor([0, 1, 2, 3, 4, 4, 2]))
     for chunk in (None, 1, 3):
         for codes in (None, 1, 4, 5, 7, 45):  # duplicates inside one tile and across tiles
             ids = Fq.nearest_code(x, codebook, chunk_rows=chunk, chunk_codes=codes)
@@ -215,23 +237,21 @@ def test_nearest_code_exact_ties_go_to_the_lowest_index() -> None:
 def test_the_search_traced_for_export_gives_the_same_ids(monkeypatch) -> None:
     """Under ``torch.compiler.is_exporting()`` (an ONNX export) the search runs without a
     loop over the rows (docs/formats.md#onnx): same ids, same lowest-index ties, also
-    across its unrolled code tiles of 1,024."""
+    across its unrolled code tiles of 1,024. The graph scores all rows in one product, the
+    loop in tiles of other shapes, so the values are small integers (exact on any kernel)
+    for the ids to be compared bit for bit."""
     gen = torch.Generator().manual_seed(11)
-    codebook = torch.randn(2600, 5, generator=gen)  # three code tiles
+    codebook = _small_ints(gen, (2600, 5), -8, 8)  # three code tiles
+    codebook[7] = torch.tensor([20.0, -20, 20, -20, 20])  # unique (out of the range)
     codebook[1500] = codebook[7]  # exact duplicates in the second and third tiles
     codebook[2100] = codebook[7]
-    near = codebook[torch.tensor([7, 1500, 2599, 1023, 1024])]
-    x = torch.cat([torch.randn(300, 5, generator=gen),
-                   near + 1e-4 * torch.randn(5, 5, generator=gen)])
-    want = Fq.nearest_code(x, codebook)
+    near = codebook[torch.tensor([7, 1500, 2100, 2599, 1023, 1024])]
+    x = torch.cat([_small_ints(gen, (300, 5), -9, 9), near])
+    want = _first_argmin(x, codebook)
+    assert want[300:303].tolist() == [7, 7, 7]
+    assert torch.equal(Fq.nearest_code(x, codebook), want)
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    got = Fq.nearest_code(x, codebook)
-    assert torch.equal(got, want)
-    assert got[300:].tolist() == [7, 7, 2599, 1023, 1024]
-    dist = _sq_dist_f64(x, codebook)
-    two = dist.topk(2, dim=1, largest=False).values
-    clear = (two[:, 1] - two[:, 0]) > 1e-4
-    assert torch.equal(got[clear], dist.argmin(dim=1)[clear])
+    assert torch.equal(Fq.nearest_code(x, codebook), want)
 
 
 def test_row_max_first_index_matches_argmax_on_every_path() -> None:
@@ -242,14 +262,14 @@ def test_row_max_first_index_matches_argmax_on_every_path() -> None:
     want_idx = torch.tensor([row.tolist().index(max(row.tolist())) for row in scores])
     want_max = torch.tensor([max(row.tolist()) for row in scores])
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        ramp = Fq._descending_ramp(37, dtype, scores.device)
+        ramp = search._descending_ramp(37, dtype, scores.device)
         assert (ramp is None) == (dtype == torch.bfloat16)
-        best, idx = Fq._row_max(scores.to(dtype).clone(), ramp)
+        best, idx = search._row_max(scores.to(dtype).clone(), ramp)
         assert torch.equal(idx, want_idx), dtype
         assert torch.equal(best.float(), want_max), dtype
         # a narrower last tile uses the ramp's tail (width, ..., 1)
-        wide_ramp = Fq._descending_ramp(50, dtype, scores.device)
-        best, idx = Fq._row_max(scores.to(dtype).clone(), wide_ramp)
+        wide_ramp = search._descending_ramp(50, dtype, scores.device)
+        best, idx = search._row_max(scores.to(dtype).clone(), wide_ramp)
         assert torch.equal(idx, want_idx), dtype
 
 

@@ -1,167 +1,26 @@
 """Pure tensor maths of the quantizers: no state, no nn.Module (docs/algorithms.md).
 
 Every function takes rows ``(N, D)`` (or ``(N,)`` ids) so that quantizers of any spatial
-rank share them. Memory never grows with N x K: the nearest-code search walks (rows x codes)
-tiles under ``no_grad`` and winners are gathered, never picked with a one-hot matrix.
+rank share them. Memory never grows with N x K: the nearest-code search
+(:mod:`vqtok.quantizers.search`) walks (rows x codes) tiles under ``no_grad`` and winners
+are gathered, never picked with a one-hot matrix.
 """
 
 from __future__ import annotations
-
-import threading
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-# The nearest-code search scores one (rows x codes) float32 tile at a time. On CPU the tile
-# is small enough to stay in the last-level cache (32 MiB, shared, on the benchmark
-# machine): the matmul writes it and the max reads it back before it ever reaches memory.
-# At K = 65,536 (N = 16,384, dim 32, 2 threads) 8 MiB tiles of 2,048 rows x 1,024 codes
-# searched about 30% faster than 64 MiB blocks of 256 rows x every code, and faster than
-# the bare x @ C.T, which writes its whole N x K output to memory. Elsewhere (GPU) one
-# block spans every code, so no running maximum is merged, and holds SEARCH_BLOCK_BYTES.
-# Either way the search's extra memory is bounded whatever N and K are.
-SEARCH_TILE_BYTES = 8 * 2**20
-SEARCH_TILE_CODES = 1024
-SEARCH_BLOCK_BYTES = 64 * 2**20
-
-
-def search_tile(codebook_size: int, device: torch.device | str = "cpu") -> tuple[int, int]:
-    """``(rows, codes)`` of one score tile of the search over ``codebook_size`` codes."""
-    if torch.device(device).type != "cpu":
-        return max(1, SEARCH_BLOCK_BYTES // (4 * codebook_size)), codebook_size
-    codes = min(codebook_size, SEARCH_TILE_CODES)
-    return max(1, SEARCH_TILE_BYTES // (4 * codes)), codes
-
-
-# The only cache in this module: one CPU score tile per thread, reused by every search.
-# A freshly allocated tile is mapped anew by the OS on each call, and those page faults
-# cost about a third of the search at K = 1,024. Per thread, so concurrent searches never
-# share it; never larger than SEARCH_TILE_BYTES unless a caller asks for larger tiles.
-_SCRATCH = threading.local()
-
-
-def _score_buffer(need: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A flat scratch of ``need`` elements for the nearest-code score tiles."""
-    if (device.type != "cpu" or need * torch.finfo(dtype).bits // 8 > SEARCH_TILE_BYTES
-            or torch.compiler.is_compiling()):  # a compiled graph plans its own memory
-        return torch.empty(need, dtype=dtype, device=device)
-    buffer = getattr(_SCRATCH, "buffer", None)
-    # An inference-mode tensor cannot be written outside inference mode: match the mode.
-    if (
-        buffer is None
-        or buffer.dtype != dtype
-        or buffer.numel() < need
-        or buffer.is_inference() != torch.is_inference_mode_enabled()
-    ):
-        buffer = torch.empty(need, dtype=dtype)
-        _SCRATCH.buffer = buffer
-    return buffer[:need]
-
-
-@torch.no_grad()
-def nearest_code(
-    x: Tensor, codebook: Tensor, chunk_rows: int | None = None, chunk_codes: int | None = None
-) -> Tensor:
-    """Ids of the nearest codes in squared Euclidean distance.
-
-    argmin_k ||x - e_k||^2 = argmax_k (2 x.e_k - ||e_k||^2), computed tile by tile: each
-    ``(rows, codes)`` tile of scores gives its row maxima, and a running maximum over the
-    code tiles keeps the best. Ties resolve to the lowest index: ``max`` returns the first
-    maximum within a tile, and a later tile replaces the best only when strictly greater.
-
-    Args:
-        x: ``(N, D)`` rows.
-        codebook: ``(K, D)`` codes.
-        chunk_rows: rows per tile; by default from :func:`search_tile`.
-        chunk_codes: codes per tile; by default from :func:`search_tile`.
-
-    Returns:
-        ``(N,)`` int64 ids.
-    """
-    n, k = x.shape[0], codebook.shape[0]
-    default_rows, default_codes = search_tile(k, x.device)
-    rows = chunk_rows or default_rows
-    cols = min(k, chunk_codes or default_codes)
-    neg_sq_norm = -codebook.pow(2).sum(dim=1)  # (K,)
-    if torch.compiler.is_exporting():
-        return _nearest_code_graph(x, codebook, neg_sq_norm, min(k, default_codes))
-    ids = torch.empty(n, dtype=torch.long, device=x.device)
-    if n == 0:
-        return ids
-    dtype = torch.promote_types(x.dtype, codebook.dtype)
-    # One score tile reused by every block (and, on CPU, by later calls).
-    buffer = _score_buffer(min(rows, n) * cols, dtype, x.device)
-    ramp = _descending_ramp(cols, dtype, x.device)
-    for start in range(0, n, rows):
-        block = x[start : start + rows]
-        best_score = best_id = None
-        for first in range(0, k, cols):
-            codes = codebook[first : first + cols]
-            scores = buffer[: len(block) * len(codes)].view(len(block), len(codes))
-            # -||e||^2 + 2 x e^T, one fused addmm into the tile
-            torch.addmm(neg_sq_norm[first : first + cols], block, codes.t(), beta=1.0,
-                        alpha=2.0, out=scores)
-            score, idx = _row_max(scores, ramp)
-            if best_score is None:
-                best_score, best_id = score, idx
-            else:  # strictly greater: on a tie the earlier (lower) id stays
-                better = score > best_score
-                best_score = torch.where(better, score, best_score)
-                best_id = torch.where(better, idx + first, best_id)
-        ids[start : start + rows] = best_id
-    return ids
-
-
-def _nearest_code_graph(x: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: int) -> Tensor:
-    """:func:`nearest_code` as a graph with no loop over the rows, whose number a graph
-    export leaves open (docs/formats.md#onnx): the same scores and running maximum over
-    code tiles of ``cols`` codes (unrolled; K is fixed), with the same lowest-index tie
-    rule. Memory is N x ``cols`` scores, in proportion to the rows as the encoder's own
-    activations are, and never N x K for K > ``cols``."""
-    best_score = best_id = None
-    for first in range(0, codebook.shape[0], cols):
-        scores = torch.addmm(neg_sq_norm[first:first + cols], x, codebook[first:first + cols].t(),
-                             beta=1.0, alpha=2.0)  # (N, cols)
-        score, idx = scores.max(dim=1)  # the first maximum on ties
-        if best_score is None:
-            best_score, best_id = score, idx
-        else:
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            best_id = torch.where(better, idx + first, best_id)
-    assert best_id is not None  # K >= 1
-    return best_id
-
-
-def _descending_ramp(cols: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
-    """``cols, cols - 1, ..., 1`` for :func:`_row_max`; ``None`` off CPU (a GPU's
-    ``argmax`` is one fast pass) or where ``dtype`` cannot hold every integer up to
-    ``cols`` exactly: then ``argmax`` serves."""
-    if device.type != "cpu" or dtype not in (torch.float32, torch.float64) or cols > 2**24:
-        return None
-    return torch.arange(cols, 0, -1, dtype=dtype, device=device)
-
-
-def _row_max(scores: Tensor, ramp: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Each row's maximum and the index of its first occurrence; overwrites ``scores``.
-
-    ``argmax`` tracks an index per element and ran ~8x slower than ``amax`` on CPU tiles
-    (2.8 ms against 0.35 ms for 2,048 x 1,024), so the index is found with three
-    vectorised passes: mark the entries equal to the maximum (1 or 0), weight them by a
-    descending ramp, and the largest weight is the first maximum's.
-    """
-    if ramp is None:
-        best, idx = scores.max(dim=1)  # one pass; the first maximum on ties
-        return best, idx
-    best = scores.amax(dim=1)  # (rows,)
-    width = scores.shape[1]
-    # the ramp's last ``width`` entries are width, ..., 1 (a last tile may be narrower)
-    weight = scores.ge_(best[:, None]).mul_(ramp[len(ramp) - width :]).amax(dim=1)
-    # A NaN row maximum marks nothing (weight 0): clamp so the id stays in range.
-    idx = (width - weight.long()).clamp_(max=width - 1)
-    return best, idx
+# The search has its own module; its public names stay importable from here.
+from vqtok.quantizers.search import (  # noqa: F401
+    SEARCH_BLOCK_BYTES,
+    SEARCH_TILE_BYTES,
+    SEARCH_TILE_CODES,
+    nearest_code,
+    search_tile,
+)
 
 
 def straight_through(z: Tensor, q: Tensor) -> Tensor:
