@@ -74,7 +74,8 @@ class RotaryEmbedding(nn.Module):
                 raise ValueError(f"sections {sections} must be {n_axes} non-negative counts "
                                  f"summing to dim/2 = {n_pairs}")
             # Qwen2-VL M-RoPE: contiguous bands of frequency pairs per axis.
-            axis = torch.repeat_interleave(torch.arange(n_axes), torch.tensor(sections))
+            axis = torch.repeat_interleave(torch.arange(n_axes), torch.tensor(sections),
+                                           output_size=n_pairs)  # sized: builds on `meta` too
         else:
             if sections is not None:
                 raise ValueError(f"sections only apply to mode 'bands', got mode {mode!r}")
