@@ -34,8 +34,9 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 
-__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "VIDEO_SUFFIXES", "check_clip_pixels", "frame_files",
-           "gif_bytes", "gif_layout", "load_video", "save_gif", "video_sources"]
+__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "MAX_FRAME_MS", "VIDEO_SUFFIXES", "check_clip_pixels",
+           "check_frame_ms", "frame_files", "gif_bytes", "gif_layout", "load_video", "save_gif",
+           "video_sources"]
 
 VIDEO_SUFFIXES = frozenset({".gif"})
 """Single files read as videos (every frame of an animated GIF)."""
@@ -191,6 +192,19 @@ def load_video(source: str | os.PathLike[str], channels: int = 3,
     return _read_gif(source, channels, max_pixels)
 
 
+MAX_FRAME_MS = 655_350
+"""The longest GIF frame: a GIF stores each frame's duration in centiseconds in 16 bits."""
+
+
+def check_frame_ms(duration_ms: int) -> None:
+    """A ValueError unless ``duration_ms`` is a GIF frame duration: an int in [10,
+    :data:`MAX_FRAME_MS`] (GIF89a section 23: a delay in hundredths of a second, 16 bits)."""
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or not (
+            10 <= duration_ms <= MAX_FRAME_MS):
+        raise ValueError(f"a GIF frame lasts 10 to {MAX_FRAME_MS:,} ms (hundredths of a "
+                         f"second in 16 bits), got {duration_ms!r} (--frame-ms)")
+
+
 def gif_bytes(frames: np.ndarray, duration_ms: int = 100, loop: int = 0) -> bytes:
     """``(T, H, W)`` or ``(T, H, W, C)`` uint8 frames (C = 1 grey, 3 RGB) -> the bytes
     of an animated GIF with exactly T frames of ``duration_ms`` each (``loop`` 0: forever).
@@ -205,8 +219,7 @@ def gif_bytes(frames: np.ndarray, duration_ms: int = 100, loop: int = 0) -> byte
         shape = getattr(frames, "shape", None)
         raise ValueError(f"expected uint8 frames (T, H, W) or (T, H, W, C) with C in (1, 3), "
                          f"got {type(frames).__name__} of shape {shape}")
-    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or duration_ms < 10:
-        raise ValueError(f"duration_ms must be an int >= 10, got {duration_ms!r}")
+    check_frame_ms(duration_ms)
     if frames.ndim == 4 and frames.shape[3] == 1:
         frames = frames[..., 0]
     if frames.ndim == 3:
