@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vqtok import registry
 from vqtok.formats.atomic import atomic_directory
@@ -171,7 +172,7 @@ def build_and_load(build: Callable[[], M], root: Path, fmt: str, error: type[Exc
     file declares; each refusal is one ``error`` line naming the file."""
     config_path, path = root / CONFIG_NAME, root / WEIGHTS_NAME
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _MetaNormal():
             skeleton = build()
     except (RuntimeError, NotImplementedError) as err:  # an operation without a meta kernel
         raise error(f"{config_path}: cannot build the {what} without allocating it "
@@ -192,6 +193,20 @@ def build_and_load(build: Callable[[], M], root: Path, fmt: str, error: type[Exc
         raise error(f"{path}: weights do not match the {what}: "
                     f"{' '.join(str(err).split())}") from err
     return model
+
+
+class _MetaNormal(TorchFunctionMode):
+    """``normal_`` on a meta tensor returns it unchanged: a meta tensor holds no values,
+    and PyTorch's meta kernel of ``normal_`` would first import ``torch._dynamo`` (seconds
+    of start-up for a model initialised with it). Everything else runs as it would."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+        if func in (torch.Tensor.normal_, nn.init.normal_) and isinstance(
+                tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
 
 
 def _declared_tensors(path: Path, fmt: str, error: type[Exception], what: str,
