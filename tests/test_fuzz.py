@@ -1,7 +1,9 @@
-"""Property: whatever the bytes on disk, reading an image, loading a tokenizer or a decoder,
-and `vqtok decode` either work or raise ValueError (a one-line CLI error, exit 2); never
-another exception, and decode never writes outside --out. Inputs are random bytes and random small
-mutations of valid PNG, NPZ and JSON files (hypothesis)."""
+"""Property: whatever the bytes on disk, reading an image or a GIF, loading a tokenizer or a
+decoder, and `vqtok decode` either work or raise ValueError (a one-line CLI error, exit 2);
+never another exception, and decode never writes outside --out. Inputs are random bytes and
+random small mutations of valid PNG, NPZ and JSON files, GIFs written block by block with
+random screens, frames and cuts, and configs with random widths and depths (hypothesis).
+Sizes a file declares never make vqtok decode or allocate beyond its budget."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.formats.tokens import write_tokens
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary
 from vqtok.tokenizer import ImageTokenizer
+from vqtok.video_tokenizer import VideoTokenizer
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("VQTOK_FUZZ_EXAMPLES", 60)), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -210,3 +213,146 @@ def test_reading_an_image_file_raises_only_value_error(originals: dict[str, byte
             load_image(path)
         except ValueError as err:
             assert str(path) in str(err)
+
+
+# ---- sizes a file declares: never decoded or allocated beyond the budget -------------
+
+FUZZ_CLIP_PIXELS = 1 << 16
+"""The clip budget of the GIF examples: any clip decoded within it is small."""
+
+
+def fuzz_gif(data: st.DataObject) -> bytes:
+    """A GIF written block by block (GIF89a): a random logical screen and frame count, a
+    colour table or none, extension blocks; the frames either all whole one-pixel images
+    (a GIF Pillow decodes to the end) or random image descriptors (extents and offsets,
+    some beyond the screen) with one pixel of data or a random LZW stream; then maybe cut
+    short or with a few bytes flipped."""
+    import struct
+
+    width, height = (data.draw(st.sampled_from([0, 1, 3, 16, 255, 4096, 65535]))
+                     for _ in range(2))
+    table = data.draw(st.booleans())
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80 if table else 0,
+                                            0, 0) + (b"\x00" * 3 + b"\xff" * 3 if table else b""))
+    whole = data.draw(st.booleans())
+    for _ in range(data.draw(st.sampled_from([0, 1, 2, 5, 40, 1001]))):
+        if data.draw(st.booleans()):
+            out += b"\x21\xf9\x04" + bytes([data.draw(st.integers(0, 31))]) + b"\x0a\x00\x00\x00"
+        if whole:
+            out += b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+            continue
+        extent = [data.draw(st.sampled_from([0, 1, 2, 8, 300, 65535])) for _ in range(4)]
+        out += b"," + struct.pack("<HHHHB", *extent, data.draw(st.sampled_from([0, 0x40, 0x80])))
+        out += (b"\x02\x02\x44\x01\x00" if data.draw(st.booleans())
+                else bytes([data.draw(st.integers(0, 9))]) + data.draw(st.binary(max_size=12)))
+    out += b";" if data.draw(st.booleans()) else b""
+    if data.draw(st.booleans()):
+        return mutate_bytes(data, bytes(out))
+    return bytes(out)
+
+
+@given(data=st.data())
+@SETTINGS
+def test_reading_a_gif_decodes_within_the_budget_or_raises_value_error(
+        data: st.DataObject, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqtok.formats import videos
+
+    converted: list[int] = []
+    real = videos.to_uint8_pixels
+
+    def counted(image, channels):  # every decoded frame passes through here
+        converted.append(image.size[0] * image.size[1])
+        if sum(converted) > FUZZ_CLIP_PIXELS:  # stop here; the test fails below
+            raise MemoryError("decoded beyond the budget")
+        return real(image, channels)
+
+    monkeypatch.setattr(videos, "to_uint8_pixels", counted)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.gif"
+        path.write_bytes(fuzz_gif(data))
+        try:
+            frames = videos.load_video(path, channels=1, max_pixels=FUZZ_CLIP_PIXELS)
+        except ValueError as err:
+            assert str(err).startswith(f"{path}: ") and "\n" not in str(err), err
+        else:
+            assert frames.dtype == np.uint8 and frames.ndim == 4
+            assert frames.shape[0] * frames.shape[1] * frames.shape[2] <= FUZZ_CLIP_PIXELS
+        assert sum(converted) <= FUZZ_CLIP_PIXELS, "decoded beyond the budget"
+
+
+MAX_BUILT_BYTES = 64 << 20
+"""The most a fuzzed model directory may make vqtok allocate: the files here hold a few
+hundred KB, so anything near this is a model built from its config alone."""
+
+
+@pytest.fixture(scope="module")
+def video_originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    from tests.test_video_tokenizer import video_model
+
+    tok = save_tokenizer_dir(video_model().eval(), tmp_path_factory.mktemp("video") / "tok")
+    return {f"tok/{name}": (tok / name).read_bytes()
+            for name in ("config.json", "model.safetensors")}
+
+
+def resize_config(data: st.DataObject, raw: bytes, kind: str) -> bytes:
+    """The config with its sizes redrawn: widths, depths and levels within their caps
+    (tokenizers), or the decoder's width, depth and heads."""
+    doc = json.loads(raw)
+    sizes = st.sampled_from([1, 2, 3, 4, 8, 64, 512, 8192])
+    if kind == "dec":
+        config = doc["decoder"]["init_args"]["config"]
+        for key in ("d_model", "n_layers", "n_heads"):
+            if data.draw(st.booleans()):
+                config[key] = data.draw(st.sampled_from([1, 2, 16, 64, 512, 16384]))
+        return json.dumps(doc).encode()
+    for role in ("encoder", "decoder"):
+        args = doc[role]["init_args"]
+        if data.draw(st.booleans()):
+            args["channels"] = data.draw(sizes)
+        if data.draw(st.booleans()):
+            args["num_res_blocks"] = data.draw(st.sampled_from([0, 1, 2, 64]))
+        if data.draw(st.booleans()):
+            args["channel_mult"] = data.draw(st.lists(st.sampled_from([1, 2, 4]), min_size=1,
+                                                      max_size=8))
+        if data.draw(st.booleans()):
+            args["dim"] = data.draw(sizes)
+    return json.dumps(doc).encode()
+
+
+@given(data=st.data())
+@settings(SETTINGS, max_examples=min(SETTINGS.max_examples, 20))  # each builds models
+def test_config_sizes_never_allocate_beyond_the_weights(
+        originals: dict[str, bytes], video_originals: dict[str, bytes], data: st.DataObject,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+
+    from vqtok import registry
+
+    real = registry.build
+
+    def guarded(spec):  # a real build (not on the meta device) must be small
+        if torch.get_default_device().type != "meta":
+            with torch.device("meta"):
+                skeleton = real(spec)
+            size = sum(t.numel() * t.element_size()
+                       for t in itertools.chain(skeleton.parameters(), skeleton.buffers()))
+            assert size <= MAX_BUILT_BYTES, f"allocating {size:,} bytes from a config"
+        return real(spec)
+
+    monkeypatch.setattr(registry, "build", guarded)
+    kind = data.draw(st.sampled_from(["tok", "video", "dec"]))
+    files = video_originals if kind == "video" else originals
+    prefix = "dec" if kind == "dec" else "tok"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / prefix
+        folder.mkdir()
+        config = json.loads(resize_config(data, files[f"{prefix}/config.json"],
+                                          "dec" if kind == "dec" else "tok"))
+        config.pop("weights_sha256")  # so that the sizes, not the checksum, are judged
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "model.safetensors").write_bytes(files[f"{prefix}/model.safetensors"])
+        try:
+            (load_decoder_dir if kind == "dec" else ImageTokenizer.from_pretrained
+             if kind == "tok" else VideoTokenizer.from_pretrained)(folder)
+        except ValueError as err:
+            assert "\n" not in str(err), err

@@ -34,7 +34,6 @@ from torch import Tensor
 
 from vqtok.formats.hub import check_push, push_model_dir
 from vqtok.formats.images import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_NORMALIZATION,
     Normalization,
     to_uint8_pixels,
@@ -46,17 +45,12 @@ from vqtok.formats.tokenizer_dir import (
     save_tokenizer_dir,
 )
 from vqtok.formats.tokens import check_ids_in_range, int64_ids
-from vqtok.formats.videos import load_video
+from vqtok.formats.videos import DEFAULT_MAX_CLIP_PIXELS, check_clip_pixels, load_video
 from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.models.video import latent_frames, valid_frame_counts
 from vqtok.runtime import resolve_device
 
 Clip = Sequence[Image.Image] | np.ndarray | str | os.PathLike[str]
-
-DEFAULT_MAX_CLIP_PIXELS = 16 * DEFAULT_MAX_PIXELS
-"""The largest clip, in pixels over all its frames (33,554,432: 17 frames of 1,400 x
-1,400), encoded or decoded by default; ``max_pixels`` changes it."""
-
 
 class VideoTokenizer:
     """Turns clips into ``(t, h, w)`` int64 token ids with a trained causal video
@@ -235,11 +229,7 @@ class VideoTokenizer:
         self._check_budget(frames, height, width, "a clip")
 
     def _check_budget(self, frames: int, height: int, width: int, what: str) -> None:
-        total = frames * height * width
-        if self.max_pixels is not None and total > self.max_pixels:
-            raise ValueError(f"{what} of {frames} frames of {height}x{width} is {total:,} "
-                             f"pixels, over the budget of {self.max_pixels:,} (max_pixels "
-                             f"raises it)")
+        check_clip_pixels(frames, height, width, self.max_pixels, what)
 
     def _check_ids(self, ids: Tensor | np.ndarray, batched: bool) -> Tensor:
         ids = int64_ids(ids)

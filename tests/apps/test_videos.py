@@ -124,3 +124,33 @@ def test_tokens_file_video_keys_are_checked(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="both be present or both absent"):
         read_tokens(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("frame_ms", ["1000000000", "655360", "9"])
+def test_frame_ms_is_checked_before_anything_is_decoded(tok_dir: Path, tmp_path: Path,
+                                                        capsys, monkeypatch,
+                                                        frame_ms: str) -> None:
+    npz = tmp_path / "ids.npz"
+    assert main(["encode", str(save_gif(clip(5), tmp_path / "a.gif")), "--tokenizer",
+                 str(tok_dir), "--out", str(npz), "--quiet"]) == 0
+    capsys.readouterr()
+    decoded: list[object] = []
+    monkeypatch.setattr(VideoTokenizer, "decode", lambda self, ids: decoded.append(ids))
+    status = main(["decode", str(npz), "--tokenizer", str(tok_dir), "--out",
+                   str(tmp_path / "back.gif"), "--quiet", "--frame-ms", frame_ms])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert f"a GIF frame lasts 10 to 655,350 ms (hundredths of a second in 16 bits), got " \
+           f"{frame_ms}" in err
+    assert decoded == [] and not (tmp_path / "back.gif").exists()
+
+
+def test_the_longest_frame_is_written(tok_dir: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "ids.npz"
+    assert main(["encode", str(save_gif(clip(5), tmp_path / "a.gif")), "--tokenizer",
+                 str(tok_dir), "--out", str(npz), "--quiet"]) == 0
+    out = tmp_path / "back.gif"
+    assert main(["decode", str(npz), "--tokenizer", str(tok_dir), "--out", str(out),
+                 "--quiet", "--frame-ms", "655350"]) == 0
+    with Image.open(out) as back:
+        assert back.info["duration"] == 655350

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from vqtok.apps.files import EncodeSummary, find_inputs, output_paths
 from vqtok.formats.outputs import check_new_output, check_output_folder, check_outputs
 from vqtok.formats.tokens import read_tokens, write_tokens
-from vqtok.formats.videos import frame_files, save_gif, video_sources
+from vqtok.formats.videos import check_frame_ms, frame_files, save_gif, video_sources
 from vqtok.video_tokenizer import VideoTokenizer
 
 __all__ = ["decode_clips", "encode_clips", "find_clips"]
@@ -83,9 +83,10 @@ def decode_clips(npz: str | os.PathLike[str], tokenizer: VideoTokenizer,
     is the file of a single clip; otherwise a folder that gets one ``NAME.gif`` per clip
     (``walk.gif`` -> ``out/walk.gif``). Everything is checked before a file is written:
     that a video tokenizer with this codebook wrote the file, the clips' sizes against
-    the tokenizer's budget, and the outputs (none may exist unless ``overwrite``, nor be or lie inside the tokens file or
-    ``also_inputs``, the tokenizer's directory). Each
-    GIF is written atomically."""
+    the tokenizer's budget, and the outputs (none may exist unless ``overwrite``, nor be or
+    lie inside the tokens file or ``also_inputs``, the tokenizer's directory). Each GIF is
+    written atomically; ``duration_ms`` is checked first."""
+    check_frame_ms(duration_ms)
     tokens = read_tokens(npz)
     if tokens.frames is None:
         raise ValueError(f"{npz}: images written by an image tokenizer, not clips; decode "

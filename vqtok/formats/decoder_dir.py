@@ -36,7 +36,7 @@ from vqtok import registry
 from vqtok.formats import model_dir
 from vqtok.formats.hub import resolve_model_dir
 from vqtok.formats.jsonfile import json_copy, read_json
-from vqtok.formats.model_dir import CONFIG_NAME, WEIGHTS_NAME
+from vqtok.formats.model_dir import CONFIG_NAME
 from vqtok.formats.schema import (
     Bool,
     Float,
@@ -230,24 +230,29 @@ def load_decoder_dir(
     Raises :class:`DecoderFormatError` (a ValueError) naming the file for a missing
     directory or file, invalid JSON, an unknown format or key, a class that is not a
     :class:`MultimodalDecoder`, a vocabulary that does not match the model, corrupt or
-    foreign weights, or weights that do not match the model exactly (strict loading).
+    foreign weights, a model over ``MAX_MODEL_BYTES`` or weights that do not match it
+    exactly (both judged before the model is allocated: :func:`model_dir.build_and_load`).
     """
     root = resolve_model_dir(path, "decoder", DecoderFormatError, revision)
     config_path, config = model_dir.read_model_config(root, SPEC, "decoder",
                                                       DecoderFormatError)
     _check_grid(config, config_path)
-    model = model_dir.build_module(config["decoder"], "decoder", config_path,
-                                   DecoderFormatError)
     try:
         vocab = Vocabulary(**config["vocabulary"])
     except (ValueError, TypeError) as err:
         raise DecoderFormatError(f"{config_path}: cannot build the vocabulary: {err}") from err
-    if not isinstance(model, MultimodalDecoder):
-        raise DecoderFormatError(f"{config_path}: decoder.class_path must name a "
-                                 f"MultimodalDecoder, got {config['decoder']['class_path']!r}")
-    if vocab.size != model.config.vocab_size:
-        raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but the "
-                                 f"decoder's vocab_size is {model.config.vocab_size}")
-    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, DecoderFormatError, "decoder",
-                           config.get(model_dir.WEIGHTS_SHA256))
+
+    def build() -> MultimodalDecoder:
+        model = model_dir.build_module(config["decoder"], "decoder", config_path,
+                                       DecoderFormatError)
+        if not isinstance(model, MultimodalDecoder):
+            raise DecoderFormatError(f"{config_path}: decoder.class_path must name a Multimodal"
+                                     f"Decoder, got {config['decoder']['class_path']!r}")
+        if vocab.size != model.config.vocab_size:
+            raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but "
+                                     f"the decoder's vocab_size is {model.config.vocab_size}")
+        return model
+
+    model = model_dir.build_and_load(build, root, FORMAT, DecoderFormatError, "decoder",
+                                     config.get(model_dir.WEIGHTS_SHA256))
     return model.to(device).eval(), vocab, config

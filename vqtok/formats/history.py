@@ -101,7 +101,7 @@ def read_history(directory: Path) -> tuple[dict[str, Any], np.ndarray]:
     counts_path = directory / doc["counts_file"]
     if not counts_path.is_file():
         raise FormatError(f"{counts_path}: the counts file named by {JSON_NAME} is missing")
-    arrays = read_npz(counts_path, "counts file")
+    arrays = read_npz(counts_path, "counts file", keys=COUNTS_SPEC.keys)
     validate(arrays, COUNTS_SPEC, str(counts_path))
     counts, steps = arrays["counts"].astype(np.int64), arrays["steps"].astype(np.int64)
     slots = doc["codebook_size"] * doc.get("num_stages", 1)

@@ -66,6 +66,8 @@ TILED_MAX_PIXELS = 1 << 26
 (67,108,864 pixels: 8192 x 8192). The model's memory no longer grows with the image, but
 the image itself does: at this size its float32 copy alone takes 0.8 GB."""
 
+_NOT_FINITE = ("a float image (PIL mode F) holding NaN or infinite values; pixels must be "
+               "finite")
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -152,6 +154,8 @@ def load_image(path: str | os.PathLike[str], draft: int | None = None,
                 image.draft("RGB", (draft, draft))
             check_pixels(*image.size, max_pixels, f"{path}: the image")
             image.load()
+            if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+                raise ValueError(f"{path}: {_NOT_FINITE}")
             return ImageOps.exif_transpose(image)
     except ValueError as err:
         if str(err).startswith(f"{path}: "):
@@ -188,6 +192,8 @@ def to_uint8_pixels(image: Image.Image | np.ndarray, channels: int) -> np.ndarra
     mode = image.mode
     if mode in _WIDE_MODES or mode == "F":
         values = np.asarray(image, dtype=np.float64)
+        if mode == "F" and not np.isfinite(values).all():
+            raise ValueError(_NOT_FINITE)
         values = values if mode == "F" else values / 257.0
         image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
     try:

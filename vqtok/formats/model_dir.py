@@ -12,13 +12,17 @@ code named by a file.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vqtok import registry
 from vqtok.formats.atomic import atomic_directory
@@ -32,15 +36,16 @@ from vqtok.quantizers import Quantizer  # noqa: F401
 
 __all__ = [
     "CONFIG_NAME",
+    "MAX_MODEL_BYTES",
     "MODULE_SPEC",
     "OPTIONAL_SPEC",
     "WEIGHTS_MARKER",
     "WEIGHTS_NAME",
     "WEIGHTS_SHA256",
+    "build_and_load",
     "build_module",
     "file_sha256",
     "header_spec",
-    "load_weights",
     "new_header",
     "read_model_config",
     "save_model_dir",
@@ -54,6 +59,12 @@ WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming the directory
 MODULE_SPEC = Obj({"class_path": Str(nonempty=True), "init_args": Anything()})
 """A module as ``{"class_path": registered name, "init_args": {...}}``; the registry checks
 the init args when it builds the module."""
+
+MAX_MODEL_BYTES = 1 << 32
+"""The most bytes of parameters and buffers a model directory may describe (4 GiB: a
+billion float32 values), judged from ``config.json`` before anything is allocated."""
+
+M = TypeVar("M", bound=nn.Module)
 
 WEIGHTS_SHA256 = "weights_sha256"
 OPTIONAL_SPEC: dict[str, Spec] = {
@@ -152,11 +163,56 @@ def _check_replaceable(target: Path, what: str) -> None:
         )
 
 
-def load_weights(model: nn.Module, path: Path, fmt: str, error: type[Exception],
-                 what: str, sha256: str | None = None) -> None:
-    """Load ``model.safetensors`` into ``model`` strictly, after checking its SHA-256
-    against ``sha256`` (the config's ``weights_sha256``, when it has one) and that it is
-    marked as format ``fmt``; every problem raises ``error`` naming the file."""
+def build_and_load(build: Callable[[], M], root: Path, fmt: str, error: type[Exception],
+                   what: str, sha256: str | None = None) -> M:
+    """``build()`` (the model a validated config describes, raising ``error`` when it
+    cannot) with the weights of ``root/model.safetensors`` loaded, allocating nothing until
+    the config and the file agree (module doc): built on the ``meta`` device, the model must
+    fit :data:`MAX_MODEL_BYTES` and hold exactly the tensors, by name and shape, that the
+    file declares; each refusal is one ``error`` line naming the file."""
+    config_path, path = root / CONFIG_NAME, root / WEIGHTS_NAME
+    try:
+        with torch.device("meta"), _MetaNormal():
+            skeleton = build()
+    except (RuntimeError, NotImplementedError) as err:  # an operation without a meta kernel
+        raise error(f"{config_path}: cannot build the {what} without allocating it "
+                    f"({' '.join(str(err).split())})") from err
+    size = sum(t.numel() * t.element_size()
+               for t in itertools.chain(skeleton.parameters(), skeleton.buffers()))
+    if size > MAX_MODEL_BYTES:
+        raise error(f"{config_path}: describes a {what} of {size:,} bytes of parameters and "
+                    f"buffers, over the {MAX_MODEL_BYTES:,} a {what} directory may hold")
+    _check_declared(skeleton, _declared_tensors(path, fmt, error, what, sha256), path, error,
+                    what)
+    model = build()
+    try:
+        load_model(model, str(path), strict=True, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise error(f"{path}: corrupt or truncated weights ({err})") from err
+    except RuntimeError as err:  # dtypes that do not convert, say; shapes were checked
+        raise error(f"{path}: weights do not match the {what}: "
+                    f"{' '.join(str(err).split())}") from err
+    return model
+
+
+class _MetaNormal(TorchFunctionMode):
+    """``normal_`` on a meta tensor returns it unchanged: a meta tensor holds no values,
+    and PyTorch's meta kernel of ``normal_`` would first import ``torch._dynamo`` (seconds
+    of start-up for a model initialised with it). Everything else runs as it would."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+        if func in (torch.Tensor.normal_, nn.init.normal_) and isinstance(
+                tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
+def _declared_tensors(path: Path, fmt: str, error: type[Exception], what: str,
+                      sha256: str | None) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` from the header of a weights file checked to be marked
+    as ``fmt`` and to have the SHA-256 ``sha256`` (when given); no tensor is read."""
     if not path.is_file():
         raise error(f"{path}: missing {WEIGHTS_NAME}")
     if sha256 is not None and file_sha256(path) != sha256:
@@ -164,15 +220,39 @@ def load_weights(model: nn.Module, path: Path, fmt: str, error: type[Exception],
                     f"{CONFIG_NAME}: it is corrupt or was changed")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            marker = (f.metadata() or {}).get(WEIGHTS_MARKER)
+            metadata = f.metadata() or {}
+            names = f.keys()
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in names}
     except (SafetensorError, OSError, ValueError) as err:
         raise error(f"{path}: not a readable safetensors file ({err})") from err
+    marker = metadata.get(WEIGHTS_MARKER)
     if marker != fmt:
         raise error(f"{path}: a safetensors file not written by vqtok as a {what} (metadata "
                     f"{WEIGHTS_MARKER!r} is {marker!r}, expected {fmt!r})")
-    try:
-        load_model(model, str(path), strict=True, device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise error(f"{path}: corrupt or truncated weights ({err})") from err
-    except RuntimeError as err:  # missing / unexpected / mis-shaped tensors
-        raise error(f"{path}: weights do not match the {what}: {err}") from err
+    return shapes
+
+
+def _check_declared(skeleton: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path,
+                    error: type[Exception], what: str) -> None:
+    """An ``error`` unless the file declares exactly the skeleton's state, every tensor by
+    name and shape, as a strict load checks it. A tensor the model shares under several
+    names (a tied embedding) may be stored under one of them
+    (:func:`safetensors.torch.save_model` stores it once)."""
+    names_of: dict[int, list[str]] = {}
+    for name, tensor in itertools.chain(skeleton.named_parameters(remove_duplicate=False),
+                                        skeleton.named_buffers(remove_duplicate=False)):
+        names_of.setdefault(id(tensor), []).append(name)
+    shared = {name: names for names in names_of.values() for name in names}
+    problem = f"{path}: weights do not match the {what} that {CONFIG_NAME} describes"
+    wanted = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    for name, shape in wanted.items():
+        stored = next((shapes[n] for n in shared.get(name, [name]) if n in shapes), None)
+        if stored is None:
+            raise error(f"{problem}: the file has no tensor {name} {list(shape)}")
+        if stored != shape:
+            raise error(f"{problem}: {name} is {list(stored)} in the file but {list(shape)} "
+                        f"in the {what} (size mismatch)")
+    unexpected = sorted(set(shapes) - set(wanted))
+    if unexpected:
+        raise error(f"{problem}: the file holds {len(unexpected)} tensors the {what} has not, "
+                    f"such as {unexpected[0]}")

@@ -242,6 +242,11 @@ class Obj(Spec):
                  open: bool = False) -> None:
         self.required, self.optional, self.open = dict(required), dict(optional or {}), open
 
+    @property
+    def keys(self) -> set[str]:
+        """Every key the object may hold."""
+        return set(self.required) | set(self.optional)
+
     def check(self, value: Any, where: str) -> None:
         if not isinstance(value, Mapping):
             raise self.fail(where or "the document", "an object", value)

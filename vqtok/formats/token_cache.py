@@ -43,8 +43,9 @@ def read_token_cache(path: Path, shape: tuple[int, ...], dtype: np.dtype
     if not path.is_file():
         return None
     try:
-        arrays = read_npz(path, "token cache")
-        validate(arrays, spec(len(shape) - 1), str(path))
+        cache_spec = spec(len(shape) - 1)
+        arrays = read_npz(path, "token cache", keys=cache_spec.keys)
+        validate(arrays, cache_spec, str(path))
     except FormatError as err:
         log.warning("ignoring token cache: %s", err)
         return None

@@ -176,7 +176,8 @@ def load_tokenizer_dir(
     ``revision`` (:func:`vqtok.formats.hub.resolve_model_dir`; the ``hub`` extra).
     Raises :class:`TokenizerFormatError` naming the file for a missing directory or file,
     invalid JSON, an unknown format version or key, an unknown class, corrupt or foreign
-    weights, or weights that do not match the model exactly (strict loading); and for a
+    weights, a model over ``MAX_MODEL_BYTES`` or weights that do not match it exactly
+    (both judged before the model is allocated: :func:`model_dir.build_and_load`); and for a
     repo id that cannot be resolved. ``video``: True accepts only a video tokenizer, False
     only an image tokenizer (a one-line error naming the class to use), None either.
     """
@@ -188,15 +189,19 @@ def load_tokenizer_dir(
                       else ("an image", "vqtok.ImageTokenizer"))
         raise TokenizerFormatError(f"{root} is {found} tokenizer; load it with "
                                    f"{use}.from_pretrained")
-    parts = {role: model_dir.build_module(config[role], role, config_path,
-                                          TokenizerFormatError) for role in _ROLES}
-    try:
-        model = VQAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"])
-    except (ValueError, TypeError) as err:
-        raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
-    _check_model_matches(model, config, config_path)
-    model_dir.load_weights(model, root / WEIGHTS_NAME, FORMAT, TokenizerFormatError, "tokenizer",
-                           config.get(model_dir.WEIGHTS_SHA256))
+
+    def build() -> VQAutoencoder:
+        parts = {role: model_dir.build_module(config[role], role, config_path,
+                                              TokenizerFormatError) for role in _ROLES}
+        try:
+            model = VQAutoencoder(parts["encoder"], parts["quantizer"], parts["decoder"])
+        except (ValueError, TypeError) as err:
+            raise TokenizerFormatError(f"{config_path}: inconsistent modules: {err}") from err
+        _check_model_matches(model, config, config_path)
+        return model
+
+    model = model_dir.build_and_load(build, root, FORMAT, TokenizerFormatError, "tokenizer",
+                                     config.get(model_dir.WEIGHTS_SHA256))
     return model.to(device).eval(), config
 
 

@@ -117,7 +117,7 @@ def write_tokens(path: str | os.PathLike[str], *, names: list[str], paths: list[
 def read_tokens(npz: str | os.PathLike[str]) -> TokenFile:
     """Load and validate a tokens ``.npz``; ValueError naming the file and the problem."""
     path = Path(npz)
-    arrays = read_npz(path, "tokens file")
+    arrays = read_npz(path, "tokens file", keys=SPEC.keys)
     validate(arrays, SPEC, str(path))
 
     def fail(problem: str) -> FormatError:

@@ -63,7 +63,11 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"n_axes must be 1, 2 or 3, got {n_axes}")
         self.dim, self.base, self.mode, self.n_axes = dim, float(base), mode, n_axes
         n_pairs = dim // 2
-        pair = torch.arange(n_pairs, dtype=torch.float64)
+        # The tables are dim/2 values made on the CPU whatever the default device (under
+        # the meta device a model is sized without memory, vqtok/formats/model_dir.py);
+        # module.to(device) moves them with the rest.
+        cpu = torch.device("cpu")
+        pair = torch.arange(n_pairs, dtype=torch.float64, device=cpu)
         # RoFormer eq. 15: theta_i = base^(-2i/d), the same for every mode.
         inv_freq = self.base ** (-2.0 * pair / dim)
         if mode == "bands":
@@ -74,12 +78,13 @@ class RotaryEmbedding(nn.Module):
                 raise ValueError(f"sections {sections} must be {n_axes} non-negative counts "
                                  f"summing to dim/2 = {n_pairs}")
             # Qwen2-VL M-RoPE: contiguous bands of frequency pairs per axis.
-            axis = torch.repeat_interleave(torch.arange(n_axes), torch.tensor(sections))
+            axis = torch.repeat_interleave(torch.arange(n_axes, device=cpu),
+                                           torch.tensor(sections, device=cpu))
         else:
             if sections is not None:
                 raise ValueError(f"sections only apply to mode 'bands', got mode {mode!r}")
             # docs/algorithms.md#frequency-assignment: pair i reads axis i mod n_axes.
-            axis = torch.arange(n_pairs) % n_axes
+            axis = torch.arange(n_pairs, device=cpu) % n_axes
         self.sections = tuple(sections) if sections is not None else None
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("axis_of_pair", axis, persistent=False)
