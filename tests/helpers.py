@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -46,6 +47,44 @@ def tiny_model(quantizer: torch.nn.Module | None = None, seed: int = 0, in_chann
     quantizer = FSQ(levels=[8, 5, 5, 5]) if quantizer is None else quantizer
     return VQAutoencoder(Encoder(in_channels=in_channels, norm=norm, **TINY), quantizer,
                          Decoder(out_channels=in_channels, norm=norm, **TINY))
+
+
+def undecided_ids(quantizer: torch.nn.Module, z: torch.Tensor, rel: float = 1e-4,
+                  tries: int = 8, seed: int = 0) -> torch.Tensor:
+    """Where the ids of ``quantizer(z)`` (in eval mode, on a copy) lie too close to a
+    decision boundary for two kernels to be sure to agree: a bool map of the ids' shape,
+    True where moving ``z`` by ``rel`` of its largest value (uniformly up and down, then in
+    ``tries`` random directions) changes the id.
+
+    Two kernels that sum the same float32 products in another order (onnxruntime against
+    PyTorch, inductor's generated code against eager, another BLAS kernel) differ in the
+    last bits, about 1e-7 of the values' scale; an id can differ only where a value lies
+    that close to a rounding boundary (FSQ, LFQ) or to a tie between two codes (VQ). A
+    perturbation 1,000 times larger finds those places, so ids may be compared exactly
+    everywhere else."""
+    q = copy.deepcopy(quantizer).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ids = q(z).indices
+        step = rel * float(z.abs().amax())
+        moves = [torch.full_like(z, step), torch.full_like(z, -step)]
+        moves += [step * torch.randn(z.shape, generator=gen).to(z) for _ in range(tries)]
+        moved = torch.zeros_like(ids, dtype=torch.bool)
+        for move in moves:
+            moved |= q(z + move).indices != ids
+    return moved
+
+
+def assert_ids_agree(got: torch.Tensor, want: torch.Tensor, undecided: torch.Tensor,
+                     least_decided: float = 0.9) -> None:
+    """``got == want`` at every id that :func:`undecided_ids` does not flag, and at least
+    ``least_decided`` of the ids are decided (so the comparison covers most of them)."""
+    got, want = torch.as_tensor(got), torch.as_tensor(want)
+    assert got.shape == want.shape == undecided.shape, (got.shape, want.shape, undecided.shape)
+    decided = ~undecided
+    assert decided.float().mean() >= least_decided, f"only {decided.float().mean():.1%} decided"
+    differ = (got != want) & decided
+    assert not bool(differ.any()), f"{int(differ.sum())} decided ids differ"
 
 
 class SigtermAtStep(pl.Callback):

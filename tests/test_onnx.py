@@ -1,5 +1,5 @@
 """ONNX export (docs/formats.md#onnx): onnxruntime runs both graphs and gives PyTorch's ids
-exactly and its pixels within PIXEL_TOL, at batch sizes and image sizes other than the
+(exactly, wherever an id is not within float rounding of a boundary) and its pixels within PIXEL_TOL, at batch sizes and image sizes other than the
 traced example's (so the dynamic axes really are dynamic); and the export's errors.
 
 Each export takes 5-15 s here (torch.export tracing and the ONNX translation), so the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import tiny_model
+from tests.helpers import assert_ids_agree, tiny_model, undecided_ids
 from vqtok.cli import main
 from vqtok.extras import MissingExtraError
 from vqtok.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx, require_onnx
@@ -64,7 +64,12 @@ def check_parity(tokenizer: ImageTokenizer, folder: Path, cases: list[tuple[int,
         (onnx_ids,) = encoder.run(None, {"pixels": pixels})
         assert onnx_ids.dtype == np.int64 and onnx_ids.shape == tuple(ids.shape)
         assert len(np.unique(onnx_ids)) > 1  # a graph that ignored its input would fail
-        np.testing.assert_array_equal(onnx_ids, ids.numpy())
+        # exactly equal wherever no value lies within float rounding of a boundary: the
+        # two runtimes sum the convolutions in another order (tests.helpers.undecided_ids)
+        with torch.no_grad():
+            z = tokenizer.model.encoder(torch.from_numpy(pixels))
+        assert_ids_agree(torch.from_numpy(onnx_ids), ids,
+                         undecided_ids(tokenizer.model.quantizer, z))
 
         expected = tokenizer.decode_to_tensor(ids).numpy()
         (onnx_pixels,) = decoder.run(None, {"ids": ids.numpy()})
