@@ -307,7 +307,8 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_the_run_resumes(tmp_path: Pat
     resumed = vqtok_cli(["fit", *fit_config(tmp_path), "--trainer.max_steps=6",
                          f"--ckpt_path={last}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    final = tmp_path / "photos_fsq" / "version_1"
+    final = run_dir  # resumed in the run directory that holds the checkpoint
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
     ckpt = torch.load(final / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6
     assert ImageTokenizer.from_pretrained(final / "tokenizer").codebook_size == 1000

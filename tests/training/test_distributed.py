@@ -9,6 +9,8 @@ Docs: docs/training.md#several-processes."""
 from __future__ import annotations
 
 import csv
+import importlib
+import inspect
 import json
 import math
 from pathlib import Path
@@ -28,19 +30,27 @@ from tests.helpers import (
 )
 from vqtok.cli import main
 from vqtok.formats.history import read_history
-from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.checkpoint import load_tokenizer_module
 from vqtok.training.cli import run_tokenizer_cli
-from vqtok.training.data import FashionMNISTDataModule
+from vqtok.training.data import (
+    FashionMNISTDataModule,
+    MovingFashionMNISTDataModule,
+    PhotoDataModule,
+)
 
 # Small enough for seconds: 64 training images, 32 validation images (16 per rank, so the
 # distributed sampler pads nothing), 8 per batch per rank.
 FMNIST = {"limit_train": 64, "val_size": 32, "batch_size": 8}
+# Tiny data for each DataModule a config in experiments/ names, as init_args; every key must
+# be a parameter of that DataModule (test_tiny_data_fits_each_configs_datamodule).
 TINY_DATA = {
-    "FashionMNISTDataModule": [f"--data.init_args.root={FASHION_MNIST}",
-                               *(f"--data.init_args.{k}={v}" for k, v in FMNIST.items())],
-    "PhotoDataModule": ["--data.init_args.train_patches=32", "--data.init_args.val_patches=8",
-                        "--data.init_args.batch_size=4", "--data.init_args.patch_size=32"],
+    FashionMNISTDataModule: {"root": str(FASHION_MNIST), **FMNIST},
+    PhotoDataModule: {"train_patches": 32, "val_patches": 8, "batch_size": 4,
+                      "patch_size": 32},
+    # 9-frame clips of 32 x 32 (4x in time, 8x in space: 3 x 4 x 4 ids), 4 validation clips
+    MovingFashionMNISTDataModule: {"root": str(FASHION_MNIST), "train_clips": 16,
+                                   "val_clips": 4, "num_frames": 9, "size": 32,
+                                   "batch_size": 2},
 }
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]
 THREADS = {"OMP_NUM_THREADS": "1"}  # two ranks on a two-core machine
@@ -96,7 +106,7 @@ def test_two_processes_train_identical_ranks_and_validate_both_ranks_data(tmp_pa
                  "--model.quantizer.init_args.usage_decay=0.5",
                  "--codebook_history.init_args.every_n_steps=2"]
     done = vqtok_cli(["fit", f"--config={config}", "--config", _dump_config(tmp_path), *DDP,
-                      *_quiet(tmp_path, 6, 3), *TINY_DATA["FashionMNISTDataModule"],
+                      *_quiet(tmp_path, 6, 3), *_data_args(FashionMNISTDataModule),
                       *quantizer], tmp_path, env=THREADS)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "runs" / "fmnist_vq_ema").iterdir())
@@ -138,7 +148,7 @@ def test_two_processes_train_identical_ranks_and_validate_both_ranks_data(tmp_pa
                              "--trainer.enable_progress_bar=false", "--trainer.logger=false",
                              f"--trainer.default_root_dir={tmp_path / 'one'}",
                              "--codebook_history=null", "--checkpoint=null",
-                             *TINY_DATA["FashionMNISTDataModule"]])
+                             *_data_args(FashionMNISTDataModule)])
     single = cli.trainer.callback_metrics
     assert float(single["val/usage"]) == last["usage"]
     assert float(single["val/perplexity"]) == pytest.approx(last["perplexity"], rel=1e-6)
@@ -157,28 +167,65 @@ def test_two_processes_train_identical_ranks_and_validate_both_ranks_data(tmp_pa
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 
-@pytest.mark.slow  # 16 configs x ~30 s
+def _datamodule_of(config: Path) -> type:
+    """The DataModule class a config's ``data.class_path`` names."""
+    module, _, name = yaml.safe_load(config.read_text())["data"]["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _data_args(datamodule: type) -> list[str]:
+    return [f"--data.init_args.{k}={v}" for k, v in TINY_DATA[datamodule].items()]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_tiny_data_fits_each_configs_datamodule(config: Path) -> None:
+    # What keeps the slow test below from going stale: its options for a config are checked
+    # against the signature of the DataModule the config names, in the default suite.
+    datamodule = _datamodule_of(config)
+    assert datamodule in TINY_DATA, f"{config.name}: no tiny data for {datamodule.__name__}"
+    accepted = set(inspect.signature(datamodule).parameters)
+    unknown = set(TINY_DATA[datamodule]) - accepted
+    assert not unknown, f"{datamodule.__name__} takes no {sorted(unknown)}"
+
+
+@pytest.mark.slow  # 19 configs x ~30 s
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_trains_under_two_processes(config: Path, tmp_path: Path) -> None:
-    text = config.read_text()
-    if "FashionMNIST" in text and not has_fashion_mnist():
+    datamodule = _datamodule_of(config)
+    if "root" in TINY_DATA[datamodule] and not has_fashion_mnist():
         pytest.skip(needs_fashion_mnist.kwargs["reason"])
-    data = next(args for name, args in TINY_DATA.items() if name in text)
+    model = yaml.safe_load(config.read_text())["model"]
+    adversarial = model.get("discriminator") is not None
+    # the discriminator joins at step 2 of 4, so both kinds of step run under DDP
+    extra = ["--model.disc_start=2"] if adversarial else []
     done = vqtok_cli(["fit", f"--config={config}", "--config", _dump_config(tmp_path), *DDP,
-                      *_quiet(tmp_path, 4, 4), *data], tmp_path, env=THREADS)
+                      *_quiet(tmp_path, 4, 4), *_data_args(datamodule), *extra], tmp_path,
+                     env=THREADS)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = _ranks(tmp_path)
     assert rank0["global_step"] == 4
+    # every tensor of the module: autoencoder, and where the config has them the
+    # discriminator (batch-norm statistics included) and the weights' moving average
+    keys = set(rank0["module"])
+    if adversarial:
+        assert any(k.startswith("discriminator.") and k.endswith("running_mean") for k in keys)
+        assert rank0["optimizers"][1]["state"], "the discriminator never stepped"
+    if model.get("ema_decay") is not None:
+        assert {k.removeprefix("ema.module.") for k in keys if k.startswith("ema.module.")} \
+            == {k.removeprefix("model.") for k in keys if k.startswith("model.")}
     assert_same_state(rank0["module"], rank1["module"], "module")
     assert_same_state(rank0["optimizers"], rank1["optimizers"], "optimizers")
     [run] = (tmp_path / "runs" / config.stem).iterdir()
     doc, counts = read_history(run)
     assert [v["step"] for v in doc["validations"]] == [4]
-    # both ranks' validation images counted: h x w ids per image and stage
-    tokenizer = ImageTokenizer.from_pretrained(run / "tokenizer")
-    h, w = tokenizer.tokens_shape(32, 32)
-    images = 8 if "Photo" in text else FMNIST["val_size"]
-    assert counts[-1].sum() == images * h * w * (tokenizer.num_stages or 1)
+    # both ranks' validation items counted: the ids of one item times the items
+    data = datamodule(**{**yaml.safe_load(config.read_text())["data"].get("init_args", {}),
+                         **TINY_DATA[datamodule]})
+    data.setup("validate")
+    module = load_tokenizer_module(run / "checkpoints" / "last.ckpt")
+    with torch.no_grad():
+        ids = module.model(data.val_set[0][0][None]).quant.indices.numel()
+    assert counts[-1].sum() == len(data.val_set) * ids
 
 
 def decoder_args(tmp_path: Path, tokenizer: Path, steps: int) -> list[str]:

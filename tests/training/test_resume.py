@@ -6,6 +6,7 @@ Docs: docs/training.md#exact-resume."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from tests.helpers import (
     vqtok_cli,
 )
 from tests.training.test_distributed import THREADS, decoder_args
+from vqtok.training import data
+from vqtok.training.cli import VqtokCLI, run_tokenizer_cli
 
 
 def _callbacks(tmp_path: Path, name: str, stop_at: int | None) -> str:
@@ -100,3 +103,79 @@ def test_decoder_resumes_mid_epoch_bit_for_bit(tmp_path: Path) -> None:
     alone, resumed = _stop_and_resume(tmp_path, ["decoder", "fit"], args, 5, "decoder_fmnist")
     assert alone["global_step"] == 12
     assert_same_state(alone, resumed)
+
+
+# ---- in one process, on the embedded photos: where a resumed run writes, what it refuses --
+def tiny_fit(tmp_path: Path, *args: str) -> VqtokCLI:
+    """`vqtok fit` of a tiny FSQ tokenizer on 16-pixel patches of the embedded photos, 4
+    batches an epoch, into ``tmp_path/runs/tiny/version_N``; 3 steps unless told."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""
+seed_everything: 0
+trainer:
+  max_steps: 3
+  log_every_n_steps: 1
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {tmp_path / "runs"}, name: tiny}}
+model:
+  encoder: {{class_path: vqtok.models.Encoder, init_args: {{in_channels: 3, channels: 8,
+            channel_mult: [1, 2], num_res_blocks: 1, dim: 8}}}}
+  quantizer: {{class_path: vqtok.quantizers.FSQ, init_args: {{levels: [4, 4, 4], dim: 8}}}}
+  decoder: {{class_path: vqtok.models.Decoder, init_args: {{out_channels: 3, channels: 8,
+            channel_mult: [1, 2], num_res_blocks: 1, dim: 8}}}}
+data:
+  class_path: vqtok.training.data.PhotoDataModule
+  init_args: {{patch_size: 16, train_patches: 16, val_patches: 4, batch_size: 4}}
+""")
+    return run_tokenizer_cli(["fit", "--config", str(config), *args])
+
+
+def _steps(metrics: Path) -> set[int]:
+    with open(metrics, newline="") as f:
+        return {int(row["step"]) for row in csv.DictReader(f)}
+
+
+def test_resume_continues_in_the_run_directory_of_its_checkpoint(tmp_path: Path) -> None:
+    tiny_fit(tmp_path)
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert max(_steps(run / "metrics.csv")) == 2
+
+    tiny_fit(tmp_path, f"--ckpt_path={last}", "--trainer.max_steps=6")
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    # the run's metrics kept, the resumed steps appended
+    assert _steps(run / "metrics.csv") >= {0, 1, 2, 3, 4, 5}
+    assert (run / "tokenizer" / "config.json").is_file()
+
+    # ... and a resumed run still refuses a run directory holding another run
+    other = run.parent / "version_1"
+    other.mkdir()
+    (other / "metrics.csv").write_text("step\n0\n")
+    with pytest.raises(ValueError, match=r"version_1 already holds a run"):
+        tiny_fit(tmp_path, f"--ckpt_path={last}", "--trainer.max_steps=9",
+                 "--trainer.logger.init_args.version=1")
+    assert (other / "metrics.csv").read_text() == "step\n0\n"
+
+
+@pytest.mark.parametrize("trained_with_torchdata", [False, True])
+def test_mid_epoch_resume_without_torchdata_refuses(tmp_path: Path, monkeypatch,
+                                                    trained_with_torchdata: bool) -> None:
+    def without_torchdata() -> None:  # plain DataLoaders, which restart the epoch
+        monkeypatch.setattr(data, "StatefulDataLoader", None)
+        monkeypatch.setattr(data, "RESUMABLE_LOADERS", False)
+
+    if not trained_with_torchdata:
+        without_torchdata()
+    tiny_fit(tmp_path)  # 3 steps of a 4-batch epoch: last.ckpt is mid-epoch
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    without_torchdata()
+    with pytest.raises(RuntimeError, match=r"resuming .* needs the torchdata package") as err:
+        tiny_fit(tmp_path, f"--ckpt_path={last}", "--trainer.max_steps=6")
+    assert "\n" not in str(err.value) and str(last) in str(err.value)
+    assert last.read_bytes() == before

@@ -17,6 +17,7 @@ curve, ``last_train_indices`` (the last training batch's ids).
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from vqtok.formats import history as history_format
 from vqtok.metrics import stage_slots, usage_stats
+from vqtok.training import data
 
 __all__ = ["CodebookHistory", "RunCheckpoint", "rng_states", "set_rng_states"]
 
@@ -71,7 +73,16 @@ class RunCheckpoint(ModelCheckpoint):
         self._rng_to_restore = state_dict.pop("rng_states", None)
         super().load_state_dict(state_dict)
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        if loops.get("combined_loader") and not data.RESUMABLE_LOADERS:
+            raise RuntimeError(f"resuming {trainer.ckpt_path} needs the torchdata package "
+                               f"(the checkpoint holds the position of its loaders), which is "
+                               f"not installed: pip install torchdata")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _refuse_restarting_the_epoch(trainer)
         # Here, not in load_state_dict: Lightning builds the loaders (which draw from the
         # global generator) between the two, as it did once at the run's start.
         states, self._rng_to_restore = self._rng_to_restore, None
@@ -101,6 +112,23 @@ class RunCheckpoint(ModelCheckpoint):
                      exception: BaseException) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self._save_last_now(trainer)
+
+
+def _refuse_restarting_the_epoch(trainer: pl.Trainer) -> None:
+    """A run resumed from the middle of an epoch needs loaders that resume there
+    (torchdata's ``StatefulDataLoader``, docs/training.md#exact-resume); without torchdata
+    the epoch would silently start over, so refuse. The criterion is Lightning's own (the
+    step is not a multiple of the steps per epoch)."""
+    if trainer.ckpt_path is None or data.RESUMABLE_LOADERS:
+        return
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) or batches < 1:  # an endless loader has no epoch end
+        return
+    per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    if trainer.global_step % per_epoch:
+        raise RuntimeError(f"resuming {trainer.ckpt_path} in the middle of an epoch (step "
+                           f"{trainer.global_step}, {per_epoch} steps an epoch) needs the "
+                           f"torchdata package, which is not installed: pip install torchdata")
 
 
 def rng_states() -> dict[str, Any]:

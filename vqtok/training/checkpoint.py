@@ -1,14 +1,88 @@
-"""Rebuilding a TokenizerModule from a training checkpoint (``vqtok export``)."""
+"""Training checkpoints: how ``vqtok fit`` writes and reads them (:class:`RunCheckpointIO`),
+and rebuilding a TokenizerModule from one (``vqtok export``)."""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.checkpoint import read_checkpoint
 from vqtok.formats.schema import FormatError
 from vqtok.training.module import TokenizerModule
 
-__all__ = ["load_tokenizer_module"]
+__all__ = ["RunCheckpointIO", "load_tokenizer_module", "read_run_checkpoint"]
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` that never leaves a half-written checkpoint and
+    names the file it cannot read (docs/training.md#exact-resume).
+
+    Writing: the checkpoint goes to a temporary file in the checkpoint's own folder, is
+    flushed and fsynced, and only then renamed over the old file
+    (:func:`~vqtok.formats.atomic.atomic_write`), so a full disk or a killed process leaves
+    the previous checkpoint whole. (Lightning's own writer stages the file in the system's
+    temporary folder and copies it across file systems, which a full disk cuts short under
+    the final name.) A failed write raises an ``OSError`` of one line naming the folder.
+
+    Reading (``--ckpt_path``): always ``weights_only=True``; an empty, truncated or corrupt
+    file is a :class:`~vqtok.formats.schema.FormatError` naming it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+                        storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        # Serialised in memory first (as Lightning does), so that a failing write is the
+        # file system's OSError rather than torch's writer reporting a position mismatch.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        try:
+            atomic_write_bytes(target, buffer.getbuffer())
+        except OSError as err:
+            reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or err
+            raise OSError(err.errno, f"cannot write checkpoint {target.name} into "
+                                     f"{target.parent}: {reason}; the previous checkpoint "
+                                     f"there is unchanged") from None
+
+    def load_checkpoint(self, path: str | os.PathLike[str],
+                        map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return read_run_checkpoint(path, map_location)
+
+
+def read_run_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu",
+                        mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``weights_only=True``; ``mmap`` maps its tensors
+    instead of reading them (a cheap check that the file is whole). A missing file is a
+    FileNotFoundError, an empty, truncated or corrupt one a
+    :class:`~vqtok.formats.schema.FormatError`, each one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise FormatError(f"checkpoint {path} is empty (0 bytes): it was not written "
+                          f"completely; resume from another checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except (zipfile.BadZipFile, RuntimeError, EOFError) as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise FormatError(f"checkpoint {path} is truncated or corrupt ({first}); resume "
+                          f"from another checkpoint") from None
+    except pickle.UnpicklingError as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise FormatError(f"checkpoint {path} cannot be read safely (weights_only=True): "
+                          f"{first}") from None
 
 
 def load_tokenizer_module(path: str | Path) -> TokenizerModule:

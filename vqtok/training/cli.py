@@ -9,17 +9,23 @@ commands differ only in the classes they train and a few links between config ke
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from vqtok.formats.outputs import is_within
 from vqtok.training.callbacks import CodebookHistory, RunCheckpoint
+from vqtok.training.checkpoint import RunCheckpointIO, read_run_checkpoint
 from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
 from vqtok.training.module import TokenizerModule
 
@@ -80,14 +86,26 @@ class VqtokCLI(LightningCLI):
             "init_args": {"every_n_train_steps": 100},
         }})
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path next (for its hyper-parameters): an empty or
+        # truncated file is named in one line here rather than failing inside torch.load.
+        ckpt = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
+        if ckpt is not None and Path(ckpt).is_file():
+            read_run_checkpoint(ckpt, mmap=True)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
         if config.get("trainer", {}).get("enable_checkpointing") is False:
             config["checkpoint"] = None  # Lightning refuses a checkpoint callback then
+        if self.config.subcommand == "fit":
+            _continue_in_own_run(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [c for c in trainer.callbacks if c is not None]  # `null`: off
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own
+            trainer.strategy.checkpoint_io = RunCheckpointIO()
         return trainer
 
     def before_fit(self) -> None:
@@ -97,6 +115,12 @@ class VqtokCLI(LightningCLI):
         run = Path(run_dir(self.trainer))  # every rank asks: a collective under DDP
         ckpt = config.get("ckpt_path")
         resuming_here = ckpt is not None and is_within(Path(ckpt), run)
+        if resuming_here:
+            # Continuing in its own folder: Lightning's warnings that the folder holds files
+            # (and that CSVLogger will delete its metrics, which vqtok keeps) do not apply.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* not empty")
+            _keep_csv_metrics(self.trainer)
         if config.get("overwrite") or resuming_here:
             return
         if self.trainer.loggers and run.is_dir() and any(run.iterdir()):
@@ -115,6 +139,47 @@ class VqtokCLI(LightningCLI):
         out = config.get("export_dir") or Path(run) / self.export_name
         self.model.export(out, self.datamodule)
         log.info("%s exported to %s", self.export_name, out)
+
+
+def _continue_in_own_run(config: Any) -> None:
+    """``--ckpt_path <save_dir>/<name>/<version>/checkpoints/<file>``, with a logger writing
+    into ``<save_dir>/<name>`` and no version given: the run continues in ``<version>``, the
+    run directory that holds the checkpoint, instead of a new version folder."""
+    ckpt, logger = config.get("ckpt_path"), config.get("trainer", {}).get("logger")
+    args = getattr(logger, "init_args", None)
+    if ckpt is None or args is None or args.get("version") is not None:
+        return
+    save_dir, name = args.get("save_dir"), args.get("name") or ""
+    run = Path(ckpt).parent.parent
+    if save_dir is None or Path(ckpt).parent.name != "checkpoints" or not Path(ckpt).is_file():
+        return
+    if os.path.realpath(run.parent) == os.path.realpath(Path(save_dir) / name):
+        args["version"] = run.name
+
+
+def _keep_csv_metrics(trainer: pl.Trainer) -> None:
+    """Lightning's CSVLogger deletes the ``metrics.csv`` it finds in its folder; a resumed
+    run keeps that file (a second link to it survives the deletion and is renamed back) and
+    appends its rows. Rows of steps trained again after an abrupt stop appear twice, as
+    those steps ran twice."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            keys = next(csv.reader(f), [])
+        keep = path.with_name(f".{path.name}.resumed-{os.getpid()}")
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, keep)
+        try:
+            writer = logger.experiment  # created now: it removes metrics.csv
+        finally:
+            os.replace(keep, path)
+        writer.metrics_keys = keys  # its header: later rows append under it
 
 
 class _TokenizerCLI(VqtokCLI):

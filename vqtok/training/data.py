@@ -15,9 +15,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-try:  # the `resume` extra: loaders whose position Lightning saves in checkpoints
+try:  # a dependency: loaders whose position Lightning saves in checkpoints
     from torchdata.stateful_dataloader import StatefulDataLoader
-except ImportError:  # pragma: no cover - exercised where torchdata is absent
+except ImportError:  # pragma: no cover - a broken install; mid-epoch resume then refuses
     StatefulDataLoader = None
 
 from vqtok.data import (
@@ -42,20 +42,22 @@ __all__ = [
 ]
 
 RESUMABLE_LOADERS = StatefulDataLoader is not None
-"""Whether training loaders can resume mid-epoch (torchdata is installed): see
-:func:`make_loader`."""
+"""Whether training loaders can resume mid-epoch (torchdata is installed, as vqtok requires):
+see :func:`make_loader`. Without it a mid-epoch resume is refused
+(:class:`~vqtok.training.callbacks.RunCheckpoint`)."""
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
                 **kwargs: object) -> DataLoader:
-    """The DataLoader of every vqtok DataModule: torchdata's ``StatefulDataLoader`` when
-    torchdata is installed (the ``resume`` extra), else torch's ``DataLoader``.
+    """The DataLoader of every vqtok DataModule: torchdata's ``StatefulDataLoader`` (torchdata
+    is a dependency of vqtok), else torch's ``DataLoader``.
 
     A stateful loader reports its position in the epoch (the shuffling generator, the
     batches served, each worker's dataset state) through ``state_dict``; Lightning stores it
     in every checkpoint and restores it on ``--ckpt_path``, so a run stopped mid-epoch
     continues with the very batches it would have seen (docs/training.md#exact-resume).
-    A plain DataLoader restarts the epoch instead (Lightning warns so on resume).
+    A plain DataLoader would restart the epoch instead, so a mid-epoch resume without
+    torchdata is refused.
     """
     loader = StatefulDataLoader if StatefulDataLoader is not None else DataLoader
     return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,

@@ -26,8 +26,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -205,6 +207,8 @@ class TokenizerModule(pl.LightningModule):
             self.hparams["normalization"] = found.as_dict()
         if stage == "fit":
             self.perceptual_network()  # a missing weights file stops the run before step 0
+            if self.discriminator is not None:
+                self._prepare_adversarial_ddp()
         # Fail now rather than at disc_start, possibly hours in.
         size = getattr(self.trainer.datamodule, "image_size", None)
         smallest = getattr(self.discriminator, "min_size", None)
@@ -212,6 +216,27 @@ class TokenizerModule(pl.LightningModule):
             raise ValueError(f"training images of {size} pixels are too small for the "
                              f"discriminator (at least {smallest} pixels a side); lower its "
                              f"n_layers")
+
+    def _prepare_adversarial_ddp(self) -> None:
+        """Make the adversarial step train under DDP (docs/training.md#several-processes).
+
+        Each batch runs two backward passes, and neither uses every parameter: the
+        autoencoder's pass leaves the discriminator without gradients (toggled off), the
+        discriminator's pass reads detached reconstructions, and before ``disc_start`` the
+        discriminator takes no part at all. DDP must therefore look for the parameters each
+        pass used (``find_unused_parameters``); Lightning prepares DDP before every manual
+        backward so that each pass all-reduces its own parameters' gradients. The
+        discriminator's buffers are averaged over ranks after each step
+        (:meth:`_average_over_ranks`)."""
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy) or self.trainer.world_size < 2:
+            return
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if not isinstance(ddp_kwargs, dict):
+            raise TypeError(f"adversarial training under {type(strategy).__name__} needs DDP's "
+                            f"find_unused_parameters: pass "
+                            f"--trainer.strategy=ddp_find_unused_parameters_true")
+        ddp_kwargs["find_unused_parameters"] = True
 
     @property
     def export_model(self) -> VQAutoencoder:
@@ -330,7 +355,31 @@ class TokenizerModule(pl.LightningModule):
         # manual optimisation Lightning counts every LightningOptimizer step as a global
         # step, and a batch must count once for max_steps, disc_start and checkpoints.
         self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
+        self._average_over_ranks(self.discriminator, self.lecam)
         return loss.detach()
+
+    @torch.no_grad()
+    def _average_over_ranks(self, *modules: nn.Module | None) -> None:
+        """Average the floating-point buffers of ``modules`` over the ranks (in place).
+
+        Each rank's discriminator updates its batch-norm running statistics, and LeCam its
+        anchors, from its own share of the batch. Both are exponential moving averages, so
+        their mean over ranks is the average taken over the whole batch (exactly for means;
+        a running variance becomes the mean of the ranks' variances, without the spread
+        between the ranks' means); every rank then holds the same values. (Torch's
+        ``SyncBatchNorm``, which normalises with whole-batch statistics, runs on GPUs only.)
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        buffers = [b for m in modules if m is not None for b in m.buffers()
+                   if torch.is_floating_point(b)]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in buffers])  # one all-reduce for all
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for b, mean in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.copy_(mean.view_as(b))
 
     def on_train_start(self) -> None:
         if self.ema is not None:
