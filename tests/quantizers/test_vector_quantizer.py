@@ -283,6 +283,14 @@ def test_restart_after_restarts_at_most_one_code_per_row_longest_unchosen_first(
     assert restarted[6] == list(range(24, 40))  # then those unchosen longest: the next ids
 
 
+def test_both_restart_rules_set_restart_the_union_of_their_dead_codes() -> None:
+    q = VectorQuantizer(6, 2, ema_decay=0.9, restart_after=2.0, restart_threshold=0.1)
+    with torch.no_grad():
+        q.missed.copy_(torch.tensor([0.0, 2.0, 1.9, 0.0, 5.0, 0.0]))
+        q.usage.copy_(torch.tensor([1.0, 1.0, 1.0, 0.05, 0.05, 0.1]))
+    assert q.dead_codes().tolist() == [1, 3, 4]
+
+
 def test_restart_after_buffer_is_saved_only_when_used() -> None:
     assert "missed" in VectorQuantizer(8, 4, ema_decay=0.9, restart_after=2.0).state_dict()
     assert "missed" not in VectorQuantizer(8, 4, ema_decay=0.9).state_dict()
@@ -468,7 +476,6 @@ def test_rotation_estimator_same_forward_different_gradient() -> None:
         {"codebook_size": 8, "dim": 4, "restart_threshold": 0.0},
         {"codebook_size": 8, "dim": 4, "restart_after": 0.0},
         {"codebook_size": 8, "dim": 4, "restart_after": float("inf")},
-        {"codebook_size": 8, "dim": 4, "restart_after": 2.0, "restart_threshold": 0.1},
         {"codebook_size": 8, "dim": 4, "usage_decay": 1.0},
         {"codebook_size": 8, "dim": 4, "usage_decay": -0.1},
         {"codebook_size": 8, "dim": 4, "grad_estimator": "gumbel"},

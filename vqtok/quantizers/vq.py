@@ -72,7 +72,8 @@ class VectorQuantizer(CodebookQuantizer):
             uniform use: 1.0 means the code gets its fair share N/K of the rows per step,
             0.0 never used. It starts at 1.0, so a never-chosen code waits
             ln(tau) / ln(usage_decay) steps (687 for 0.001 and 0.99) whatever K is;
-            ``restart_after`` is the rule to use. At most one of the two may be set.
+            ``restart_after`` is the rule to use. With both set, a code is dead when
+            either rule says so.
         usage_decay: decay of the EMA usage rate (the ``usage`` buffer, tracked in
             training mode whatever ``restart_threshold`` is).
         grad_estimator: ``"ste"`` (straight-through) or ``"rotation"`` (Fifty et al. 2024).
@@ -103,9 +104,6 @@ class VectorQuantizer(CodebookQuantizer):
         if restart_after is not None and not (restart_after > 0 and math.isfinite(restart_after)):
             raise ValueError(f"restart_after must be None or a finite float > 0, "
                              f"got {restart_after!r}")
-        if restart_after is not None and restart_threshold is not None:
-            raise ValueError("restart_after and restart_threshold are two restart rules; "
-                             f"set one, got {restart_after!r} and {restart_threshold!r}")
         if not 0.0 <= usage_decay < 1.0:
             raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay!r}")
 
@@ -203,9 +201,12 @@ class VectorQuantizer(CodebookQuantizer):
     def dead_codes(self) -> Tensor:
         """``(M,)`` ids of the codes to restart now, the same on every rank (the state
         they are read from is updated from all-reduced counts)."""
+        dead = torch.zeros_like(self.missed, dtype=torch.bool)  # (K,)
         if self.restart_after is not None:
-            return (self.missed >= self.restart_after).nonzero().squeeze(1)
-        return (self.usage < self.restart_threshold).nonzero().squeeze(1)
+            dead |= self.missed >= self.restart_after
+        if self.restart_threshold is not None:
+            dead |= self.usage < self.restart_threshold
+        return dead.nonzero().squeeze(1)
 
     @torch.no_grad()
     def restart_dead_codes(self, rows: Tensor) -> int:
