@@ -87,8 +87,7 @@ def vqtok_quantizers(size: str, quick: bool) -> dict[str, Callable[[], nn.Module
     return {
         "vq_ste": lambda: VectorQuantizer(k, DIM),
         "vq_rotation": lambda: VectorQuantizer(k, DIM, grad_estimator="rotation"),
-        "vq_ema_restart": lambda: VectorQuantizer(k, DIM, ema_decay=0.99,
-                                                  restart_threshold=0.001),
+        "vq_ema_restart": lambda: VectorQuantizer(k, DIM, ema_decay=0.99, restart_after=2.0),
         "simvq": lambda: SimVQ(k, DIM),
         "fsq": lambda: FSQ(levels=levels, dim=DIM),
         "lfq": lambda: LFQ(bits=bits, dim=DIM),

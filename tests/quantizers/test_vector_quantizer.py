@@ -187,6 +187,116 @@ def test_dead_codes_are_restarted_onto_batch_rows_and_then_used(ema_decay: float
     assert bool((control.codebook.detach()[dead].norm(dim=1) > 100).all())
 
 
+def _recording_restarts(q: VectorQuantizer) -> list[dict[str, torch.Tensor]]:
+    """Wrap q.restart_dead_codes: after each call, the state the search then runs on."""
+    log: list[dict[str, torch.Tensor]] = []
+    restart = q.restart_dead_codes
+
+    def recorded(rows: torch.Tensor) -> int:
+        n = restart(rows)
+        log.append({"n": torch.tensor(n), **_state(q), "codebook": q.codebook.detach().clone()})
+        return n
+
+    q.restart_dead_codes = recorded
+    return log
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_restart_after_resets_codes_unchosen_for_its_period_as_documented(
+    ema_decay: float | None,
+) -> None:
+    """docs/algorithms.md#codebook-init-and-restart, restart_after = tau: missed_k grows by
+    N / K for each step without a row and returns to 0 when chosen; before a step's search
+    the codes with missed_k >= tau (the longest unchosen first, at most N) move onto
+    distinct rows of the batch, with N_k = mean_j N_j and m_k = e_k N_k. Here K = 16 and
+    N = 16 rows a step, so N / K = 1 and tau = 2.5 means ceil(2.5) = 3 steps unchosen.
+    The far codes 8..15 are never chosen: they must stay put for 3 steps and be restarted
+    at the start of the 4th. A hand tracker of the steps each code went unchosen predicts
+    every step's restarted set."""
+    k, d, tau = 16, 4, 2.5
+    q = _make(codebook_size=k, dim=d, init="normal", ema_decay=ema_decay,
+              restart_after=tau).train()
+    with torch.no_grad():
+        q.codebook[8:] += 1000.0
+    far = set(range(8, 16))
+    log = _recording_restarts(q)
+    idle = torch.zeros(k, dtype=torch.int64)  # steps since last chosen, by hand
+    gen = torch.Generator().manual_seed(4)
+    for step in range(1, 9):
+        z = torch.randn(1, d, 4, 4, generator=gen)  # N = 16 rows
+        rows, n = _rows(z), 16
+        before = q.codebook.detach().clone()
+        count_before = q.ema_count.clone() if ema_decay is not None else None
+        # missed_k = idle_k N / K >= tau; longest unchosen first, ties to the lower id
+        expect = [i for i in sorted(range(k), key=lambda i: (-int(idle[i]), i))
+                  if idle[i] * n / k >= tau][:n]
+        ids = q(z).indices.reshape(-1)
+        after = log[-1]
+        changed = (after["codebook"] != before).any(1).nonzero().squeeze(1).tolist()
+        assert sorted(changed) == sorted(expect), step
+        assert int(after["n"]) == len(expect)
+        if step <= 3:
+            assert far.isdisjoint(expect)  # 1 and 2 steps unchosen: missed 1.0, 2.0 < 2.5
+        if step == 4:
+            assert far <= set(expect)  # 3 steps unchosen: missed 3.0 >= 2.5
+        if expect:
+            new = after["codebook"][expect]  # (M, D): each a different row of the batch
+            match = (new[:, None, :] == rows[None, :, :]).all(-1)  # (M, N)
+            assert bool(match.any(1).all())
+            assert len({int(j) for j in match.float().argmax(1)}) == len(expect)
+            assert set(expect) <= set(ids.tolist())  # chosen by the rows they copy
+            assert torch.equal(after["missed"][expect], torch.zeros(len(expect)))
+            if ema_decay is not None:
+                share = float(count_before.double().sum() / k)
+                assert torch.allclose(after["ema_count"][expect].double(),
+                                      torch.full((len(expect),), share, dtype=F64))
+                assert torch.allclose(after["ema_sum"][expect].double(),
+                                      new.double() * share, rtol=1e-6)
+        used = torch.bincount(ids, minlength=k) > 0
+        idle = torch.where(used, 0, idle + 1)
+        assert torch.equal(q.missed.double(), idle.double() * n / k)
+    assert sum(int(r["n"]) for r in log) >= 8
+
+
+def test_restart_after_restarts_at_most_one_code_per_row_longest_unchosen_first() -> None:
+    """64 codes far from the data, 16 rows a step, tau = 1 (N / K = 0.25: 4 steps): at
+    step 5 all 64 are dead, but only 16 rows exist; 16 codes restart each step, the ties
+    of equal missed_k going to the lower ids, and no two take the same row."""
+    k, d = 72, 4
+    q = _make(codebook_size=k, dim=d, init="normal", ema_decay=0.9, restart_after=1.0).train()
+    with torch.no_grad():
+        q.codebook[8:] += 1000.0
+    log = _recording_restarts(q)
+    gen = torch.Generator().manual_seed(5)
+    restarted = []
+    for _ in range(9):
+        before = q.codebook.detach().clone()
+        q(torch.randn(1, d, 4, 4, generator=gen))
+        changed = (log[-1]["codebook"] != before).any(1).nonzero().squeeze(1).tolist()
+        restarted.append([i for i in changed if i >= 8])
+        new = log[-1]["codebook"][changed]
+        assert torch.unique(new, dim=0).shape[0] == len(changed)  # distinct rows
+        assert len(changed) <= 16
+    # 16 rows / 72 codes a step: the far codes reach missed 1.0 after ceil(72 / 16) = 5 steps
+    assert all(not r for r in restarted[:5])
+    assert restarted[5] == list(range(8, 24))  # 16 of the 64 dead, lowest ids first
+    assert restarted[6] == list(range(24, 40))  # then those unchosen longest: the next ids
+
+
+def test_both_restart_rules_set_restart_the_union_of_their_dead_codes() -> None:
+    q = VectorQuantizer(6, 2, ema_decay=0.9, restart_after=2.0, restart_threshold=0.1)
+    with torch.no_grad():
+        q.missed.copy_(torch.tensor([0.0, 2.0, 1.9, 0.0, 5.0, 0.0]))
+        q.usage.copy_(torch.tensor([1.0, 1.0, 1.0, 0.05, 0.05, 0.1]))
+    assert q.dead_codes().tolist() == [1, 3, 4]
+
+
+def test_restart_after_buffer_is_saved_only_when_used() -> None:
+    assert "missed" in VectorQuantizer(8, 4, ema_decay=0.9, restart_after=2.0).state_dict()
+    assert "missed" not in VectorQuantizer(8, 4, ema_decay=0.9).state_dict()
+    assert "missed" not in VectorQuantizer(8, 4, restart_threshold=0.1).state_dict()
+
+
 # ---- data-dependent init -------------------------------------------------------------------------
 def test_data_init_puts_codes_at_data_scale_and_uses_many_codes_at_step_one() -> None:
     """Encoder outputs ~0.05 N(0, 1), K = 1024, dim 16, 4096 rows.
@@ -364,6 +474,8 @@ def test_rotation_estimator_same_forward_different_gradient() -> None:
         {"codebook_size": 8, "dim": 4, "kmeans_iters": -1},
         {"codebook_size": 8, "dim": 4, "kmeans_iters": 2.0},
         {"codebook_size": 8, "dim": 4, "restart_threshold": 0.0},
+        {"codebook_size": 8, "dim": 4, "restart_after": 0.0},
+        {"codebook_size": 8, "dim": 4, "restart_after": float("inf")},
         {"codebook_size": 8, "dim": 4, "usage_decay": 1.0},
         {"codebook_size": 8, "dim": 4, "usage_decay": -0.1},
         {"codebook_size": 8, "dim": 4, "grad_estimator": "gumbel"},
@@ -390,7 +502,16 @@ def _ddp_batches(rank: int, steps: int) -> list[torch.Tensor]:
     ]
 
 
-def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
+# the two restart rules; restart_after with 128 codes and 32 rows a rank: N / K = 0.5, so
+# codes unchosen for 4 steps restart, more of them than rows (the cap is exercised)
+_DDP_RULES = {
+    "threshold": lambda: VectorQuantizer(32, 4, ema_decay=0.9, restart_threshold=0.5,
+                                         usage_decay=0.5),
+    "after": lambda: VectorQuantizer(128, 4, ema_decay=0.9, restart_after=2.0),
+}
+
+
+def _ddp_worker(rank: int, world: int, port: int, result_dir: str, rule: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -399,12 +520,12 @@ def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(rank)  # rank-dependent RNG: only rank 0's choices may count
-        q = VectorQuantizer(32, 4, ema_decay=0.9, restart_threshold=0.5, usage_decay=0.5).train()
+        q = _DDP_RULES[rule]().train()
         restarts = []
         restart = q.restart_dead_codes
         q.restart_dead_codes = lambda rows: restarts.append(restart(rows)) or restarts[-1]
         codebooks = []
-        for z in _ddp_batches(rank, 6):
+        for z in _ddp_batches(rank, 10):
             q(z)
             codebooks.append(q.codebook.clone())
         # EMA without restart from the same N(0, 1) start: must equal one process that
@@ -426,14 +547,17 @@ def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_hold_identical_codebooks(tmp_path) -> None:
+@pytest.mark.parametrize("rule", list(_DDP_RULES))
+def test_two_gloo_ranks_hold_identical_codebooks(tmp_path, rule: str) -> None:
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path), rule), nprocs=world)
     res = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(world)]
     # k-means init on rank 0, all-reduced EMA statistics, restarts broadcast from rank 0
     assert torch.equal(res[0]["codebooks"], res[1]["codebooks"])
     assert torch.equal(res[0]["restarts"], res[1]["restarts"])
     assert int(res[0]["restarts"].sum()) > 0  # restarts did happen
+    if rule == "after":  # more dead codes than rank 0's 32 rows at once: the cap held
+        assert int(res[0]["restarts"].max()) == 32
     assert torch.equal(res[0]["plain"], res[1]["plain"])
     torch.manual_seed(7)
     ref = VectorQuantizer(32, 4, ema_decay=0.9, init="normal").train()

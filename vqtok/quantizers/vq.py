@@ -15,6 +15,7 @@ made on rank 0 and broadcast.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.distributed as dist
@@ -58,11 +59,21 @@ class VectorQuantizer(CodebookQuantizer):
             ``"normal"``: N(0, 1) draws, independent of the data (collapse-prone unless
             the encoder's outputs are at unit scale; kept as the baseline).
         kmeans_iters: Lloyd iterations of the k-means init.
-        restart_threshold: None: no restart. A float: before each training step, a code
-            whose EMA usage rate falls below it is reset to a randomly chosen encoder
-            output of the current batch. The usage rate is relative to uniform use:
-            1.0 means the code gets its fair share N/K of the rows per step, 0.0 never
-            used (e.g. 0.01: under a hundredth of its share).
+        restart_after: None: no restart by this rule. A float tau > 0, 2.0 recommended
+            (docs/algorithms.md#codebook-init-and-restart): a code is dead once it has
+            gone unchosen for as long as its fair share N/K of the rows per step would
+            have brought it tau rows, that is for ceil(tau K / N) steps of N rows. Before
+            each training step's search, dead codes (at most one per row of the batch,
+            the longest unchosen first) are reset to distinct encoder outputs of the
+            batch, with their EMA statistics reset. The same tau suits any K.
+        restart_threshold: None: no restart by this rule. A float: before each training
+            step, a code whose EMA usage rate falls below it is reset to a randomly
+            chosen encoder output of the current batch. The usage rate is relative to
+            uniform use: 1.0 means the code gets its fair share N/K of the rows per step,
+            0.0 never used. It starts at 1.0, so a never-chosen code waits
+            ln(tau) / ln(usage_decay) steps (687 for 0.001 and 0.99) whatever K is;
+            ``restart_after`` is the rule to use. With both set, a code is dead when
+            either rule says so.
         usage_decay: decay of the EMA usage rate (the ``usage`` buffer, tracked in
             training mode whatever ``restart_threshold`` is).
         grad_estimator: ``"ste"`` (straight-through) or ``"rotation"`` (Fifty et al. 2024).
@@ -76,7 +87,7 @@ class VectorQuantizer(CodebookQuantizer):
                  ema_eps: float = 1e-5, init: str = "kmeans", kmeans_iters: int = 10,
                  restart_threshold: float | None = None, usage_decay: float = 0.99,
                  grad_estimator: str = "ste", cosine: bool = False,
-                 chunk_rows: int | None = None) -> None:
+                 chunk_rows: int | None = None, restart_after: float | None = None) -> None:
         super().__init__()
         self._set_codebook_args(codebook_size, dim, codebook_weight, commitment_weight,
                                 grad_estimator, chunk_rows)
@@ -90,6 +101,9 @@ class VectorQuantizer(CodebookQuantizer):
             raise ValueError(f"kmeans_iters must be an int >= 0, got {kmeans_iters!r}")
         if restart_threshold is not None and not restart_threshold > 0:
             raise ValueError(f"restart_threshold must be None or > 0, got {restart_threshold!r}")
+        if restart_after is not None and not (restart_after > 0 and math.isfinite(restart_after)):
+            raise ValueError(f"restart_after must be None or a finite float > 0, "
+                             f"got {restart_after!r}")
         if not 0.0 <= usage_decay < 1.0:
             raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay!r}")
 
@@ -98,6 +112,7 @@ class VectorQuantizer(CodebookQuantizer):
         self.init = init
         self.kmeans_iters = kmeans_iters
         self.restart_threshold = restart_threshold
+        self.restart_after = restart_after
         self.usage_decay = float(usage_decay)
         self.cosine = cosine
 
@@ -112,6 +127,11 @@ class VectorQuantizer(CodebookQuantizer):
             self.register_buffer("ema_sum", torch.zeros(codebook_size, dim))
         # EMA of each code's share of the rows relative to uniform use (1.0 = N/K rows).
         self.register_buffer("usage", torch.ones(codebook_size))
+        # Rows each code missed since it was last chosen, at its fair share: sum of N_t / K.
+        # Saved with the weights only when restart_after uses it, so state dicts of models
+        # without it keep their keys.
+        self.register_buffer("missed", torch.zeros(codebook_size),
+                             persistent=restart_after is not None)
         # True once the first training batch has been seen; saved with the weights.
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -135,7 +155,7 @@ class VectorQuantizer(CodebookQuantizer):
         if self.training:
             if not bool(self.initialized):
                 self.initialize(rows)
-            if self.restart_threshold is not None:
+            if self.restart_threshold is not None or self.restart_after is not None:
                 self.restart_dead_codes(rows)
         ids = Fq.nearest_code(rows, self.search_codebook(), self.chunk_rows)  # (N,)
         q = self.gather_codes(ids)  # (N, D)
@@ -173,17 +193,37 @@ class VectorQuantizer(CodebookQuantizer):
             self.ema_count.fill_(float(n_rows) / self.codebook_size)
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
         self.usage.fill_(1.0)
+        self.missed.zero_()
         self.initialized.fill_(True)
         log.info("VectorQuantizer init %r from %d rows", self.init, rows.shape[0])
 
     @torch.no_grad()
+    def dead_codes(self) -> Tensor:
+        """``(M,)`` ids of the codes to restart now, the same on every rank (the state
+        they are read from is updated from all-reduced counts)."""
+        dead = torch.zeros_like(self.missed, dtype=torch.bool)  # (K,)
+        if self.restart_after is not None:
+            dead |= self.missed >= self.restart_after
+        if self.restart_threshold is not None:
+            dead |= self.usage < self.restart_threshold
+        return dead.nonzero().squeeze(1)
+
+    @torch.no_grad()
     def restart_dead_codes(self, rows: Tensor) -> int:
-        """Reset codes whose usage is under ``restart_threshold`` to encoder outputs of
-        this batch (chosen on rank 0, broadcast). Returns the number of codes reset."""
-        dead = (self.usage < self.restart_threshold).nonzero().squeeze(1)  # (M,)
-        n_dead = dead.numel()
-        if n_dead == 0 or rows.shape[0] == 0:
+        """Reset dead codes (:meth:`dead_codes`) to encoder outputs of this batch (chosen
+        on rank 0, broadcast) and their statistics as docs/algorithms.md#codebook-init-and-restart
+        says. Returns the number of codes reset."""
+        dead = self.dead_codes()  # (M,)
+        if dead.numel() == 0 or rows.shape[0] == 0:
             return 0
+        if self.restart_after is not None:
+            # One distinct row per code: at most rank 0's row count now, the codes unchosen
+            # longest first (a stable sort, so ties go to the lower id); the rest wait.
+            n = int(_broadcast_from_rank0(rows.new_tensor(float(rows.shape[0]))))
+            if dead.numel() > n:
+                order = torch.sort(self.missed[dead], descending=True, stable=True).indices
+                dead = dead[order[:n]]
+        n_dead = dead.numel()
         new = rows.new_empty(n_dead, self.dim)
         if _rank() == 0:
             n = rows.shape[0]
@@ -199,6 +239,7 @@ class VectorQuantizer(CodebookQuantizer):
             self.ema_count.index_fill_(0, dead, float(share))
             self.ema_sum.index_copy_(0, dead, new * share)
         self.usage.index_fill_(0, dead, 1.0)
+        self.missed.index_fill_(0, dead, 0.0)
         log.debug("VectorQuantizer restarted %d dead codes", n_dead)
         return n_dead
 
@@ -218,6 +259,8 @@ class VectorQuantizer(CodebookQuantizer):
             self.ema_update(counts, stats[:, :-1])
         rate = counts * (k / counts.sum().clamp_min(1.0))
         self.usage.mul_(self.usage_decay).add_(rate, alpha=1.0 - self.usage_decay)
+        # missed_k <- 0 when chosen, else missed_k + N / K (docs/algorithms.md#codebook-init-and-restart)
+        self.missed.add_(counts.sum() / k).masked_fill_(counts > 0, 0.0)
 
     @torch.no_grad()
     def ema_update(self, counts: Tensor, sums: Tensor) -> None:
@@ -238,6 +281,7 @@ class VectorQuantizer(CodebookQuantizer):
         return (
             f"codebook_size={self.codebook_size}, dim={self.dim}, init={self.init!r}, "
             f"ema_decay={self.ema_decay}, restart_threshold={self.restart_threshold}, "
+            f"restart_after={self.restart_after}, "
             f"grad_estimator={self.grad_estimator!r}, cosine={self.cosine}"
         )
 
