@@ -3,9 +3,10 @@ held-out photos, with the colourfulness measure beside PSNR and SSIM.
 
 ``train --variant NAME`` trains ``experiments/photos_fsq.yaml`` (seed 0, batch 16 of
 32 x 32 crops) with one change of :data:`VARIANTS` and exports the tokenizer at the steps
-of ``--export-at`` (and at the end). ``report`` round-trips the held-out photos at full
-resolution through every exported tokenizer and writes ``benchmarks/RESULTS_colour.md``:
-PSNR and SSIM (torchmetrics, [0, 1] pixels) and the kept colour, the colourfulness
+of ``--export-at`` (and at the end). ``score`` round-trips the held-out photos at full
+resolution through exported tokenizers and caches the numbers in each export's
+``scores.json``; ``report`` prints the table of those caches (for
+``benchmarks/RESULTS_colour.md``): PSNR and SSIM (torchmetrics, [0, 1] pixels) and the kept colour, the colourfulness
 (:func:`vqtok.metrics.colourfulness`) of the reconstruction over that of the original,
 averaged over the photos. ``compare --old DIR --new DIR`` adds the same numbers per photo
 for two tokenizer directories (the shipped checkpoint before and after a retrain).
@@ -16,9 +17,10 @@ counts, not equal minutes: several run at once on a shared machine.
 
 Run::
 
-    .venv/bin/python benchmarks/colour.py train --variant base --steps 2500 &
-    .venv/bin/python benchmarks/colour.py train --variant colour_only_augment --steps 2500 &
-    wait; .venv/bin/python benchmarks/colour.py report --eval PHOTO_DIR
+    .venv/bin/python benchmarks/colour.py train --variant base --steps 3000 --export-at 1000 &
+    .venv/bin/python benchmarks/colour.py train --variant colour_only --steps 3000 --export-at 1000 &
+    wait; .venv/bin/python benchmarks/colour.py score runs/bench_colour/*/step* --eval PHOTO_DIR
+    .venv/bin/python benchmarks/colour.py report --eval PHOTO_DIR
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from vqtok.tokenizer import ImageTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "photos_fsq.yaml"
 DEFAULT_OUT = Path("runs") / "bench_colour"
-RESULTS = ROOT / "benchmarks" / "RESULTS_colour.md"
 MAX_PIXELS = 2**21
 
 VARIANTS: dict[str, list[str]] = {
@@ -145,11 +146,12 @@ def score(export: Path, eval_dir: Path | None) -> dict[str, dict[str, dict[str, 
     """The per-photo numbers of one exported tokenizer, cached in ``<export>/scores.json``
     (several ``score`` commands may run at once; ``report`` reads their caches)."""
     cache = export / "scores.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    tok = ImageTokenizer.from_pretrained(export, max_pixels=MAX_PIXELS)
-    scores = {name: evaluate(tok, photos) for name, photos in photo_sets(eval_dir).items()}
-    cache.write_text(json.dumps(scores))
+    scores = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = {n: p for n, p in photo_sets(eval_dir).items() if n not in scores}
+    if missing:
+        tok = ImageTokenizer.from_pretrained(export, max_pixels=MAX_PIXELS)
+        scores.update({name: evaluate(tok, photos) for name, photos in missing.items()})
+        cache.write_text(json.dumps(scores))
     return scores
 
 
@@ -162,11 +164,17 @@ def report(out: Path, eval_dir: Path | None) -> str:
             loads += json.loads((folder / "run.json").read_text())["load_1min"]
         exports = sorted((d for d in folder.glob("step*") if d.is_dir()),
                          key=lambda d: int(d.name[4:]))
-        for export in exports:
-            scores = score(export, eval_dir)
+        for export in exports:  # scored by `score` beforehand; the report only reads
+            cache = export / "scores.json"
+            if not cache.is_file():
+                continue
+            scores = json.loads(cache.read_text())
             cells = []
             china = None
             for name in sets:
+                if name not in scores:
+                    cells.append("- | - | -")
+                    continue
                 rows = scores[name]
                 s = summary(rows)
                 cells.append(f"{s['psnr']:.2f} | {s['ssim']:.3f} | {100 * s['kept']:.0f}%")
