@@ -29,7 +29,8 @@ def test_demo_runs_from_any_directory_and_prints_each_line_once(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "token grid            (107, 160) = 17120 tokens" in out  # 640 x 427 at 4x
-    for line in ("round-trip PSNR", "codebook usage (val)", "training              2 steps"):
+    for line in ("round-trip PSNR", "colourfulness", "codebook usage (val)",
+                 "training              2 steps"):
         assert line in out
     run = tmp_path / "runs" / "demo" / "version_0"
     assert (run / "demo_roundtrip.png").is_file()

@@ -352,6 +352,59 @@ def test_photo_patches_errors(tmp_path: Path) -> None:
         PhotoPatches(split="test", num_patches=4, patch_size=16)[4]
 
 
+def colour_and_grey_photos(folder: Path) -> None:
+    """A grey photo (value 90 everywhere) and a photo of one colour (150, 100, 50)."""
+    folder.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(folder / "grey.png")
+    Image.new("RGB", (40, 40), (150, 100, 50)).save(folder / "colour.png")
+
+
+def crop_pixels(ds: PhotoPatches, i: int) -> np.ndarray:
+    return np.rint((ds[i][0].numpy() + 1.0) * 127.5).astype(int)  # (3, p, p) in 0-255
+
+
+def test_grey_weight_sets_the_share_of_grey_crops(tmp_path: Path) -> None:
+    colour_and_grey_photos(tmp_path / "train")
+    shares = {}
+    for weight in (1.0, 0.25, 0.0):
+        ds = PhotoPatches(tmp_path, "train", patch_size=16, num_patches=400, grey_weight=weight)
+        assert sorted(zip([f.name for f in ds.files], ds.grey)) == [("colour.png", False),
+                                                                      ("grey.png", True)]
+        shares[weight] = np.mean([crop_pixels(ds, i)[0, 0, 0] == 90 for i in range(400)])
+    assert 0.4 < shares[1.0] < 0.6  # 1/2
+    assert 0.12 < shares[0.25] < 0.28  # 0.25 / 1.25 = 1/5
+    assert shares[0.0] == 0.0
+    with pytest.raises(ValueError, match="grey_weight must be a number >= 0"):
+        PhotoPatches(tmp_path, "train", patch_size=16, grey_weight=-1)
+    (tmp_path / "train" / "colour.png").unlink()
+    with pytest.raises(ValueError, match="every photo .* is grey"):
+        PhotoPatches(tmp_path, "train", patch_size=16, grey_weight=0)
+
+
+def test_colour_augment_permutes_channels_and_scales_saturation(tmp_path: Path) -> None:
+    colour_and_grey_photos(tmp_path / "train")
+    ds = PhotoPatches(tmp_path, "train", patch_size=16, num_patches=300, colour_augment=True)
+    orders, factors = set(), []
+    for i in range(300):
+        pixels = crop_pixels(ds, i)
+        rgb = tuple(int(v) for v in pixels[:, 0, 0])
+        assert np.all(pixels == pixels[:, :1, :1])  # still one colour
+        if rgb == (90, 90, 90):
+            continue  # grey crops are left as they are
+        # grey level 100 kept; the deviations (50, 0, -50) permuted and scaled alike
+        low, mid, high = sorted(rgb)
+        assert mid == 100 and abs(high - 100 - (100 - low)) <= 1
+        factors.append((high - low) / 100)
+        orders.add(tuple(np.argsort(rgb)))
+    assert len(orders) == 6
+    assert 0.74 <= min(factors) < 0.85 and 1.4 < max(factors) <= 1.51
+    # validation crops are never augmented
+    fixed = PhotoPatches(tmp_path, "train", patch_size=16, num_patches=50, random_crops=False,
+                         colour_augment=True)
+    assert {tuple(int(v) for v in crop_pixels(fixed, i)[:, 0, 0]) for i in range(50)} == {
+        (90, 90, 90), (150, 100, 50)}
+
+
 # ---- image folders ----------------------------------------------------------------------
 @pytest.fixture
 def mixed_folder(tmp_path: Path) -> Path:

@@ -23,6 +23,7 @@ from vqtok.formats.atomic import atomic_write
 from vqtok.formats.images import DEFAULT_MAX_PIXELS, load_image
 from vqtok.formats.inputs import check_regular_file
 from vqtok.formats.outputs import check_new_output
+from vqtok.metrics import colourfulness
 from vqtok.tokenizer import ImageTokenizer
 
 __all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
@@ -50,6 +51,13 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images (data range 255)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def _colour_line(photo: np.ndarray, reconstruction: np.ndarray) -> str:
+    """The demo's colour line: how much of the photo's colourfulness the round trip kept."""
+    before, after = colourfulness(photo), colourfulness(reconstruction)
+    kept = f"{100 * after / before:.0f}% kept" if before > 0 else "a grey photo"
+    return f"colourfulness         {after:.1f} of {before:.1f} ({kept})"
 
 
 def max_time(minutes: float) -> str:
@@ -129,6 +137,7 @@ def run_demo(args: DemoOptions) -> list[str]:
         f"held-out photo        {Path(args.photo).name} {photo.width}x{photo.height}",
         f"token grid            {tuple(ids.shape[1:])} = {ids[0].numel()} tokens",
         f"round-trip PSNR       {psnr:.2f} dB  (side by side: {run / 'demo_roundtrip.png'})",
+        _colour_line(np.asarray(photo), np.asarray(reconstruction.convert("RGB"))),
         f"validation PSNR       {float(metrics['val/psnr']):.2f} dB on held-out crops",
         (f"codebook usage (val)  {100 * float(metrics['val/usage']):.1f}% of {k} codes, "
         f"perplexity {float(metrics['val/perplexity']):.1f}"),

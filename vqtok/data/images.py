@@ -29,6 +29,7 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 from vqtok.formats.inputs import check_regular_file
+from vqtok.metrics.colour import GREY_COLOURFULNESS, colourfulness
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class PhotoPatches(Dataset):
         random_crops: draw a fresh crop (and a random horizontal flip) at every access,
             from the dataset's own generator (below); otherwise crop ``i`` is fixed by
             ``seed``. Defaults to ``split == "train"``.
+        grey_weight: chance of drawing a grey photo (colourfulness below
+            :data:`~vqtok.metrics.GREY_COLOURFULNESS`) relative to a colour one, for random
+            crops: 1 picks every photo alike, 0 never picks a grey one. A set of mostly grey
+            photos otherwise teaches a model that images have little colour.
+        colour_augment: for random crops of colour photos, permute the R, G, B channels at
+            random (one of the 6 orders) and scale each pixel's distance from its grey
+            level by a factor drawn uniformly from [0.75, 1.5], so the model sees more
+            hues and saturations than a few photos hold. Grey crops are left as they are.
 
     Random crops come from a generator seeded by ``seed``, the distributed rank and the
     DataLoader worker, so that the processes of a multi-process run and the workers of a
@@ -136,10 +145,14 @@ class PhotoPatches(Dataset):
 
     def __init__(self, root: str | os.PathLike | None = None, split: str | None = "train",
                  patch_size: int = 64, num_patches: int = 1024, seed: int = 0,
-                 random_crops: bool | None = None) -> None:
+                 random_crops: bool | None = None, grey_weight: float = 1.0,
+                 colour_augment: bool = False) -> None:
         for name, value in (("patch_size", patch_size), ("num_patches", num_patches)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if (isinstance(grey_weight, bool) or not isinstance(grey_weight, (int, float))
+                or not 0.0 <= grey_weight < float("inf")):
+            raise ValueError(f"grey_weight must be a number >= 0, got {grey_weight!r}")
         folder = Path(root) if root is not None else PHOTOS_DIR
         if split is not None:
             folder = folder / split
@@ -162,6 +175,15 @@ class PhotoPatches(Dataset):
         if not self.photos:
             raise ValueError(f"no readable photo of at least {patch_size}x{patch_size} pixels "
                              f"in {folder.resolve()}")
+        self.grey = [colourfulness(p.numpy(), channel_axis=0) < GREY_COLOURFULNESS
+                     for p in self.photos]
+        if grey_weight == 0 and all(self.grey):
+            raise ValueError(f"grey_weight=0 leaves no photo: every photo in "
+                             f"{folder.resolve()} is grey")
+        self.grey_weight, self.colour_augment = float(grey_weight), bool(colour_augment)
+        # The chance of each photo for random crops; None draws uniformly (the default).
+        self.weights = None if self.grey_weight == 1.0 else torch.tensor(
+            [self.grey_weight if grey else 1.0 for grey in self.grey], dtype=torch.float64)
         self.crops = None if self.random_crops else self._fixed_crops(seed)
         self.seed = seed
         self._generator: torch.Generator | None = None
@@ -226,7 +248,11 @@ class PhotoPatches(Dataset):
         flip = False
         if self.crops is None:
             g = self._crop_generator()
-            photo = self.photos[int(torch.randint(len(self.photos), (), generator=g))]
+            if self.weights is None:
+                k = int(torch.randint(len(self.photos), (), generator=g))
+            else:
+                k = int(torch.multinomial(self.weights, 1, generator=g))
+            photo = self.photos[k]
             top = int(torch.randint(photo.shape[1] - p + 1, (), generator=g))
             left = int(torch.randint(photo.shape[2] - p + 1, (), generator=g))
             flip = bool(torch.randint(2, (), generator=g))
@@ -236,4 +262,16 @@ class PhotoPatches(Dataset):
         patch = photo[:, top:top + p, left:left + p]  # (3, p, p)
         if flip:
             patch = patch.flip(-1)
+        if self.crops is None and self.colour_augment and not self.grey[k]:
+            patch = _augment_colour(patch, g)
         return self.normalization.to_model(patch), 0
+
+
+def _augment_colour(patch: Tensor, g: torch.Generator) -> Tensor:
+    """A ``(3, H, W)`` uint8 crop with its channels in a random order and its saturation
+    (each pixel's distance from its grey level, the mean of R, G, B) scaled by a factor
+    from [0.75, 1.5]; values clipped to 0-255."""
+    patch = patch[torch.randperm(3, generator=g)].float()
+    factor = 0.75 + 0.75 * float(torch.rand((), generator=g, dtype=torch.float64))
+    grey = patch.mean(dim=0, keepdim=True)
+    return (grey + factor * (patch - grey)).round_().clamp_(0, 255).to(torch.uint8)

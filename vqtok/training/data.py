@@ -121,6 +121,11 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
         batch_size: patches per batch.
         num_workers: DataLoader worker processes.
         seed: fixes the validation crops.
+        grey_weight: chance of a training crop coming from a grey photo relative to a
+            colour one (1: every photo alike, 0: colour photos only); see
+            :class:`~vqtok.data.PhotoPatches`.
+        colour_augment: random channel order and saturation of the training crops of
+            colour photos (:class:`~vqtok.data.PhotoPatches`).
     """
 
     in_channels = 3
@@ -128,7 +133,8 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
 
     def __init__(self, root: str | None = None, patch_size: int = 64,
                  train_patches: int = 8192, val_patches: int = 512, batch_size: int = 32,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, grey_weight: float = 1.0,
+                 colour_augment: bool = False) -> None:
         super().__init__()
         check_positive(patch_size=patch_size, train_patches=train_patches,
                         val_patches=val_patches, batch_size=batch_size)
@@ -140,6 +146,7 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
         self.root, self.patch_size, self.seed = root, patch_size, seed
         self.train_patches, self.val_patches = train_patches, val_patches
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.grey_weight, self.colour_augment = grey_weight, colour_augment
 
     @property
     def image_size(self) -> int:
@@ -148,7 +155,9 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = PhotoPatches(self.root, "train", self.patch_size,
-                                          self.train_patches, seed=self.seed, random_crops=True)
+                                          self.train_patches, seed=self.seed, random_crops=True,
+                                          grey_weight=self.grey_weight,
+                                          colour_augment=self.colour_augment)
         if self.val_set is None:
             self.val_set = PhotoPatches(self.root, "test", self.patch_size, self.val_patches,
                                         seed=self.seed, random_crops=False)
