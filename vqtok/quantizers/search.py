@@ -132,14 +132,10 @@ def _split_codes(x: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: int,
         stop = first + per * cols
         return _search_block(x, codebook[first:stop], neg_sq_norm[first:stop], cols, ramp, dtype)
 
-    best_score, best_id = None, None
+    best_score: Tensor | None = None
+    best_id: Tensor | None = None
     for first, (score, idx) in zip(firsts, _POOL.map(search, firsts, threads)):
-        if best_score is None:
-            best_score, best_id = score, idx
-        else:  # strictly greater: on a tie the earlier (lower) id stays
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            best_id = torch.where(better, idx + first, best_id)
+        best_score, best_id = _keep_best(best_score, best_id, score, idx, first)
     assert best_id is not None  # K >= 1
     return best_id
 
@@ -156,7 +152,8 @@ def _search_block(block: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: in
         return score[:1], idx[:1]
     k = codebook.shape[0]
     buffer = _score_buffer(len(block) * min(k, cols), dtype, block.device)
-    best_score = best_id = None
+    best_score: Tensor | None = None
+    best_id: Tensor | None = None
     for first in range(0, k, cols):
         codes = codebook[first : first + cols]
         scores = buffer[: len(block) * len(codes)].view(len(block), len(codes))
@@ -164,14 +161,20 @@ def _search_block(block: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: in
         torch.addmm(neg_sq_norm[first : first + cols], block, codes.t(), beta=1.0,
                     alpha=2.0, out=scores)
         score, idx = _row_max(scores, ramp)
-        if best_score is None:
-            best_score, best_id = score, idx
-        else:  # strictly greater: on a tie the earlier (lower) id stays
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            best_id = torch.where(better, idx + first, best_id)
+        best_score, best_id = _keep_best(best_score, best_id, score, idx, first)
     assert best_score is not None and best_id is not None  # K >= 1
     return best_score, best_id
+
+
+def _keep_best(best_score: Tensor | None, best_id: Tensor | None, score: Tensor, idx: Tensor,
+               first: int) -> tuple[Tensor, Tensor]:
+    """The running maximum over code tiles: ``score``/``idx`` of the tile starting at code
+    ``first`` replace the best so far only where strictly greater, so among exactly equal
+    scores the earlier (lower) id stays."""
+    if best_score is None or best_id is None:
+        return score, idx + first
+    better = score > best_score
+    return torch.where(better, score, best_score), torch.where(better, idx + first, best_id)
 
 
 class _BlockPool:
@@ -284,12 +287,7 @@ def _nearest_code_graph(x: Tensor, codebook: Tensor, neg_sq_norm: Tensor, cols: 
         scores = torch.addmm(neg_sq_norm[first:first + cols], x, codebook[first:first + cols].t(),
                              beta=1.0, alpha=2.0)  # (N, cols)
         score, idx = scores.max(dim=1)  # the first maximum on ties
-        if best_score is None:
-            best_score, best_id = score, idx
-        else:
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            best_id = torch.where(better, idx + first, best_id)
+        best_score, best_id = _keep_best(best_score, best_id, score, idx, first)
     assert best_id is not None  # K >= 1
     return best_id
 
