@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from vqtok import runtime
-from vqtok.runtime import CompiledCall
+from vqtok.tokenizers import runtime
+from vqtok.tokenizers.runtime import CompiledCall
 
 
 def double(x: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from vqtok.data.home import DATA_ENV, DatasetNotFoundError, dataset_dir
 from vqtok.data.idx import read_idx
 from vqtok.formats.atomic import atomic_directory
-from vqtok.formats.images import DEFAULT_NORMALIZATION
 from vqtok.formats.outputs import check_new_output
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqtok.formats.images import (
-    DEFAULT_NORMALIZATION,
     image_files,
     load_image,
     resize_center_crop,
@@ -30,6 +29,7 @@ from vqtok.formats.images import (
 )
 from vqtok.formats.inputs import check_regular_file
 from vqtok.metrics.colour import GREY_COLOURFULNESS, colourfulness
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok.data import ImageFolder, PhotoPatches
-from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization, to_uint8_pixels
+from vqtok.formats.images import to_uint8_pixels
 from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, run_name
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
 from vqtok.training import data as datamodules
 
 __all__ = ["held_out_images", "load_data", "measure_tokenizer", "reconstruct",
