@@ -80,7 +80,7 @@ class FashionMNIST(Dataset):
     """Fashion-MNIST as ``(image, label)`` pairs.
 
     ``image`` is float32 ``(1, pad_to, pad_to)``, the 28x28 photo centred on a black
-    border, normalised by :data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to
+    border, normalised by :data:`~vqtok.tokenizers.pixels.DEFAULT_NORMALIZATION` (pixels to
     [-1, 1]); ``label`` is an int in [0, 10), see ``CLASSES``.
 
     Args:

@@ -1,7 +1,7 @@
 """Datasets of RGB photos: random patches of a few large photos, or a folder of images.
 
 Both return ``(image, 0)`` with ``image`` float32 ``(3, H, W)``, normalised by
-:data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to [-1, 1]). Files become
+:data:`~vqtok.tokenizers.pixels.DEFAULT_NORMALIZATION` (pixels to [-1, 1]). Files become
 pixels through :mod:`vqtok.formats.images`, the conversion ``ImageTokenizer`` uses too.
 Images are decoded once at construction and kept in memory as uint8 (``3 * H * W`` bytes
 each).

@@ -7,7 +7,7 @@ with ``--data`` the first images of that data instead: an image folder
 (:class:`~vqtok.data.ImageFolder`, centre crops of ``image_size``) or a YAML config of one
 of vqtok's DataModules (an experiment config's ``data:`` section, or a bare
 ``class_path``/``init_args``), whose validation split is used. Images are converted to
-the tokenizer's channels as :class:`~vqtok.tokenizer.ImageTokenizer` converts its inputs,
+the tokenizer's channels as :class:`~vqtok.tokenizers.ImageTokenizer` converts its inputs,
 so grey models are shown grey images. Only classes of :mod:`vqtok.training.data` are
 built from a YAML: a report config cannot import other code.
 """

@@ -36,13 +36,13 @@ class Tokenizer:
 
     def __init__(self, model: VQAutoencoder, device: str | torch.device,
                  normalization: Normalization) -> None:
-        self.check_model(model)
+        self._check_model(model)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.normalization = normalization
 
     @classmethod
-    def check_model(cls, model: VQAutoencoder) -> None:
+    def _check_model(cls, model: VQAutoencoder) -> None:
         """A TypeError for anything but a VQAutoencoder, a ValueError for one of the other
         kind (image or video) that names the class to use."""
         if not isinstance(model, VQAutoencoder):
@@ -64,10 +64,10 @@ class Tokenizer:
         of the other kind (naming the class to use)."""
         device = resolve_device(device)  # before reading anything
         model, config = load_tokenizer_dir(path, revision=revision, video=cls.video)
-        return cls.from_loaded(model, config, device=device, **options)
+        return cls._from_loaded(model, config, device=device, **options)
 
     @classmethod
-    def from_loaded(cls: type[T], model: VQAutoencoder, config: dict[str, Any],  # noqa: PYI019
+    def _from_loaded(cls: type[T], model: VQAutoencoder, config: dict[str, Any],  # noqa: PYI019
                     device: str | torch.device = "cpu", **options: Any) -> T:
         """The tokenizer of a model and its validated ``config.json``, as
         :func:`~vqtok.formats.tokenizer_dir.load_tokenizer_dir` returns them."""

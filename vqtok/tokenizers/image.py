@@ -21,10 +21,9 @@
   tokenizer therefore never lets the batch a caller passes choose the kernels:
 
   - Small images (at most :data:`~vqtok.tokenizers.batching.BATCH_PIXELS` / 2 pixels
-    once padded) are encoded in
-    batches of a fixed size that depends on the image size alone,
-    ``min(64, BATCH_PIXELS // (H * W))``, channels-last; a partial batch is filled with
-    blank images. Torch's fastest kernels (oneDNN) then always see the same shapes, and
+    once padded) are encoded in batches of a fixed size that depends on the image size
+    alone, ``min(64, BATCH_PIXELS // (H * W))``, channels-last; a partial batch is filled
+    with blank images. Torch's fastest kernels (oneDNN) then always see the same shapes, and
     they compute each image of a batch by itself: its ids depend neither on its
     neighbours nor on its place (tests check both).
   - Larger images, tiles and all decoding run on per-sample kernels

@@ -47,10 +47,10 @@ def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "c
     device = resolve_device(device)  # before reading anything
     model, config = load_tokenizer_dir(path, revision=revision)
     if not is_video_model(model):
-        return ImageTokenizer.from_loaded(model, config, device=device, **options)
+        return ImageTokenizer._from_loaded(model, config, device=device, **options)
     for option in sorted(options.keys() & IMAGE_ONLY.keys()):
         raise ImageOptionError(option, IMAGE_ONLY[option])
-    return VideoTokenizer.from_loaded(model, config, device=device, **options)
+    return VideoTokenizer._from_loaded(model, config, device=device, **options)
 
 
 __all__ = ["IMAGE_ONLY", "ImageOptionError", "load_tokenizer"]
