@@ -43,7 +43,7 @@ from torchmetrics.functional.image import (
 
 from vqtok.data import PHOTOS_DIR
 from vqtok.metrics import colourfulness
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "photos_fsq.yaml"

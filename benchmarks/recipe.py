@@ -42,7 +42,7 @@ from torchmetrics.functional.image import (
 
 from vqtok.data import PHOTOS_DIR
 from vqtok.metrics import usage_stats
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "photos_vqgan.yaml"

@@ -42,7 +42,7 @@ from vqtok.data import FashionMNIST
 from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.generation import expand_prompt
 from vqtok.multimodal import generate_image
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 HEADING = "## Decoder: text-to-image agreement"
 log = logging.getLogger("text_to_image")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from vqtok.apps.files import default_workers, encode_files
 from vqtok.data.fashion_mnist import pad_images
 from vqtok.data.idx import read_idx
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 RESULTS = Path(__file__).with_name("RESULTS_tokenize.md")
 CHECKPOINT = ROOT / "checkpoints" / "fmnist_fsq"
@@ -104,7 +104,7 @@ def main() -> None:
     load_before = os.getloadavg()
     tokenizer = ImageTokenizer.from_pretrained(CHECKPOINT)
     per_sample = ImageTokenizer.from_pretrained(CHECKPOINT)
-    per_sample.fixed_batch = lambda height, width: None  # the per-sample kernels only
+    per_sample.planner.fixed_batches = False  # the per-sample kernels only
     fast = ImageTokenizer.from_pretrained(CHECKPOINT, batch_invariant=False)
     compiled = ImageTokenizer.from_pretrained(CHECKPOINT, compile=True)
 
@@ -124,17 +124,17 @@ def main() -> None:
         "3x3 conv 128->128, (8, 128, 64, 64), channels-last": (lambda: conv_cl(big_cl),
                                                                conv_flops),
         "tokenizer encode, batch 64 (fixed batches: oneDNN, channels-last)": (
-            lambda: tokenizer.encode_tensors(inputs), enc_flops),
+            lambda: tokenizer.encode_each(inputs, BATCH), enc_flops),
         "tokenizer encode, batch 64, compile=True (inductor)": (
-            lambda: compiled.encode_tensors(inputs), enc_flops),
+            lambda: compiled.encode_each(inputs, BATCH), enc_flops),
         "tokenizer encode, batch 64, per-sample kernels (the former path)": (
-            lambda: per_sample.encode_tensors(inputs), enc_flops),
+            lambda: per_sample.encode_each(inputs, BATCH), enc_flops),
         "tokenizer encode, batch 64, batch_invariant=False": (
-            lambda: fast.encode_tensors(inputs), enc_flops),
+            lambda: fast.encode_each(inputs, BATCH), enc_flops),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     start = time.perf_counter()
-    compiled.encode_tensors(inputs)  # builds the graph for 64 x 1 x 32 x 32
+    compiled.encode_each(inputs, BATCH)  # builds the graph for 64 x 1 x 32 x 32
     compile_seconds = time.perf_counter() - start
     with torch.inference_mode():
         for fn, _ in cases.values():

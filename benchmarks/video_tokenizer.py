@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vqtok.data import MovingFashionMNIST
-from vqtok.video_tokenizer import VideoTokenizer
+from vqtok.tokenizers import VideoTokenizer
 
 RESULTS = Path(__file__).with_name("RESULTS_video.md")
 BEGIN, END = "<!-- round-trip:begin -->", "<!-- round-trip:end -->"

@@ -19,7 +19,7 @@ from vqtok.cli import main
 from vqtok.formats.tokens import read_tokens
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.module import TokenizerModule
 
 
@@ -98,6 +98,36 @@ def test_encode_compile_gives_the_ids_of_the_usual_path(tmp_path: Path) -> None:
     assert list(compiled.names) == list(eager.names) and len(eager.ids) == 70
     for a, b in zip(eager.ids, compiled.ids):
         np.testing.assert_array_equal(a, b)
+
+
+def count_config_reads(monkeypatch: pytest.MonkeyPatch, tokenizer: Path) -> list[Path]:
+    """The reads of ``tokenizer``'s config.json from now on (every model directory's JSON
+    goes through :func:`vqtok.formats.model_dir.read_json`)."""
+    from vqtok.formats import model_dir
+
+    reads: list[Path] = []
+    real = model_dir.read_json
+
+    def read_json(path, *args, **kwargs):
+        if Path(path) == tokenizer / "config.json":
+            reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(model_dir, "read_json", read_json)
+    return reads
+
+
+def test_encode_reads_the_tokenizer_config_once(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    tok = Path(__file__).resolve().parents[1] / "checkpoints" / "fmnist_fsq"
+    reads = count_config_reads(monkeypatch, tok)
+    assert main(["encode", str(folder), "--tokenizer", str(tok), "--out",
+                 str(tmp_path / "ids.npz"), "--quiet", "--workers", "0"]) == 0
+    assert len(reads) == 1
 
 
 def test_export_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

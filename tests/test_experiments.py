@@ -14,9 +14,8 @@ import torch
 import yaml
 
 from tests.helpers import has_fashion_mnist, needs_fashion_mnist
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
 from vqtok.training.cli import run_tokenizer_cli
-from vqtok.video_tokenizer import VideoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -24,8 +24,7 @@ from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.formats.tokens import write_tokens
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary
-from vqtok.tokenizer import ImageTokenizer
-from vqtok.video_tokenizer import VideoTokenizer
+from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("VQTOK_FUZZ_EXAMPLES", 60)), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -17,7 +17,7 @@ from vqtok.cli import build_parser
 from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
 from vqtok.generation import expand_prompt
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_image
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.cli import run_decoder_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from vqtok.formats.tokenizer_dir import fingerprint
 from vqtok.models import VideoDecoder, VideoEncoder, VQAutoencoder
 from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_video
 from vqtok.quantizers import FSQ
+from vqtok.tokenizers import VideoTokenizer
 from vqtok.training.cli import run_decoder_cli
 from vqtok.training.decoder import CaptionImageDataModule
-from vqtok.video_tokenizer import VideoTokenizer
 
 NET = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
        "temporal_factor": 4, "num_groups": 4}

@@ -21,7 +21,7 @@ from vqtok.cli import main
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.formats.tokens import write_tokens
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,15 +150,15 @@ def test_an_allocation_failure_costs_only_its_file(tmp_path: Path, tok_dir: Path
     tokenizer = ImageTokenizer.from_pretrained(tok_dir)
     for i, side in enumerate((16, 24, 32)):
         photo(tmp_path / "in" / f"{i}.png", side, side, seed=i)
-    real = tokenizer.encode_tensors
+    real = tokenizer.encode_each
 
-    def allocate(tensors):
+    def allocate(tensors, batch_size=16):
         if any(t.shape[-1] == 24 for t in tensors):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't "
                                "allocate memory")
-        return real(tensors)
+        return real(tensors, batch_size)
 
-    monkeypatch.setattr(tokenizer, "encode_tensors", allocate)
+    monkeypatch.setattr(tokenizer, "encode_each", allocate)
     summary = encode_files([tmp_path / "in"], tokenizer, tmp_path / "t.npz", progress=False)
     assert summary.encoded == 2 and [p for p, _ in summary.failed] == [
         str(tmp_path / "in" / "1.png")]

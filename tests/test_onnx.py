@@ -21,7 +21,7 @@ from vqtok.cli import main
 from vqtok.extras import MissingExtraError
 from vqtok.onnx_export import DECODER_NAME, ENCODER_NAME, export_onnx, require_onnx
 from vqtok.quantizers import BSQ, FSQ, LFQ, ResidualQuantizer, SimVQ, VectorQuantizer
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install vqtok[onnx]")
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install vqtok[onnx]")

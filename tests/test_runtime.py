@@ -1,4 +1,4 @@
-"""``vqtok.runtime.CompiledCall``: when it compiles, and how it falls back to eager."""
+"""``vqtok.tokenizers.runtime.CompiledCall``: when it compiles, and how it falls back to eager."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from vqtok import runtime
-from vqtok.runtime import CompiledCall
+from vqtok.tokenizers import runtime
+from vqtok.tokenizers.runtime import CompiledCall
 
 
 def double(x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def test_a_failed_compile_warns_once_and_runs_eager(caplog: pytest.LogCaptureFix
     call = CompiledCall(double, "encoder")
     call.compiled = recorder = Recorder(fail=True)
     x = torch.arange(6.0).reshape(2, 3)
-    with caplog.at_level(logging.WARNING, logger="vqtok.runtime"):
+    with caplog.at_level(logging.WARNING, logger="vqtok.tokenizers.runtime"):
         assert torch.equal(call(x), x * 2)
         assert torch.equal(call(x + 1), (x + 1) * 2)
     assert recorder.calls == [(2, 3)]  # not tried again

@@ -22,7 +22,7 @@ from vqtok.formats.tokens import read_tokens
 from vqtok.metrics import CodebookUsage
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ, ResidualQuantizer, VectorQuantizer
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.callbacks import CodebookHistory
 from vqtok.training.module import TokenizerModule
 

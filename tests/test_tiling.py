@@ -22,8 +22,8 @@ from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.models import Decoder, Encoder
 from vqtok.models.receptive import NotTileableError, receptive_radius
 from vqtok.quantizers import FSQ, ResidualQuantizer
-from vqtok.tiling import DEFAULT_TILE_SIZE, tile_spans
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
+from vqtok.tokenizers.tiling import DEFAULT_TILE_SIZE, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "checkpoints" / "photos_fsq"

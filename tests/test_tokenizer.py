@@ -12,7 +12,7 @@ from PIL import Image
 from tests.helpers import assert_ids_agree, undecided_ids
 from vqtok.models import Decoder, Encoder, VQAutoencoder
 from vqtok.quantizers import FSQ
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 TINY = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
         "num_groups": 4}
@@ -309,9 +309,10 @@ def test_fixed_batches_do_not_depend_on_neighbours_or_places() -> None:
     image's ids are the same alone, in any order and beside any other images, and equal
     the model's own forward pass on a batch of that size (an independent run)."""
     rgb = ImageTokenizer(tiny_model(3, seed=2))
-    assert rgb.fixed_batch(32, 32) == 64 and rgb.fixed_batch(64, 64) == 16
-    assert rgb.fixed_batch(256, 256) is None  # large: per-sample kernels
-    assert ImageTokenizer(tiny_model(3), batch_invariant=False).fixed_batch(32, 32) is None
+    assert rgb.planner.fixed_batch(32, 32) == 64 and rgb.planner.fixed_batch(64, 64) == 16
+    assert rgb.planner.fixed_batch(256, 256) is None  # large: per-sample kernels
+    fast = ImageTokenizer(tiny_model(3), batch_invariant=False)
+    assert fast.planner.fixed_batch(32, 32) is None
     images = list(random_pixels((150, 32, 32, 3), seed=3))
     alone = torch.cat([rgb.encode(im) for im in images[:5]])
     together = rgb.encode(images, batch_size=150)  # three batches of 64, the last partial

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vqtok import ImageTokenizer, TokenizerFormatError, VideoTokenizer
+from vqtok import ImageTokenizer, TokenizerFormatError, VideoTokenizer, load_tokenizer
 from vqtok.formats.videos import gif_bytes, load_video, save_gif
 from vqtok.models import VideoDecoder, VideoEncoder, VQAutoencoder
 from vqtok.quantizers import FSQ
+from vqtok.tokenizers.load import ImageOptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = {"channels": 4, "channel_mult": (1, 2, 2, 2), "dim": 4, "num_groups": 2,
@@ -119,6 +120,30 @@ def test_save_and_load_give_the_same_ids_and_the_kinds_are_kept_apart(
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="use vqtok.VideoTokenizer"):
         ImageTokenizer(video_model())
+
+
+@pytest.mark.parametrize("name, kind", [("fmnist_fsq", ImageTokenizer),
+                                        ("photos_fsq", ImageTokenizer),
+                                        ("moving_fmnist_video", VideoTokenizer)])
+def test_load_tokenizer_gives_the_kind_of_the_shipped_checkpoints(name: str, kind: type
+                                                                  ) -> None:
+    path = ROOT / "checkpoints" / name
+    found = load_tokenizer(path, max_pixels="auto")
+    assert type(found) is kind
+    expected = kind.from_pretrained(path)
+    assert (found.max_pixels, found.normalization) == (expected.max_pixels,
+                                                       expected.normalization)
+    if kind is ImageTokenizer:
+        assert (found.min_size, found.tile_size) == (expected.min_size, expected.tile_size)
+
+
+def test_load_tokenizer_refuses_image_options_for_a_video_tokenizer() -> None:
+    path = ROOT / "checkpoints" / "moving_fmnist_video"
+    with pytest.raises(ImageOptionError, match="^tile_size: a video tokenizer does not run on "
+                                               "tiles$"):
+        load_tokenizer(path, tile_size=64)
+    with pytest.raises(ImageOptionError, match="^compile: "):
+        load_tokenizer(path, compile=True)
 
 
 def test_rgb_clips(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """vqtok: image tokenizers (VQ-VAE, rotation trick, SimVQ, FSQ) that stay fast with huge
 codebooks, report codebook collapse, and run end to end: train, export, tokenize.
 
-The inference API needs no Lightning: ``from vqtok import ImageTokenizer``.
+The inference API (:mod:`vqtok.tokenizers`) needs no Lightning:
+``from vqtok import ImageTokenizer``.
 """
 
 from vqtok.formats.tokenizer_dir import (
@@ -9,9 +10,8 @@ from vqtok.formats.tokenizer_dir import (
     load_tokenizer_dir,
     save_tokenizer_dir,
 )
-from vqtok.tokenizer import ImageTokenizer
-from vqtok.video_tokenizer import VideoTokenizer
+from vqtok.tokenizers import ImageTokenizer, VideoTokenizer, load_tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["ImageTokenizer", "TokenizerFormatError", "VideoTokenizer", "load_tokenizer_dir",
-           "save_tokenizer_dir"]
+__all__ = ["ImageTokenizer", "TokenizerFormatError", "VideoTokenizer", "load_tokenizer",
+           "load_tokenizer_dir", "save_tokenizer_dir"]

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 log = logging.getLogger("vqtok")
@@ -68,7 +69,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     graphs of :func:`vqtok.onnx_export.export_onnx`."""
     from vqtok.formats.outputs import check_new_output
     from vqtok.onnx_export import export_onnx, require_onnx
-    from vqtok.tokenizer import ImageTokenizer
+    from vqtok.tokenizers import ImageTokenizer
 
     require_onnx()  # before anything is loaded
     source = Path(args.checkpoint)
@@ -104,40 +105,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _video_tokenizer(args: argparse.Namespace) -> object | None:
-    """The :class:`~vqtok.VideoTokenizer` of ``--tokenizer`` when it is a video tokenizer,
-    else None (the image path goes on). Image-only options are refused for it."""
-    from vqtok.formats.tokenizer_dir import is_video_tokenizer_dir
+def _load_tokenizer(args: argparse.Namespace) -> Any:
+    """The tokenizer of ``--tokenizer`` (an image or a video tokenizer, from one read of its
+    ``config.json``), with the options given; an image-only option given for a video
+    tokenizer is refused, naming its flag."""
+    from vqtok.tokenizers.load import ImageOptionError, load_tokenizer
 
-    if not is_video_tokenizer_dir(args.tokenizer):
-        return None
+    options: dict[str, Any] = {"max_pixels": args.max_pixels}
     if args.tile_size != "auto":
-        raise ValueError("--tile-size: a video tokenizer does not run on tiles")
+        options["tile_size"] = args.tile_size
     if getattr(args, "compile", False):
-        raise ValueError("--compile: only the image tokenizer's encoder is compiled")
-    from vqtok.video_tokenizer import DEFAULT_MAX_CLIP_PIXELS, VideoTokenizer
-
-    budget = DEFAULT_MAX_CLIP_PIXELS if args.max_pixels == "auto" else args.max_pixels
-    return VideoTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                          max_pixels=budget)
+        options["compile"] = True
+    try:
+        return load_tokenizer(args.tokenizer, device=args.device, **options)
+    except ImageOptionError as err:
+        raise ValueError(f"--{err.option.replace('_', '-')}: {err.reason}") from None
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import encode_files
-    from vqtok.tokenizer import ImageTokenizer
+    from vqtok.tokenizers import VideoTokenizer
 
-    video = _video_tokenizer(args)
-    if video is not None:
+    tokenizer = _load_tokenizer(args)
+    if isinstance(tokenizer, VideoTokenizer):
         from vqtok.apps.videos import encode_clips
 
-        summary = encode_clips(args.images, video, args.out, progress=not args.quiet,
+        summary = encode_clips(args.images, tokenizer, args.out, progress=not args.quiet,
                                overwrite=args.overwrite, also_inputs=[args.tokenizer])
         print(summary)
         return 1 if summary.failed else 0
 
-    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels,
-                                               tile_size=args.tile_size, compile=args.compile)
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
                            progress=not args.quiet, overwrite=args.overwrite,
                            workers=args.workers, also_inputs=[args.tokenizer])
@@ -148,21 +145,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import decode_file
-    from vqtok.tokenizer import ImageTokenizer
+    from vqtok.tokenizers import VideoTokenizer
 
-    video = _video_tokenizer(args)
-    if video is not None:
+    tokenizer = _load_tokenizer(args)
+    if isinstance(tokenizer, VideoTokenizer):
         from vqtok.apps.videos import decode_clips
 
-        written = decode_clips(args.tokens, video, args.out, progress=not args.quiet,
+        written = decode_clips(args.tokens, tokenizer, args.out, progress=not args.quiet,
                                overwrite=args.overwrite, duration_ms=args.frame_ms,
                                also_inputs=[args.tokenizer])
         print(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
         return 0
 
-    tokenizer = ImageTokenizer.from_pretrained(args.tokenizer, device=args.device,
-                                               max_pixels=args.max_pixels,
-                                               tile_size=args.tile_size)
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
                           progress=not args.quiet, overwrite=args.overwrite,
                           also_inputs=[args.tokenizer])
@@ -383,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:
     """The options ``encode`` and ``decode`` share."""
     from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
-    from vqtok.tiling import DEFAULT_TILE_SIZE
+    from vqtok.tokenizers.tiling import DEFAULT_TILE_SIZE
 
     p.add_argument("--tokenizer", required=True, help=tokenizer)
     p.add_argument("--out", required=True, help=out)

@@ -22,9 +22,8 @@ from vqtok.formats.decoder_dir import MAX_IMAGE_TOKENS, load_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
 from vqtok.multimodal.decoder import MultimodalDecoder, generate_image, generate_video
 from vqtok.multimodal.streams import Vocabulary
-from vqtok.runtime import resolve_device
-from vqtok.tokenizer import ImageTokenizer
-from vqtok.video_tokenizer import VideoTokenizer
+from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
+from vqtok.tokenizers.runtime import resolve_device
 
 __all__ = ["caption_for", "expand_prompt", "generate_from_prompt", "video_from_prompt"]
 

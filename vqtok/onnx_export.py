@@ -29,7 +29,7 @@ from vqtok.extras import require_extra
 from vqtok.formats.atomic import atomic_directory
 from vqtok.formats.model_dir import vqtok_version
 from vqtok.formats.outputs import check_new_output
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 __all__ = ["DECODER_NAME", "ENCODER_NAME", "FORMAT", "export_onnx",
            "require_onnx"]

@@ -14,7 +14,7 @@ import vqtok.formats.atomic
 from tests.helpers import tiny_model
 from vqtok.apps.files import decode_file, default_workers, encode_files
 from vqtok.formats.tokens import read_tokens
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 K = 8 * 5 * 5 * 5
 

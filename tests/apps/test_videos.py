@@ -51,6 +51,17 @@ def test_gif_encode_decode_end_to_end(tok_dir: Path, tmp_path: Path) -> None:
     assert np.array_equal(np.stack(frames), tokenizer.decode(tokenizer.encode(x))[..., 0])
 
 
+def test_encode_reads_the_video_tokenizer_config_once(tok_dir: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    from tests.test_cli import count_config_reads
+
+    gif = save_gif(clip(5), tmp_path / "walk.gif")
+    reads = count_config_reads(monkeypatch, tok_dir)
+    assert main(["encode", str(gif), "--tokenizer", str(tok_dir), "--out",
+                 str(tmp_path / "ids.npz"), "--quiet"]) == 0
+    assert len(reads) == 1
+
+
 def test_folders_of_clips_and_failures(tok_dir: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     clips = tmp_path / "clips"

@@ -24,7 +24,7 @@ from vqtok.extras import MissingExtraError
 from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.hub import looks_like_repo_id
 from vqtok.formats.tokenizer_dir import TokenizerFormatError, fingerprint
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 try:
     import huggingface_hub as hub

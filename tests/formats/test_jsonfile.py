@@ -14,7 +14,7 @@ from vqtok.formats import jsonfile
 from vqtok.formats.jsonfile import MAX_JSON_DEPTH, read_json, to_json
 from vqtok.formats.schema import FormatError
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 
 def nested(levels: int) -> str:

@@ -21,7 +21,7 @@ from vqtok.cli import main
 from vqtok.formats.report import validate_report
 from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import VectorQuantizer
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.callbacks import CodebookHistory
 from vqtok.training.module import TokenizerModule
 

@@ -25,7 +25,7 @@ from tests.training.test_module import DIM, loader, tiny_module, trainer
 from vqtok import registry
 from vqtok.models import PatchDiscriminator
 from vqtok.quantizers import FSQ, VectorQuantizer
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.module import TokenizerModule
 
 

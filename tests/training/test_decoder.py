@@ -17,7 +17,7 @@ from vqtok.formats.tokenizer_dir import fingerprint, save_tokenizer_dir
 from vqtok.generation import caption_for
 from vqtok.multimodal import DecoderConfig, Modality, Vocabulary, build_stream, collate
 from vqtok.quantizers import FSQ
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 from vqtok.training.data import FashionMNISTDataModule
 from vqtok.training.decoder import (
     CaptionImageDataModule,

@@ -24,7 +24,7 @@ from vqtok.formats.images import DEFAULT_MAX_PIXELS, load_image
 from vqtok.formats.inputs import check_regular_file
 from vqtok.formats.outputs import check_new_output
 from vqtok.metrics import colourfulness
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 __all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
            "max_time", "psnr_uint8", "run_demo"]

@@ -29,7 +29,8 @@ from vqtok.formats.outputs import (
     is_within,
 )
 from vqtok.formats.tokens import read_tokens, write_tokens
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
+from vqtok.tokenizers.batching import SizeBuckets
 
 __all__ = ["EncodeSummary", "decode_file", "default_workers", "encode_files", "find_images"]
 
@@ -107,8 +108,9 @@ def encode_files(
     :func:`default_workers`) read and convert images in chunks of :data:`LOAD_CHUNK`
     while this process runs the model. Images wait in one bucket
     per padded size until the bucket holds a batch (``batch_size`` images, or the fixed
-    batch the tokenizer uses for that size, :meth:`ImageTokenizer.fixed_batch`), so a
-    forward pass never mixes sizes; the ids of an image do not depend on its batch.
+    batch the tokenizer uses for that size), as the tokenizer's planner lays them out
+    (:class:`~vqtok.tokenizers.batching.SizeBuckets`), so a forward pass never mixes
+    sizes; the ids of an image do not depend on its batch.
     Images over :data:`ALONE_PIXELS` are read here instead, one at a time when their turn
     comes, and encoded at once (on tiles, if the model allows): memory stays bounded
     whatever the images' sizes.
@@ -121,8 +123,7 @@ def encode_files(
     go on. The ``.npz`` lists images in the order of the files found and is written to a
     temporary file and renamed into place.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    buckets: SizeBuckets[tuple[int, torch.Tensor]] = tokenizer.planner.buckets(batch_size)
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 or None, got {workers!r}")
     files = find_images(paths_or_folders)
@@ -136,11 +137,6 @@ def encode_files(
         reason = reason.removeprefix(f"{path}: ")
         log.warning("skipping %s: %s", path, reason)
         failed[i] = (str(path), reason)
-
-    buckets: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
-
-    def flush(key: tuple[int, int], bar: tqdm) -> None:
-        encode(buckets.pop(key), bar)
 
     def encode(members: list[tuple[int, torch.Tensor]], bar: tqdm) -> None:
         inputs = [tokenizer.normalization.to_model(pixels) for _, pixels in members]
@@ -171,17 +167,15 @@ def encode_files(
                     fail(i, item)
                     bar.update(1)
                     continue
-                h, w = tokenizer.tokens_shape(*item.shape[1:])
-                key = (h * tokenizer.downsample_factor, w * tokenizer.downsample_factor)
-                buckets.setdefault(key, []).append((i, item))
-                if len(buckets[key]) >= (tokenizer.fixed_batch(*key) or batch_size):
-                    flush(key, bar)
-            pending = sum(x.numel() for bucket in buckets.values() for _, x in bucket)
+                full = buckets.add(*item.shape[1:], (i, item))
+                if full is not None:
+                    encode(full, bar)
+            pending = sum(x.numel() for _, x in buckets.waiting())
             if pending > PENDING_VALUES:  # many sizes: bound the memory they hold
-                for key in list(buckets):
-                    flush(key, bar)
-        for key in list(buckets):
-            flush(key, bar)
+                for members in buckets.drain():
+                    encode(members, bar)
+        for members in buckets.drain():
+            encode(members, bar)
     order = sorted(done)
     grids = [done[i][0].numpy() for i in order]
     out = write_tokens(out, names=[files[i][1] for i in order],
@@ -254,15 +248,15 @@ def _as_is(chunk: list) -> list:
 
 def _encode_each(tokenizer: ImageTokenizer, inputs: list[torch.Tensor]
                  ) -> list[tuple[torch.Tensor, tuple[int, int]] | BaseException]:
-    """The batch in one pass; if that fails, each image alone, so one bad image costs only
-    itself (its exception takes its place in the result)."""
+    """The batch (of one padded size) in one pass; if that fails, each image alone, so one
+    bad image costs only itself (its exception takes its place in the result)."""
     try:
-        return list(tokenizer.encode_tensors(inputs))
+        return list(tokenizer.encode_each(inputs, batch_size=len(inputs)))
     except Exception:  # noqa: BLE001 - find the image that failed
         results: list[tuple[torch.Tensor, tuple[int, int]] | BaseException] = []
         for x in inputs:
             try:
-                results += tokenizer.encode_tensors([x])
+                results += tokenizer.encode_each([x])
             except Exception as err:  # noqa: BLE001
                 results.append(err)
         return results

@@ -21,7 +21,7 @@ from vqtok.apps.files import EncodeSummary, find_inputs, output_paths
 from vqtok.formats.outputs import check_new_output, check_output_folder, check_outputs
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.formats.videos import check_frame_ms, frame_files, save_gif, video_sources
-from vqtok.video_tokenizer import VideoTokenizer
+from vqtok.tokenizers import VideoTokenizer
 
 __all__ = ["decode_clips", "encode_clips", "find_clips"]
 

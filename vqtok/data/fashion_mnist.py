@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from vqtok.data.home import DATA_ENV, DatasetNotFoundError, dataset_dir
 from vqtok.data.idx import read_idx
 from vqtok.formats.atomic import atomic_directory
-from vqtok.formats.images import DEFAULT_NORMALIZATION
 from vqtok.formats.outputs import check_new_output
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FashionMNIST(Dataset):
     """Fashion-MNIST as ``(image, label)`` pairs.
 
     ``image`` is float32 ``(1, pad_to, pad_to)``, the 28x28 photo centred on a black
-    border, normalised by :data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to
+    border, normalised by :data:`~vqtok.tokenizers.pixels.DEFAULT_NORMALIZATION` (pixels to
     [-1, 1]); ``label`` is an int in [0, 10), see ``CLASSES``.
 
     Args:

@@ -1,7 +1,7 @@
 """Datasets of RGB photos: random patches of a few large photos, or a folder of images.
 
 Both return ``(image, 0)`` with ``image`` float32 ``(3, H, W)``, normalised by
-:data:`~vqtok.formats.images.DEFAULT_NORMALIZATION` (pixels to [-1, 1]). Files become
+:data:`~vqtok.tokenizers.pixels.DEFAULT_NORMALIZATION` (pixels to [-1, 1]). Files become
 pixels through :mod:`vqtok.formats.images`, the conversion ``ImageTokenizer`` uses too.
 Images are decoded once at construction and kept in memory as uint8 (``3 * H * W`` bytes
 each).
@@ -22,7 +22,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqtok.formats.images import (
-    DEFAULT_NORMALIZATION,
     image_files,
     load_image,
     resize_center_crop,
@@ -30,6 +29,7 @@ from vqtok.formats.images import (
 )
 from vqtok.formats.inputs import check_regular_file
 from vqtok.metrics.colour import GREY_COLOURFULNESS, colourfulness
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 
 log = logging.getLogger(__name__)
 

@@ -11,41 +11,30 @@ model's channels, in one way (docs/formats.md#pixels):
   Pillow's own conversion to RGB; grey is repeated to RGB, and RGB goes to grey with
   Pillow's ITU-R 601-2 luma ("L").
 
-A model then sees ``x = (pixels / 255 - mean) / std`` (:class:`Normalization`); the default
-``mean = std = 0.5`` maps pixels to [-1, 1]. The datasets, the tokenizer and the report all
-call these functions, and a tokenizer directory records the normalisation it was trained
-with.
+The datasets, the tokenizers and the report all read images through this module; what a
+model then sees of the pixels (normalisation, padding) is :mod:`vqtok.tokenizers.pixels`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
-from torch.nn import functional as F
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "DEFAULT_NORMALIZATION",
     "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
     "TILED_MAX_PIXELS",
-    "ImageLike",
-    "Images",
-    "Normalization",
     "TooManyPixelsError",
     "check_pixels",
     "image_files",
     "load_image",
-    "replicate_pad",
     "resize_center_crop",
-    "split_images",
     "to_uint8_pixels",
 ]
 
@@ -58,8 +47,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".
 DEFAULT_MAX_PIXELS = 1 << 21
 """The pixel budget of one image (2,097,152 pixels: 2048 x 1024, a 1920 x 1080 frame fits),
 checked before an image is decoded or allocated. Encoding a whole image of that size with
-``checkpoints/photos_fsq`` peaks near 3.5 GiB and decoding one near 6 GiB on this 24 GiB
-machine (measured at 1 and 4 megapixels); ``None`` lifts the limit. It is the default of
+``checkpoints/photos_fsq`` peaks near 3.5 GiB and decoding one near 6 GiB
+(measured at 1 and 4 megapixels); ``None`` lifts the limit. It is the default of
 models that cannot run on tiles (:data:`TILED_MAX_PIXELS` is that of the others)."""
 TILED_MAX_PIXELS = 1 << 26
 """The pixel budget of one image for a tokenizer that runs its model on tiles
@@ -70,51 +59,6 @@ _NOT_FINITE = ("a float image (PIL mode F) holding NaN or infinite values; pixel
                "finite")
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """``x = (pixels / 255 - mean) / std`` between uint8 pixels and a model's input."""
-
-    mean: float = 0.5
-    std: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.mean) and np.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"normalisation needs a finite mean and std > 0, got mean "
-                             f"{self.mean!r}, std {self.std!r}")
-
-    def to_model(self, pixels: Tensor) -> Tensor:
-        """uint8 pixels (any shape) -> float32 model input."""
-        return (pixels.float() / 255.0 - self.mean) / self.std
-
-    def to_uint8(self, x: Tensor) -> Tensor:
-        """Model-space values -> uint8 pixels on the CPU: ``round((x * std + mean) * 255)``
-        clamped to 0..255."""
-        pixels = (x.float() * self.std + self.mean) * 255
-        return pixels.round().clamp(0, 255).to("cpu", torch.uint8)
-
-    def convert(self, x: Tensor, target: Normalization) -> Tensor:
-        """Model-space values under this normalisation -> the same pixels under ``target``
-        (unrounded)."""
-        return ((x.float() * self.std + self.mean) - target.mean) / target.std
-
-    def bounds(self) -> tuple[float, float]:
-        """The model-space values of pixels 0 and 255."""
-        return (0.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-DEFAULT_NORMALIZATION = Normalization()
-"""Pixels to [-1, 1], what every vqtok dataset yields."""
-
-
-ImageLike = Image.Image | np.ndarray | Tensor
-"""One image: a PIL image, a numpy array or a tensor (see vqtok.tokenizer)."""
-Images = ImageLike | Sequence[ImageLike]
-"""One image, a batch array/tensor, or a list of images."""
 
 
 def image_files(root: str | os.PathLike[str]) -> list[Path]:
@@ -230,33 +174,17 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
 
 
-def split_images(images: Images) -> list[ImageLike]:
-    """One item per image: batches ``(B, H, W, C)`` arrays and ``(B, C, H, W)`` tensors
-    are split; a list or tuple is taken item by item."""
-    if isinstance(images, (list, tuple)):
-        items: list[ImageLike] = []
-        for item in images:
-            if isinstance(item, (list, tuple)):
-                raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
-                    "expected a flat list of images, got a nested list")
-            items += split_images(item)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        items = list(images)
-    elif isinstance(images, Tensor) and images.ndim == 4:
-        items = list(images.unbind(0))
-    elif isinstance(images, (Image.Image, np.ndarray, Tensor)):
-        items = [images]
-    else:
-        raise ValueError(f"expected PIL images, numpy arrays or tensors, got "
-                         f"{type(images).__name__}")
-    if not items:
-        raise ValueError("got no images")
-    return items
+_MOVED = frozenset({"DEFAULT_NORMALIZATION", "ImageLike", "Images", "Normalization",
+                    "replicate_pad", "split_images"})
 
 
-def replicate_pad(x: Tensor, height: int, width: int) -> Tensor:
-    """``(C, H, W)`` -> ``(C, height, width)`` by replicating the bottom row and right column."""
-    pad = (0, width - x.shape[2], 0, height - x.shape[1])  # (left, right, top, bottom)
-    if pad == (0, 0, 0, 0):
-        return x
-    return F.pad(x[None], pad, mode="replicate")[0]
+def __getattr__(name: str) -> Any:
+    """The names that moved to :mod:`vqtok.tokenizers.pixels`, with a DeprecationWarning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"vqtok.formats.images.{name} moved to vqtok.tokenizers.pixels; import it "
+                  f"from there (the old name goes in the next release)", DeprecationWarning,
+                  stacklevel=2)
+    from vqtok.tokenizers import pixels
+
+    return getattr(pixels, name)

@@ -42,7 +42,6 @@ from safetensors import safe_open
 from vqtok import registry
 from vqtok.formats import model_dir
 from vqtok.formats.hub import resolve_model_dir
-from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.jsonfile import json_copy, read_json
 from vqtok.formats.model_dir import CONFIG_NAME, MODULE_SPEC, WEIGHTS_NAME
 from vqtok.formats.schema import Float, FormatError, Int, Obj, validate
@@ -58,9 +57,7 @@ __all__ = [
     "build_config",
     "fingerprint",
     "is_video_model",
-    "is_video_tokenizer_dir",
     "load_tokenizer_dir",
-    "normalization_of",
     "read_config",
     "save_tokenizer_dir",
 ]
@@ -79,6 +76,10 @@ SPEC = Obj({
 }, optional={**model_dir.OPTIONAL_SPEC, "video": Obj({"temporal_factor": Int(min=1)})})
 """``config.json`` of a tokenizer directory."""
 
+DEFAULT_NORMALIZATION = {"mean": 0.5, "std": 0.5}
+"""The ``normalization`` of a model trained on pixels mapped to [-1, 1], what every vqtok
+dataset yields (:data:`vqtok.tokenizers.pixels.DEFAULT_NORMALIZATION`)."""
+
 
 class TokenizerFormatError(FormatError):
     """A tokenizer directory that cannot be loaded; the message names the file and why."""
@@ -90,7 +91,7 @@ class TokenizerFormatError(FormatError):
 def build_config(
     model: VQAutoencoder,
     *,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
+    normalization: Any = None,
     min_size: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -106,7 +107,8 @@ def build_config(
         "downsample_factor": factor,
         "min_size": factor if min_size is None else min_size,
     }
-    config["normalization"] = normalization.as_dict()
+    config["normalization"] = (dict(DEFAULT_NORMALIZATION) if normalization is None else
+                               {"mean": normalization.mean, "std": normalization.std})
     config["codebook_size"] = model.codebook_size
     if is_video_model(model):
         config["video"] = {"temporal_factor": int(model.encoder.temporal_factor)}
@@ -121,24 +123,11 @@ def is_video_model(model: VQAutoencoder) -> bool:
     return hasattr(model.encoder, "temporal_factor")
 
 
-def is_video_tokenizer_dir(path: str | os.PathLike[str], revision: str | None = None) -> bool:
-    """Whether the tokenizer directory (or Hub repo id) holds a video tokenizer; a
-    :class:`TokenizerFormatError` when it is not a valid tokenizer directory."""
-    root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision)
-    _, config = model_dir.read_model_config(root, SPEC, "tokenizer", TokenizerFormatError)
-    return "video" in config
-
-
 def read_config(path: Path) -> dict[str, Any]:
     """Parse and validate a tokenizer's ``config.json``."""
     config = read_json(path, TokenizerFormatError)
     validate(config, SPEC, str(path), TokenizerFormatError)
     return config
-
-
-def normalization_of(config: dict[str, Any]) -> Normalization:
-    """The pixel normalisation a validated config records."""
-    return Normalization(**config["normalization"])
 
 
 # ---- save -----------------------------------------------------------------------------
@@ -148,13 +137,15 @@ def save_tokenizer_dir(
     model: VQAutoencoder,
     out_dir: str | os.PathLike[str],
     *,
-    normalization: Normalization = DEFAULT_NORMALIZATION,
+    normalization: Any = None,
     min_size: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a tokenizer directory at ``out_dir``; returns its path.
 
-    ``normalization`` is the pixel normalisation the model was trained with; ``extra`` is
+    ``normalization`` is the pixel normalisation the model was trained with (a
+    :class:`~vqtok.tokenizers.pixels.Normalization`, or anything with a ``mean`` and a
+    ``std``; None: :data:`DEFAULT_NORMALIZATION`); ``extra`` is
     free JSON metadata stored under ``"extra"`` (training run, metrics). An existing
     tokenizer at ``out_dir`` is replaced; a directory holding anything other than
     ``config.json`` and ``model.safetensors`` is refused rather than deleted.

@@ -40,7 +40,7 @@ from vqtok.report.codebook import (
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, load_run
 from vqtok.report.html import Figure, render_html
 from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct, to_model_input
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
 
 __all__ = ["analyse_run", "build_report"]
 
@@ -250,8 +250,8 @@ def _samples_figure(tokenizer: ImageTokenizer, run: RunHistory, data: str | Path
         images = held_out_images(data, samples, size)
     x = to_model_input(images, tokenizer)  # (n, C, H, W) in the model's space and channels
     x_hat, _ = reconstruct(tokenizer, x)
-    originals = tokenizer.to_uint8(x).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
-    recons = tokenizer.to_uint8(x_hat).permute(0, 2, 3, 1).numpy()
+    originals = tokenizer.normalization.to_uint8(x).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
+    recons = tokenizer.normalization.to_uint8(x_hat).permute(0, 2, 3, 1).numpy()
     info.update({"source": source, "count": int(images.shape[0])})
     return (f"held-out images (top) and their reconstructions (bottom): {source}",
             plots.image_grid(originals, recons))

@@ -7,7 +7,7 @@ with ``--data`` the first images of that data instead: an image folder
 (:class:`~vqtok.data.ImageFolder`, centre crops of ``image_size``) or a YAML config of one
 of vqtok's DataModules (an experiment config's ``data:`` section, or a bare
 ``class_path``/``init_args``), whose validation split is used. Images are converted to
-the tokenizer's channels as :class:`~vqtok.tokenizer.ImageTokenizer` converts its inputs,
+the tokenizer's channels as :class:`~vqtok.tokenizers.ImageTokenizer` converts its inputs,
 so grey models are shown grey images. Only classes of :mod:`vqtok.training.data` are
 built from a YAML: a report config cannot import other code.
 """
@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok.data import ImageFolder, PhotoPatches
-from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization, to_uint8_pixels
+from vqtok.formats.images import to_uint8_pixels
 from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, run_name
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
 from vqtok.training import data as datamodules
 
 __all__ = ["held_out_images", "load_data", "measure_tokenizer", "reconstruct",

@@ -28,7 +28,7 @@ from vqtok.data import (
     download_fashion_mnist,
 )
 from vqtok.data.fashion_mnist import check_files, default_root
-from vqtok.formats.images import DEFAULT_NORMALIZATION
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 
 __all__ = [
     "RESUMABLE_LOADERS",

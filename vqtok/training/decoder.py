@@ -42,10 +42,9 @@ from vqtok.multimodal.streams import (
     build_stream,
     collate,
 )
-from vqtok.tokenizer import ImageTokenizer
+from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
 from vqtok.training.data import FashionMNISTDataModule, check_positive, make_loader
 from vqtok.training.optim import adamw_warmup_cosine
-from vqtok.video_tokenizer import VideoTokenizer
 
 __all__ = [
     "CaptionImageDataModule",

@@ -35,7 +35,6 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok import registry
-from vqtok.formats.images import DEFAULT_NORMALIZATION, Normalization
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.metrics import CodebookUsage
 from vqtok.models import AutoencoderOutput, VQAutoencoder
@@ -48,6 +47,7 @@ from vqtok.models.adversarial import (
 )
 from vqtok.models.lpips import LPIPS
 from vqtok.quantizers import Quantizer
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
 from vqtok.training.optim import adamw_warmup_cosine
 
 RECON_LOSSES = ("l1", "mse")
