@@ -9,8 +9,8 @@ import sys
 
 STEPS = {
     **{f"import {m}": f"import {m}" for m in (
-        "vqtok", "vqtok.tokenizer", "vqtok.generation", "vqtok.formats.tokenizer_dir",
-        "vqtok.formats.decoder_dir", "vqtok.formats.hub", "vqtok.onnx_export", "vqtok.data",
+        "vqtok", "vqtok.tokenizer", "vqtok.lm", "vqtok.lm.command", "vqtok.formats.tokenizer_dir",
+        "vqtok.lm.lm_dir", "vqtok.formats.hub", "vqtok.onnx_export", "vqtok.data",
         "vqtok.apps.files", "vqtok.video_tokenizer", "vqtok.apps.videos", "vqtok.cli")},
     **{f"vqtok {c} --help": f"from vqtok.cli import main\ntry:\n    main([{c!r}, '--help'])\n"
                            f"except SystemExit:\n    pass"

@@ -14,17 +14,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import FASHION_MNIST, needs_fashion_mnist, tiny_model
 from vqtok.formats.tokenizer_dir import fingerprint, save_tokenizer_dir
-from vqtok.generation import caption_for
-from vqtok.multimodal import DecoderConfig, Modality, Vocabulary, build_stream, collate
+from vqtok.lm import LMConfig, Modality, Vocabulary, build_stream, collate
+from vqtok.lm.captions import caption_for
+from vqtok.lm.data import CaptionImageDataModule
+from vqtok.lm.token_cache import encode_cached
+from vqtok.lm.train import LMModule, stream_losses
 from vqtok.quantizers import FSQ
 from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.data import FashionMNISTDataModule
-from vqtok.training.decoder import (
-    CaptionImageDataModule,
-    DecoderModule,
-    encode_cached,
-    stream_losses,
-)
 from vqtok.training.optim import warmup_cosine
 
 TINY_DECODER = {"d_model": 32, "n_layers": 2, "n_heads": 2, "init_std": 0.02}
@@ -36,8 +33,8 @@ def tiny_tokenizer_dir(path: Path, levels: tuple[int, ...] = (4, 4, 4), seed: in
     return save_tokenizer_dir(model.eval(), path)
 
 
-def tiny_decoder(image_codebook_size: int = 10, **kwargs) -> DecoderModule:
-    return DecoderModule.from_vocabulary(Vocabulary(image_codebook_size=image_codebook_size),
+def tiny_decoder(image_codebook_size: int = 10, **kwargs) -> LMModule:
+    return LMModule.from_vocabulary(Vocabulary(image_codebook_size=image_codebook_size),
                                          **TINY_DECODER, **kwargs)
 
 
@@ -150,22 +147,22 @@ def test_module_trains_loss_decreases_and_checkpoint_is_weights_only(tmp_path: P
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # no pickle of objects
     hparams = ckpt["hyper_parameters"]
     assert hparams["image_codebook_size"] == 10 and hparams["config"]["d_model"] == 32
-    restored = DecoderModule.load_from_checkpoint(path, weights_only=True).eval()
+    restored = LMModule.load_from_checkpoint(path, weights_only=True).eval()
     with torch.no_grad():
         assert torch.equal(restored(batch), module(batch))
 
 
 def test_config_and_vocabulary() -> None:
     vocab = Vocabulary(image_codebook_size=9)
-    cfg = DecoderConfig(vocab_size=vocab.size, d_model=24, n_layers=1, n_heads=3,
+    cfg = LMConfig(vocab_size=vocab.size, d_model=24, n_layers=1, n_heads=3,
                         attention="mqa", position_scheme="mrope", head_dim=8)
-    module = DecoderModule(cfg, 9, lr=1e-4)
+    module = LMModule(cfg, 9, lr=1e-4)
     assert module.config == cfg and module.hparams.lr == 1e-4
     assert module.vocab.size == vocab.size == module.model.lm_head.out_features
-    assert DecoderModule(cfg.to_dict(), 9).config == cfg  # what a checkpoint holds
+    assert LMModule(cfg.to_dict(), 9).config == cfg  # what a checkpoint holds
     with pytest.raises(ValueError, match="vocab_size"):
-        DecoderModule(cfg, 8)
-    built = DecoderModule.from_vocabulary(vocab, d_model=24, n_layers=1, n_heads=3,
+        LMModule(cfg, 8)
+    built = LMModule.from_vocabulary(vocab, d_model=24, n_layers=1, n_heads=3,
                                           attention="mqa", position_scheme="mrope", head_dim=8)
     assert built.config == cfg
 
@@ -183,14 +180,14 @@ def test_fit_rejects_data_of_another_scheme_or_vocabulary(tmp_path: Path) -> Non
     module = tiny_decoder(position_scheme="rope_tie_v2")
     with pytest.raises(ValueError, match="position_scheme '1d' differs"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(module.vocab, "1d"))
-    with pytest.raises(ValueError, match="does not match the decoder"):
+    with pytest.raises(ValueError, match="does not match the model"):
         _trainer(tmp_path, 1).fit(module, datamodule=_StubData(
             Vocabulary(image_codebook_size=11), "rope_tie_v2"))
 
 
 def test_default_position_scheme_is_1d() -> None:
     # The position ablations (benchmarks/RESULTS_decoder.md) chose it; model and data agree.
-    assert DecoderConfig(vocab_size=300).position_scheme == "1d"
+    assert LMConfig(vocab_size=300).position_scheme == "1d"
     assert inspect.signature(CaptionImageDataModule).parameters["position_scheme"].default \
         == "1d"
 

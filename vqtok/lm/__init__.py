@@ -1,35 +1,38 @@
-"""Multimodal token streams and a decoder-only transformer over them
-(docs/algorithms.md#streams-and-positions and #attention-variants).
+"""The multimodal language model (LM): text to image and to video, on the token grids of a
+vqtok tokenizer.
 
-Pure torch; no dependency on the quantizers: a stream holds codebook indices, whichever
-tokenizer produced them.
+==========================  ==============================================================
+:mod:`.streams`              one vocabulary for text, image codes and markers; token streams
+:mod:`.positions`            position schemes (docs/algorithms.md#streams-and-positions)
+:mod:`.rope`, :mod:`.attention`  rotary embedding, attention variants with a KV cache
+:mod:`.model`                :class:`MultimodalLM` and constrained generation of grids
+:mod:`.lm_dir`               its directory format (``config.json`` + ``model.safetensors``)
+:mod:`.captions`             the captions it learns and is prompted with
+:mod:`.generation`           prompt -> images or clips, through the tokenizer
+:mod:`.command`              ``vqtok generate``
+:mod:`.token_cache`          the token ids of a dataset, cached per tokenizer
+:mod:`.data`                 captioned streams for training (Lightning)
+:mod:`.train`                :class:`~vqtok.lm.train.LMModule` (Lightning)
+:mod:`.cli`                  ``vqtok lm fit|validate|test`` (Lightning)
+==========================  ==============================================================
+
+Importing this package loads no Lightning; only :mod:`.data`, :mod:`.train` and
+:mod:`.cli` do. Within vqtok only the top layer (``vqtok.cli``) imports it.
 """
 
-from vqtok.multimodal.attention import (
-    ATTENTION_KINDS,
-    GroupedQueryAttention,
-    KVCache,
-    LayerCache,
-    MultiHeadLatentAttention,
-    make_attention,
-)
-from vqtok.multimodal.decoder import (
-    DecoderConfig,
-    GenerationOutput,
+from vqtok.lm.captions import caption_for, expand_prompt
+from vqtok.lm.generation import generate_from_prompt, video_from_prompt
+from vqtok.lm.lm_dir import LMFormatError, load_lm_dir, save_lm_dir
+from vqtok.lm.model import (
     GridConstraint,
-    MultimodalDecoder,
+    LMConfig,
+    MultimodalLM,
     generate_grid,
     generate_image,
     generate_video,
-    sample_next,
 )
-from vqtok.multimodal.positions import SCHEMES, PositionScheme, make_scheme
-from vqtok.multimodal.rope import RotaryEmbedding
-from vqtok.multimodal.streams import (
+from vqtok.lm.streams import (
     Modality,
-    Span,
-    Stream,
-    StreamBatch,
     Vocabulary,
     build_stream,
     collate,
@@ -38,31 +41,23 @@ from vqtok.multimodal.streams import (
 )
 
 __all__ = [
-    "ATTENTION_KINDS",
-    "SCHEMES",
-    "DecoderConfig",
-    "GenerationOutput",
     "GridConstraint",
-    "GroupedQueryAttention",
-    "KVCache",
-    "LayerCache",
+    "LMConfig",
+    "LMFormatError",
     "Modality",
-    "MultiHeadLatentAttention",
-    "MultimodalDecoder",
-    "PositionScheme",
-    "RotaryEmbedding",
-    "Span",
-    "Stream",
-    "StreamBatch",
+    "MultimodalLM",
     "Vocabulary",
     "build_stream",
+    "caption_for",
     "collate",
+    "expand_prompt",
     "extract_images",
     "extract_videos",
+    "generate_from_prompt",
     "generate_grid",
     "generate_image",
     "generate_video",
-    "make_attention",
-    "make_scheme",
-    "sample_next",
+    "load_lm_dir",
+    "save_lm_dir",
+    "video_from_prompt",
 ]

@@ -1,21 +1,16 @@
-"""Training the multimodal decoder on caption + image streams.
+"""The language model's captioned data: caption + image (or video) token streams.
 
-:class:`CaptionImageDataModule` tokenizes a labelled image dataset (Fashion-MNIST, through
-:class:`~vqtok.training.data.FashionMNISTDataModule` and its split) once with an exported
-:class:`~vqtok.tokenizer.ImageTokenizer`, caching the ids, and serves streams
-``[BOS] "a photo of an ankle boot" [BOI] 8x8 codes [EOI] [EOS]`` padded with a mask.
-:class:`DecoderModule` trains a :class:`~vqtok.multimodal.MultimodalDecoder` on them with
-the next-token loss and logs the loss on image tokens alone (the position-scheme ablation's
-metric).
+:class:`CaptionImageDataModule` tokenizes a labelled dataset once with an exported
+tokenizer, caching the ids (:mod:`vqtok.lm.token_cache`), and serves streams
+``[BOS] "a photo of an ankle boot" [BOI] 8x8 codes [EOI] [EOS]`` padded with a mask. What
+it captions comes from one of two sources: Fashion-MNIST images (:class:`ImageSource`,
+with an image tokenizer) or Moving Fashion-MNIST clips (:class:`ClipSource`, with a video
+tokenizer).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,83 +21,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vqtok.data import FashionMNIST, MovingFashionMNIST
-from vqtok.formats.decoder_dir import save_decoder_dir
-from vqtok.formats.token_cache import read_token_cache, write_token_cache
-from vqtok.formats.tokenizer_dir import fingerprint
-from vqtok.formats.tokenizer_dir import read_config as read_tokenizer_config
-from vqtok.generation import caption_for
-from vqtok.multimodal.decoder import DecoderConfig, MultimodalDecoder
-from vqtok.multimodal.positions import make_scheme
-from vqtok.multimodal.streams import (
-    Modality,
-    Stream,
-    StreamBatch,
-    Vocabulary,
-    build_stream,
-    collate,
-)
+from vqtok.data import MovingFashionMNIST
+from vqtok.data.captions import class_name
+from vqtok.data.fashion_mnist import CLASSES
+from vqtok.formats.tokenizer_dir import fingerprint, is_video_tokenizer_dir
+from vqtok.lm.captions import DEFAULT_TEMPLATE, caption_for
+from vqtok.lm.positions import make_scheme
+from vqtok.lm.streams import Stream, Vocabulary, build_stream, collate
+from vqtok.lm.token_cache import cached_grids, encode_cached
 from vqtok.tokenizer import ImageTokenizer
 from vqtok.training.data import FashionMNISTDataModule, check_positive, make_loader
-from vqtok.training.optim import adamw_warmup_cosine
 from vqtok.video_tokenizer import VideoTokenizer
 
-__all__ = [
-    "CaptionImageDataModule",
-    "CaptionImageDataset",
-    "DecoderModule",
-    "cached_grids",
-    "encode_cached",
-    "stream_losses",
-]
-
-log = logging.getLogger(__name__)
-
-
-# ---- the token cache -------------------------------------------------------------------
-
-
-def cached_grids(encode: Callable[[np.ndarray], Tensor], n: int, grid_shape: tuple[int, ...],
-                 codebook_size: int, indices: list[int], cache_file: Path | None,
-                 chunk: int = 4096, what: str = "images") -> Tensor:
-    """Token grids ``(len(indices), *grid_shape)`` of items ``indices`` of a dataset of
-    ``n``, reusing and extending ``cache_file`` (:mod:`vqtok.formats.token_cache`): only the
-    missing requested items are encoded, ``chunk`` at a time, by ``encode(item indices)``,
-    and the cache is written after each chunk (an interrupted run keeps what it did)."""
-    dtype = np.dtype(np.uint16 if codebook_size <= 1 << 16 else np.int32)
-    shape = (n, *grid_shape)
-    cached = read_token_cache(cache_file, shape, dtype) if cache_file is not None else None
-    ids, done = cached or (np.zeros(shape, dtype=dtype), np.zeros(n, dtype=bool))
-    wanted = np.asarray(indices, dtype=np.int64)
-    missing = wanted[~done[wanted]]
-    if missing.size:
-        start = time.perf_counter()
-        for part in np.array_split(missing, math.ceil(missing.size / chunk)):
-            ids[part] = encode(part).numpy()
-            done[part] = True
-            if cache_file is not None:
-                write_token_cache(cache_file, ids, done)
-        log.info("tokenized %d %s in %.1f s", missing.size, what, time.perf_counter() - start)
-    return torch.from_numpy(ids[wanted].astype(np.int64))
-
-
-def encode_cached(tokenizer: ImageTokenizer, dataset: Dataset, indices: list[int],
-                  cache_file: Path | None, batch_size: int = 256) -> Tensor:
-    """Token ids ``(len(indices), h, w)`` of the images ``dataset[i][0]`` (float ``(C, H, W)``
-    in the tokenizer's input space, one size for all), through :func:`cached_grids`."""
-
-    def encode(part: np.ndarray) -> Tensor:
-        x = torch.stack([dataset[int(i)][0] for i in part])  # (m, C, H, W)
-        if x.shape[1] == 1 and tokenizer.channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        return tokenizer.encode(x, batch_size=batch_size)
-
-    grid = tokenizer.tokens_shape(*dataset[0][0].shape[-2:])
-    return cached_grids(encode, len(dataset), grid, tokenizer.codebook_size,  # type: ignore[arg-type]
-                        indices, cache_file)
-
-
-# ---- data --------------------------------------------------------------------------------
+__all__ = ["CaptionImageDataModule", "CaptionImageDataset", "ClipSource", "ImageSource"]
 
 
 class CaptionImageDataset(Dataset):
@@ -143,15 +74,109 @@ class Rescaled(Dataset):
         return image, label
 
 
-def is_video_tokenizer(path: str | Path) -> bool:
-    """Whether the tokenizer directory ``path`` holds a video tokenizer (its config records a
-    temporal factor, docs/formats.md); a Hub repo id counts as an image tokenizer."""
-    config = Path(path) / "config.json"
-    return config.is_file() and "video" in read_tokenizer_config(config)
+class ImageSource:
+    """Fashion-MNIST images with the train/val split of
+    :class:`~vqtok.training.data.FashionMNISTDataModule`, each captioned from its class by
+    a template."""
+
+    video = False
+
+    def __init__(self, tokenizer: str, hp: Any) -> None:
+        self.images = FashionMNISTDataModule(root=hp.root, batch_size=hp.encode_batch_size,
+                                             val_size=hp.val_size, limit_train=hp.limit_train,
+                                             pad_to=hp.pad_to, seed=hp.seed)
+        self.tokenizer = ImageTokenizer.from_pretrained(tokenizer)
+        self.hp = hp
+        self.caption_template: str | None = hp.caption_template
+        self.captions = [caption_for(class_name(c), hp.caption_template)
+                         for c in range(len(CLASSES))]
+        self.image_size = hp.pad_to if hp.image_size is None else hp.image_size
+        self.image_tokens = self.tokenizer.tokens_shape(self.image_size, self.image_size)
+        self.video_tokens: tuple[int, int, int] | None = None
+
+    def cache_stem(self, split: str) -> str:
+        size = "" if self.image_size == self.hp.pad_to else f"-size{self.image_size}"
+        return f"fashion_mnist-{split}-pad{self.hp.pad_to}{size}"
+
+    def fit_sets(self, data: CaptionImageDataModule
+                 ) -> tuple[CaptionImageDataset, CaptionImageDataset]:
+        self.images.setup("fit")
+        return (self._streams(data, self.images.train_set, "train"),
+                self._streams(data, self.images.val_set, "train"))
+
+    def test_set(self, data: CaptionImageDataModule) -> CaptionImageDataset:
+        self.images.setup("test")
+        test = self.images.test_set
+        count = min(len(test), self.hp.limit_test or len(test))
+        return self._streams(data, Subset(test, range(count)), "test")
+
+    def _streams(self, data: CaptionImageDataModule, images: Dataset, split: str
+                 ) -> CaptionImageDataset:
+        """Tokenize a split (a Subset of the full Fashion-MNIST split, or all of it)."""
+        full, indices = (images.dataset, list(images.indices)) if isinstance(images, Subset) \
+            else (images, list(range(len(images))))  # type: ignore[arg-type]
+        source = full if self.image_size == self.hp.pad_to else Rescaled(full, self.image_size)
+        grids = encode_cached(self.tokenizer, source, indices, data.cache_file(split),
+                              self.hp.encode_batch_size)
+        return data.streams(grids, full.labels[indices], self.captions)
+
+
+class ClipSource:
+    """Moving Fashion-MNIST clips and their own captions ("a bag moving up"): training
+    clips from the train split, validation and test clips from the test split."""
+
+    video = True
+
+    def __init__(self, tokenizer: str, hp: Any) -> None:
+        check_positive(val_size=hp.val_size)
+        self.tokenizer = VideoTokenizer.from_pretrained(tokenizer)
+        self.hp = hp
+        self.image_size = 64 if hp.image_size is None else hp.image_size
+        self.clips = {split: MovingFashionMNIST(hp.root, split, num_frames=hp.num_frames,
+                                                size=self.image_size,
+                                                max_sprites=hp.max_sprites, seed=hp.seed)
+                      for split in ("train", "test")}
+        if hp.val_size >= len(self.clips["test"]):
+            raise ValueError(f"val_size={hp.val_size} leaves no test clip: the test split has "
+                             f"{len(self.clips['test'])}")
+        self.caption_template: str | None = None  # clips carry their own captions
+        self.video_tokens = self.tokenizer.tokens_shape(hp.num_frames, self.image_size,
+                                                        self.image_size)
+        self.image_tokens = self.video_tokens[1:]
+
+    def cache_stem(self, split: str) -> str:
+        hp = self.hp
+        return (f"moving_fashion_mnist-{split}-f{hp.num_frames}-s{self.image_size}-"
+                f"m{hp.max_sprites}-seed{hp.seed}")
+
+    def fit_sets(self, data: CaptionImageDataModule
+                 ) -> tuple[CaptionImageDataset, CaptionImageDataset]:
+        train = self.clips["train"]
+        count = min(len(train), self.hp.limit_train or len(train))
+        return (self._streams(data, "train", range(count)),
+                self._streams(data, "test", range(self.hp.val_size)))
+
+    def test_set(self, data: CaptionImageDataModule) -> CaptionImageDataset:
+        total = len(self.clips["test"])
+        stop = min(total, self.hp.val_size + (self.hp.limit_test or total))
+        return self._streams(data, "test", range(self.hp.val_size, stop))
+
+    def _streams(self, data: CaptionImageDataModule, split: str, indices: range
+                 ) -> CaptionImageDataset:
+        """Tokenize clips ``indices`` of a Moving Fashion-MNIST split (cached)."""
+        clips = self.clips[split]
+
+        def encode(part: np.ndarray) -> Tensor:
+            return torch.stack([self.tokenizer.encode(clips[int(i)][0].numpy()) for i in part])
+
+        grids = cached_grids(encode, len(clips), self.video_tokens, self.tokenizer.codebook_size,
+                             list(indices), data.cache_file(split), chunk=256, what="clips")
+        captions = [clips.caption(i) for i in indices]
+        return data.streams(grids, torch.arange(len(indices)), captions)
 
 
 class CaptionImageDataModule(pl.LightningDataModule):
-    """Fashion-MNIST captions + image or video tokens for the multimodal decoder.
+    """Fashion-MNIST captions + image or video tokens for the language model.
 
     With an image tokenizer, the images and their train/val split are those of
     :class:`~vqtok.training.data.FashionMNISTDataModule` with the same ``root``,
@@ -171,7 +196,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
         root: folder with the Fashion-MNIST IDX files; ``None``: the user cache.
         caption_template: caption of an image from its lower-cased class name.
         position_scheme: ``"rope_tie_v2"``, ``"mrope"``, ``"1d"`` or ``"nope"``; must be the
-            decoder's (the CLI links it to ``model.config.position_scheme``).
+            model's (the CLI links it to ``model.config.position_scheme``).
         batch_size: streams per batch.
         val_size: training images held out for validation.
         limit_train: keep only the first this-many training images (None: all).
@@ -190,7 +215,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, tokenizer: str, root: str | None = None,
-                 caption_template: str = "a photo of a {label}",
+                 caption_template: str = DEFAULT_TEMPLATE,
                  position_scheme: str = "1d", batch_size: int = 64,
                  val_size: int = 1000, limit_train: int | None = None,
                  limit_test: int | None = None, pad_to: int = 32,
@@ -206,42 +231,22 @@ class CaptionImageDataModule(pl.LightningDataModule):
         make_scheme(position_scheme)  # validates the name
         self.save_hyperparameters()
         self.tokenizer_dir = str(tokenizer)
-        self.video = is_video_tokenizer(tokenizer)
-        if self.video:
-            check_positive(val_size=val_size)
-            self.tokenizer = VideoTokenizer.from_pretrained(tokenizer)
-            side = 64 if image_size is None else image_size
-            self.clips = {split: MovingFashionMNIST(root, split, num_frames=num_frames, size=side,
-                                                    max_sprites=max_sprites, seed=seed)
-                          for split in ("train", "test")}
-            if val_size >= len(self.clips["test"]):
-                raise ValueError(f"val_size={val_size} leaves no test clip: the test split has "
-                                 f"{len(self.clips['test'])}")
-        else:
-            self.images = FashionMNISTDataModule(root=root, batch_size=encode_batch_size,
-                                                 val_size=val_size, limit_train=limit_train,
-                                                 pad_to=pad_to, seed=seed)
-            self.tokenizer = ImageTokenizer.from_pretrained(tokenizer)
+        kind = ClipSource if is_video_tokenizer_dir(tokenizer) else ImageSource
+        self.source: ImageSource | ClipSource = kind(tokenizer, self.hparams)
+        self.video = self.source.video
+        self.tokenizer = self.source.tokenizer
         if self.tokenizer.num_stages is not None:
             raise ValueError(f"tokenizer {tokenizer} gives {self.tokenizer.num_stages} ids per "
-                             f"position (a multi-stage quantizer); the decoder's streams take "
-                             f"one id per image token")
+                             f"position (a multi-stage quantizer); the language model's "
+                             f"streams take one id per image token")
         self.fingerprint = fingerprint(tokenizer)
-        self.class_names = [c.lower() for c in FashionMNIST.CLASSES]
-        # Clips carry their own captions: no template.
-        self.caption_template = None if self.video else caption_template
-        self.captions = [caption_for(c, caption_template) for c in self.class_names]
+        self.class_names = [class_name(c) for c in range(len(CLASSES))]
+        self.caption_template = self.source.caption_template
         self.vocab = Vocabulary(image_codebook_size=self.tokenizer.codebook_size)
         # Read by the CLI's links into the model's arguments.
         self.image_codebook_size, self.vocab_size = self.vocab.image_codebook_size, self.vocab.size
-        if self.video:
-            self.image_size = side
-            self.video_tokens = self.tokenizer.tokens_shape(num_frames, side, side)
-            self.image_tokens = self.video_tokens[1:]
-        else:
-            self.image_size = pad_to if image_size is None else image_size
-            self.video_tokens = None
-            self.image_tokens = self.tokenizer.tokens_shape(self.image_size, self.image_size)
+        self.image_size = self.source.image_size
+        self.image_tokens, self.video_tokens = self.source.image_tokens, self.source.video_tokens
         self.position_scheme = position_scheme
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set: CaptionImageDataset | None = None
@@ -253,64 +258,17 @@ class CaptionImageDataModule(pl.LightningDataModule):
         cache_dir = self.hparams.cache_dir
         if cache_dir is None:
             return None
-        if self.video:
-            hp = self.hparams
-            return Path(cache_dir) / (f"moving_fashion_mnist-{split}-f{hp.num_frames}-s"
-                                      f"{self.image_size}-m{hp.max_sprites}-seed{hp.seed}-"
-                                      f"{self.fingerprint[:16]}.npz")
-        size = "" if self.image_size == self.hparams.pad_to else f"-size{self.image_size}"
-        name = (f"fashion_mnist-{split}-pad{self.hparams.pad_to}{size}-"
-                f"{self.fingerprint[:16]}.npz")
-        return Path(cache_dir) / name
+        return Path(cache_dir) / f"{self.source.cache_stem(split)}-{self.fingerprint[:16]}.npz"
 
-    def _streams(self, images: Dataset, split: str) -> CaptionImageDataset:
-        """Tokenize a split (a Subset of the full Fashion-MNIST split, or all of it)."""
-        full, indices = (images.dataset, list(images.indices)) if isinstance(images, Subset) \
-            else (images, list(range(len(images))))  # type: ignore[arg-type]
-        source = full if self.image_size == self.hparams.pad_to else Rescaled(full,
-                                                                              self.image_size)
-        grids = encode_cached(self.tokenizer, source, indices, self.cache_file(split),
-                              self.hparams.encode_batch_size)
-        return CaptionImageDataset(grids, full.labels[indices], self.captions, self.vocab,
-                                   self.position_scheme)
-
-    def _clip_streams(self, split: str, indices: range) -> CaptionImageDataset:
-        """Tokenize clips ``indices`` of a Moving Fashion-MNIST split (cached)."""
-        clips = self.clips[split]
-
-        def encode(part: np.ndarray) -> Tensor:
-            return torch.stack([self.tokenizer.encode(clips[int(i)][0].numpy()) for i in part])
-
-        grids = cached_grids(encode, len(clips), self.video_tokens, self.tokenizer.codebook_size,
-                             list(indices), self.cache_file(split), chunk=256, what="clips")
-        captions = [clips.caption(i) for i in indices]
-        return CaptionImageDataset(grids, torch.arange(len(indices)), captions, self.vocab,
-                                   self.position_scheme)
-
-    def _setup_clips(self, stage: str | None) -> None:
-        hp = self.hparams
-        if self.train_set is None and stage in (None, "fit", "validate"):
-            count = min(len(self.clips["train"]), hp.limit_train or len(self.clips["train"]))
-            self.train_set = self._clip_streams("train", range(count))
-            self.val_set = self._clip_streams("test", range(hp.val_size))
-        if self.test_set is None and stage in (None, "test"):
-            total = len(self.clips["test"])
-            stop = min(total, hp.val_size + (hp.limit_test or total))
-            self.test_set = self._clip_streams("test", range(hp.val_size, stop))
+    def streams(self, grids: Tensor, labels: Tensor, captions: list[str]) -> CaptionImageDataset:
+        """Token grids captioned by ``captions[labels[i]]``, as this module's streams."""
+        return CaptionImageDataset(grids, labels, captions, self.vocab, self.position_scheme)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.video:
-            self._setup_clips(stage)
-            return
         if self.train_set is None and stage in (None, "fit", "validate"):
-            self.images.setup("fit")
-            self.train_set = self._streams(self.images.train_set, "train")
-            self.val_set = self._streams(self.images.val_set, "train")
+            self.train_set, self.val_set = self.source.fit_sets(self)
         if self.test_set is None and stage in (None, "test"):
-            self.images.setup("test")
-            test = self.images.test_set
-            count = min(len(test), self.hparams.limit_test or len(test))
-            self.test_set = self._streams(Subset(test, range(count)), "test")
+            self.test_set = self.source.test_set(self)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(dataset, self.batch_size, shuffle, self.num_workers,
@@ -324,135 +282,3 @@ class CaptionImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
-
-
-# ---- model -------------------------------------------------------------------------------
-
-
-def stream_losses(logits: Tensor, batch: StreamBatch) -> dict[str, Tensor]:
-    """Next-token cross-entropy of ``logits (B, T, V)`` on ``batch``: ``"loss"`` over every
-    real target token, ``"image_loss"`` over codebook targets only (image and video codes),
-    ``"text_loss"`` over text bytes; padding is never a target. Also the token counts ``"n_image"``, ``"n_text"``
-    and ``"n_all"``, the weights of those means."""
-    targets = batch.ids[:, 1:]  # token t+1 is predicted at t
-    real = batch.mask[:, 1:] & batch.mask[:, :-1]
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                          reduction="none").view_as(targets)  # (B, T-1)
-    modality = batch.modality[:, 1:]
-    image = real & ((modality == Modality.IMAGE) | (modality == Modality.VIDEO))
-    text = real & (batch.modality[:, 1:] == Modality.TEXT)
-
-    def mean(where: Tensor) -> Tensor:
-        return (nll * where).sum() / where.sum().clamp_min(1)
-
-    return {"loss": mean(real), "image_loss": mean(image), "text_loss": mean(text),
-            "n_image": image.sum(), "n_text": text.sum(), "n_all": real.sum()}
-
-
-class DecoderModule(pl.LightningModule):
-    """A :class:`MultimodalDecoder` trained with the next-token loss on stream batches.
-
-    Args:
-        config: the decoder's architecture; ``vocab_size`` must equal the vocabulary's size
-            (the CLI links it from the data).
-        image_codebook_size: the tokenizer's codebook size (the CLI links it from the data).
-        text_vocab: text ids (256 UTF-8 bytes).
-        lr: peak AdamW learning rate.
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay on matrices (not on norms).
-        warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio * lr`` at the
-            trainer's last step.
-        min_lr_ratio: final learning rate as a fraction of ``lr``.
-    """
-
-    def __init__(self, config: DecoderConfig, image_codebook_size: int, text_vocab: int = 256,
-                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
-                 weight_decay: float = 0.1, warmup_steps: int = 100,
-                 min_lr_ratio: float = 0.1) -> None:
-        super().__init__()
-        config = config if isinstance(config, DecoderConfig) else DecoderConfig.from_dict(config)
-        self.vocab = Vocabulary(text_vocab, image_codebook_size=image_codebook_size)
-        if config.vocab_size != self.vocab.size:
-            raise ValueError(f"config.vocab_size {config.vocab_size} != the size "
-                             f"{self.vocab.size} of the vocabulary ({self.vocab})")
-        self.save_hyperparameters(ignore=["config"])
-        # Plain numbers and strings only: the checkpoint loads with weights_only=True.
-        self.hparams.pop("_instantiator", None)
-        self.hparams.pop("_class_path", None)
-        self.hparams["config"] = config.to_dict()
-        self.model = MultimodalDecoder(config)
-
-    @classmethod
-    def from_vocabulary(cls, vocab: Vocabulary, **kwargs: Any) -> DecoderModule:
-        """A module for ``vocab`` whose ``config`` fields other than ``vocab_size`` are
-        given as keyword arguments (next to the training ones, e.g. ``lr``)."""
-        names = set(DecoderConfig.__dataclass_fields__) - {"vocab_size"}
-        arch = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-        return cls(DecoderConfig(vocab_size=vocab.size, **arch), vocab.image_codebook_size,
-                   vocab.text_vocab, **kwargs)
-
-    @property
-    def config(self) -> DecoderConfig:
-        return self.model.config
-
-    def forward(self, batch: StreamBatch) -> Tensor:
-        """Logits ``(B, T, vocab_size)`` of a padded stream batch."""
-        return self.model(batch.ids, batch.positions, batch.mask)
-
-    def setup(self, stage: str) -> None:
-        """Refuse a DataModule whose vocabulary or position scheme is not the decoder's."""
-        data = self.trainer.datamodule  # None when fit was given dataloaders
-        if data is None:
-            return
-        vocab, scheme = getattr(data, "vocab", None), getattr(data, "position_scheme", None)
-        if vocab is not None and vocab.size != self.vocab.size:
-            raise ValueError(f"the data's vocabulary ({vocab}) does not match the decoder's "
-                             f"({self.vocab})")
-        if scheme is not None and scheme != self.config.position_scheme:
-            raise ValueError(f"the data's position_scheme {scheme!r} differs from the "
-                             f"decoder's {self.config.position_scheme!r}")
-
-    def export(self, out_dir: str | Path, datamodule: CaptionImageDataModule,
-               extra: dict | None = None) -> Path:
-        """Write the decoder directory with what the data knows: the token grid, the
-        caption template and class names, and which tokenizer made the tokens (plus any
-        ``extra`` JSON metadata)."""
-        extra = {
-            "labels": list(datamodule.class_names),
-            "tokenizer": {"path": str(datamodule.tokenizer_dir), "sha256": datamodule.fingerprint},
-            **(extra or {}),
-        }
-        return save_decoder_dir(self.model, self.vocab, out_dir, datamodule.image_tokens,
-                                caption_template=datamodule.caption_template, extra=extra,
-                                video_tokens=getattr(datamodule, "video_tokens", None))
-
-    def training_step(self, batch: StreamBatch, batch_idx: int) -> Tensor:
-        terms = stream_losses(self(batch), batch)
-        size = batch.ids.shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=size)
-        self.log("train/image_loss", terms["image_loss"], batch_size=size)
-        return terms["loss"]
-
-    def validation_step(self, batch: StreamBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: StreamBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: StreamBatch, stage: str) -> None:
-        terms = stream_losses(self(batch), batch)
-        # Epoch values are token-weighted means: weight each batch by its token counts.
-        self.log(f"{stage}/loss", terms["loss"], batch_size=int(terms["n_all"]), sync_dist=True,
-                 prog_bar=True)
-        self.log(f"{stage}/image_loss", terms["image_loss"], batch_size=int(terms["n_image"]),
-                 sync_dist=True, prog_bar=True)
-        self.log(f"{stage}/text_loss", terms["text_loss"], batch_size=int(terms["n_text"]),
-                 sync_dist=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return adamw_warmup_cosine(
-            self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
-            weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            min_lr_ratio=hp.min_lr_ratio)
