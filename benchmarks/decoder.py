@@ -21,18 +21,18 @@ from pathlib import Path
 
 import torch
 
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, build_stream
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary, build_stream
 
 KINDS = ("mha", "gqa", "mqa", "mla")
 SIZE = {"d_model": 256, "n_layers": 4, "n_heads": 8, "head_dim": 32}
 GROUPS, D_LATENT, D_ROPE = 2, 128, 16  # GQA g; MLA d_c = 4 d_k, d_r = d_k / 2 (DeepSeek-V2)
 
 
-def model_for(kind: str, vocab: Vocabulary, size: dict[str, int]) -> MultimodalDecoder:
+def model_for(kind: str, vocab: Vocabulary, size: dict[str, int]) -> MultimodalLM:
     torch.manual_seed(0)
-    cfg = DecoderConfig(vocab_size=vocab.size, attention=kind, n_kv_heads=GROUPS,
+    cfg = LMConfig(vocab_size=vocab.size, attention=kind, n_kv_heads=GROUPS,
                         d_latent=D_LATENT, d_rope=D_ROPE, **size)
-    return MultimodalDecoder(cfg).eval()
+    return MultimodalLM(cfg).eval()
 
 
 def formula(kind: str, size: dict[str, int]) -> tuple[str, int]:
@@ -63,7 +63,7 @@ def cache_table(vocab: Vocabulary) -> list[str]:
     return rows
 
 
-def time_generation(model: MultimodalDecoder, vocab: Vocabulary, new_tokens: int,
+def time_generation(model: MultimodalLM, vocab: Vocabulary, new_tokens: int,
                     use_cache: bool, runs: int) -> float:
     prompt = build_stream(["a photo of an ankle boot"], vocab)
     times = []

@@ -34,7 +34,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
+from vqtok.lm.data import CaptionImageDataModule
+from vqtok.lm.train import LMModule
 
 SCHEMES = ("rope_tie_v2", "mrope", "1d", "nope")
 HEADING = "## Decoder: position-scheme ablation"
@@ -57,12 +58,12 @@ def make_data(args: argparse.Namespace, scheme: str) -> CaptionImageDataModule:
 
 
 def train_decoder(args: argparse.Namespace, scheme: str, seed: int
-                  ) -> tuple[DecoderModule, CaptionImageDataModule, dict[str, Any]]:
+                  ) -> tuple[LMModule, CaptionImageDataModule, dict[str, Any]]:
     """Train one decoder for ``args.steps`` steps; returns it, its data and the validation
     metrics (plus the training time)."""
     pl.seed_everything(seed, verbose=False)
     data = make_data(args, scheme)
-    module = DecoderModule.from_vocabulary(
+    module = LMModule.from_vocabulary(
         data.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
         position_scheme=scheme, rope_base=args.rope_base, lr=args.lr,
         warmup_steps=args.warmup, weight_decay=0.1)

@@ -39,9 +39,9 @@ from decoder_ablation import (
 )
 
 from vqtok.data import FashionMNIST
-from vqtok.formats.decoder_dir import load_decoder_dir
-from vqtok.generation import expand_prompt
-from vqtok.multimodal import generate_image
+from vqtok.lm import generate_image
+from vqtok.lm.captions import expand_prompt
+from vqtok.lm.lm_dir import load_lm_dir
 from vqtok.tokenizers import ImageTokenizer
 
 HEADING = "## Decoder: text-to-image agreement"
@@ -161,7 +161,7 @@ def main() -> None:
     log.info("judge accuracy on tokenizer reconstructions %.4f", ceiling)
 
     if args.decoder:
-        model, vocab, config = load_decoder_dir(args.decoder)
+        model, vocab, config = load_lm_dir(args.decoder)
         extra = config.get("extra", {})
         made = {k: extra[k] for k in ("produced_by", "val_image_loss") if k in extra}
         provenance = f"Decoder read from `{args.decoder}` ({json.dumps(made)})"
@@ -174,7 +174,7 @@ def main() -> None:
         info = {"produced_by": command, "steps": args.steps, "batch_size": args.batch_size,
                 "val_image_loss": metrics["val/image_loss"], "val_loss": metrics["val/loss"]}
         module.export(args.export, data, extra=info)
-        model, vocab, config = load_decoder_dir(args.export)
+        model, vocab, config = load_lm_dir(args.export)
         provenance = (f"Decoder trained here for {args.steps} steps of {args.batch_size} "
                       f"streams in {metrics['train_s']:.0f} s (d_model={args.d_model}, "
                       f"{args.layers} layers, {args.heads} heads, RoPE-Tie-v2; val image loss "

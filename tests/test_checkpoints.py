@@ -15,8 +15,8 @@ from tests.helpers import needs_fashion_mnist
 from vqtok import ImageTokenizer, VideoTokenizer
 from vqtok.data import MovingFashionMNIST, read_idx
 from vqtok.data.fashion_mnist import default_root, find_file
-from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
+from vqtok.lm.lm_dir import load_lm_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "checkpoints"
@@ -43,12 +43,12 @@ def test_every_checkpoint_loads_and_is_checksummed() -> None:
             assert kind.from_pretrained(path).codebook_size > 1
         else:
             assert fmt == "vqtok.decoder", path
-            load_decoder_dir(path)
+            load_lm_dir(path)
 
 
 def test_decoder_fmnist_writes_the_token_grid_of_fmnist_fsq() -> None:
     tokenizer = ImageTokenizer.from_pretrained(CHECKPOINTS / "fmnist_fsq")
-    _, vocab, config = load_decoder_dir(CHECKPOINTS / "decoder_fmnist")
+    _, vocab, config = load_lm_dir(CHECKPOINTS / "decoder_fmnist")
     # the tokenizer it records is the shipped one (vqtok generate warns otherwise)
     assert config["extra"]["tokenizer"]["sha256"] == fingerprint(CHECKPOINTS / "fmnist_fsq")
     assert vocab.image_codebook_size == tokenizer.codebook_size

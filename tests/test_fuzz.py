@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from tests.helpers import tiny_model
 from vqtok.cli import main
-from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
 from vqtok.formats.tokens import write_tokens
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary
+from vqtok.lm.lm_dir import load_lm_dir, save_lm_dir
 from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("VQTOK_FUZZ_EXAMPLES", 60)), deadline=None,
@@ -44,9 +44,9 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     tok = save_tokenizer_dir(tiny_model().eval(), root / "tok")
     vocab = Vocabulary(image_codebook_size=1000)
     torch.manual_seed(0)
-    decoder = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    decoder = MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                               n_heads=2))
-    dec = save_decoder_dir(decoder, vocab, root / "dec", (4, 4),
+    dec = save_lm_dir(decoder, vocab, root / "dec", (4, 4),
                            caption_template="a photo of a {label}")
     npz = write_tokens(root / "t.npz", names=["a.png", "sub/b.png"], paths=["a.png", "b.png"],
                        sizes=[(16, 16), (13, 15)], grids=[np.ones((4, 4), np.int64),
@@ -143,7 +143,7 @@ def test_decoder_loading_raises_only_value_error(originals: dict[str, bytes],
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_dir(Path(tmp), originals, "dec", data)
         try:
-            load_decoder_dir(folder)
+            load_lm_dir(folder)
         except ValueError:
             pass
 
@@ -351,7 +351,7 @@ def test_config_sizes_never_allocate_beyond_the_weights(
         (folder / "config.json").write_text(json.dumps(config))
         (folder / "model.safetensors").write_bytes(files[f"{prefix}/model.safetensors"])
         try:
-            (load_decoder_dir if kind == "dec" else ImageTokenizer.from_pretrained
+            (load_lm_dir if kind == "dec" else ImageTokenizer.from_pretrained
              if kind == "tok" else VideoTokenizer.from_pretrained)(folder)
         except ValueError as err:
             assert "\n" not in str(err), err

@@ -9,9 +9,9 @@ import sys
 
 STEPS = {
     **{f"import {m}": f"import {m}" for m in (
-        "vqtok", "vqtok.tokenizers", "vqtok.generation", "vqtok.formats.tokenizer_dir",
-        "vqtok.formats.decoder_dir", "vqtok.formats.hub", "vqtok.onnx_export", "vqtok.data",
-        "vqtok.apps.files", "vqtok.apps.videos", "vqtok.cli")},
+        "vqtok", "vqtok.tokenizers", "vqtok.lm", "vqtok.lm.command",
+        "vqtok.formats.tokenizer_dir", "vqtok.lm.lm_dir", "vqtok.formats.hub", "vqtok.onnx_export",
+        "vqtok.data", "vqtok.apps.files", "vqtok.apps.videos", "vqtok.cli")},
     **{f"vqtok {c} --help": f"from vqtok.cli import main\ntry:\n    main([{c!r}, '--help'])\n"
                            f"except SystemExit:\n    pass"
        for c in ("encode", "decode", "generate", "export", "data")},

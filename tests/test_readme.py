@@ -33,16 +33,16 @@ SHORT = {
     ("fit",): ["--trainer.max_steps=2", "--trainer.val_check_interval=2",
                "--trainer.limit_val_batches=2", "--data.init_args.limit_train=8",
                "--data.init_args.val_size=4"],
-    ("decoder", "fit"): ["--trainer.max_steps=2", "--trainer.val_check_interval=2",
-                         "--trainer.limit_val_batches=1", "--data.limit_train=8",
-                         "--data.val_size=4"],
+    ("lm", "fit"): ["--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                    "--trainer.limit_val_batches=1", "--data.limit_train=8",
+                    "--data.val_size=4"],
 }
 
 
 def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 2
     assert {words[1] for words in COMMANDS} >= {"data", "fit", "export", "encode", "decode",
-                                                "generate", "decoder", "report"}
+                                                "generate", "lm", "report"}
     assert {words[0] for words in SHELL} == {"make", ".venv/bin/vqtok"}
 
 
@@ -81,7 +81,7 @@ def run_commands(tmp: Path, short: bool) -> None:
         for command, extra in SHORT.items():
             if short and tuple(args[1:1 + len(command)]) == command:
                 args += extra
-        if args[1:3] == ["decoder", "fit"]:
+        if args[1:3] == ["lm", "fit"]:
             args.append(f"--data.cache_dir={tmp / 'token-cache'}")
         done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True,
                               check=False, timeout=3600)

@@ -1,7 +1,8 @@
 """The ``vqtok`` command: every subcommand's arguments, wired to the library.
 
-``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok decoder
-fit|validate|test`` are LightningCLIs (:mod:`vqtok.training.cli`); the plain subcommands
+``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok lm
+fit|validate|test`` (the language model; ``vqtok decoder ...`` is the same command) are
+LightningCLIs (:mod:`vqtok.training.cli`, :mod:`vqtok.lm.cli`); the plain subcommands
 (``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``,
 ``lpips convert``) parse their arguments here and call the library. Each imports what it
 needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+LM_COMMANDS = ("lm", "decoder")
+"""``vqtok lm fit|validate|test``; ``decoder`` is the name it had first."""
 log = logging.getLogger("vqtok")
 
 
@@ -178,9 +181,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vqtok.apps.generate import write_generated
+    from vqtok.lm.command import write_generated
 
-    print(write_generated(args.decoder, args.tokenizer, args.prompt, args.out, num=args.num,
+    print(write_generated(args.lm, args.tokenizer, args.prompt, args.out, num=args.num,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                           raw=args.raw, device=args.device, overwrite=args.overwrite,
                           video=args.video, frames=args.frames, frame_ms=args.frame_ms))
@@ -229,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in LIGHTNING_SUBCOMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (see `vqtok {name} --help`)",
                        add_help=False)
-    sub.add_parser("decoder", add_help=False, help="LightningCLI fit/validate/test of the "
-                   "multimodal decoder (see `vqtok decoder fit --help`)")
+    sub.add_parser("lm", aliases=["decoder"], add_help=False, help="LightningCLI "
+                   "fit/validate/test of the text-to-image language model (see `vqtok lm fit "
+                   "--help`; `vqtok decoder` is the same command)")
 
     p = sub.add_parser("demo", help="train the default photo tokenizer briefly, export it and "
                        "round-trip a held-out photo (what `make demo` runs)")
@@ -285,15 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "generate", help="generate images (or, with --video, animated GIFs) from a text prompt "
-                         "with a trained decoder",
-        description="Text to image: the decoder writes one token grid per image after the "
-                    "caption, the tokenizer decodes it to pixels. With --video, a decoder "
+                         "with a trained language model",
+        description="Text to image: the language model writes one token grid per image after "
+                    "the caption, the tokenizer decodes it to pixels. With --video, an LM "
                     "trained on clips writes a full (t, h, w) grid and a video tokenizer "
                     "decodes it to an animated GIF.")
-    p.add_argument("--decoder", required=True, help="a decoder directory (`vqtok decoder fit`)")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer the decoder was trained on")
+    p.add_argument("--lm", "--decoder", dest="lm", required=True,
+                   help="a language model directory (`vqtok lm fit`); --decoder is the same")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer the LM was trained on")
     p.add_argument("--prompt", required=True,
-                   help="a class name such as 'ankle boot' (put into the decoder's caption "
+                   help="a class name such as 'ankle boot' (put into the LM's caption "
                         "template) or a whole caption")
     p.add_argument("--out", required=True,
                    help="output PNG (a GIF with --video); with --num N > 1, OUT_000.png ... "
@@ -305,10 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true",
                    help="feed the prompt as is, without the caption template")
     p.add_argument("--video", action="store_true",
-                   help="write animated GIFs (a decoder trained on clips, a video tokenizer)")
+                   help="write animated GIFs (an LM trained on clips, a video tokenizer)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per GIF with --video: 1 + k x the tokenizer's temporal factor "
-                        "(default: the length of the decoder's training clips)")
+                        "(default: the length of the LM's training clips)")
     p.add_argument("--frame-ms", type=int, default=100,
                    help="display time of each GIF frame in milliseconds (default 100)")
     _device_and_overwrite(p, "replace existing output files")
@@ -417,9 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     configure_logging(quiet="--quiet" in argv)
-    lightning = argv[:1] and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] == ["decoder"] and (
-        len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS)
-    command = " ".join(argv[:2] if argv[:1] in (["decoder"], ["lpips"]) else argv[:1]) or "vqtok"
+    lightning = argv[:1] and argv[0] in LIGHTNING_SUBCOMMANDS or argv[:1] and (
+        argv[0] in LM_COMMANDS and len(argv) > 1 and argv[1] in LIGHTNING_SUBCOMMANDS)
+    two_words = argv[:1] and argv[0] in (*LM_COMMANDS, "lpips")
+    command = " ".join(argv[:2] if two_words else argv[:1]) or "vqtok"
     try:
         if lightning:
             return _lightning(argv)
@@ -445,13 +451,18 @@ def _lightning(argv: list[str]) -> int:
     exits with 143 after its last checkpoint is saved."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from vqtok.training.cli import run_decoder_cli, run_tokenizer_cli
-
-    decoder = argv[0] == "decoder"
+    lm = argv[0] in LM_COMMANDS
     try:
-        (run_decoder_cli(argv[1:]) if decoder else run_tokenizer_cli(argv))
+        if lm:
+            from vqtok.lm.cli import run_lm_cli
+
+            run_lm_cli(argv[1:])
+        else:
+            from vqtok.training.cli import run_tokenizer_cli
+
+            run_tokenizer_cli(argv)
     except SIGTERMException:
-        command = " ".join(argv[:2] if decoder else argv[:1])
+        command = " ".join(argv[:2] if lm else argv[:1])
         print(f"vqtok {command}: stopped by SIGTERM; resume with --ckpt_path "
               f"<run dir>/checkpoints/last.ckpt", file=sys.stderr)
         return 143

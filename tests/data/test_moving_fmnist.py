@@ -15,7 +15,7 @@ from tests.training.test_data import FILE_NAMES, idx_bytes
 from vqtok.data import FashionMNIST, MovingFashionMNIST
 from vqtok.data.moving_fmnist import bounce, motion_word
 
-NOUNS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+NOUNS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
          "bag", "ankle boot"]
 
 

@@ -21,9 +21,9 @@ import torch
 from tests.helpers import tiny_model
 from vqtok.cli import main
 from vqtok.extras import MissingExtraError
-from vqtok.formats.decoder_dir import load_decoder_dir
 from vqtok.formats.hub import looks_like_repo_id
 from vqtok.formats.tokenizer_dir import TokenizerFormatError, fingerprint
+from vqtok.lm.lm_dir import load_lm_dir
 from vqtok.tokenizers import ImageTokenizer
 
 try:
@@ -155,8 +155,8 @@ def test_the_decoder_and_generation_load_from_the_hub(
         cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     put_in_cache(cache, "vqtok-test/fmnist-fsq", FMNIST, COMMIT_A)
     put_in_cache(cache, "vqtok-test/decoder", DECODER, COMMIT_A)
-    model, vocab, config = load_decoder_dir("vqtok-test/decoder")
-    local_model, local_vocab, local_config = load_decoder_dir(DECODER)
+    model, vocab, config = load_lm_dir("vqtok-test/decoder")
+    local_model, local_vocab, local_config = load_lm_dir(DECODER)
     assert config == local_config and repr(vocab) == repr(local_vocab)
     for name, tensor in local_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
@@ -167,7 +167,7 @@ def test_the_decoder_and_generation_load_from_the_hub(
         assert main(["generate", "--decoder", decoder, "--tokenizer", tokenizer, "--prompt",
                      "ankle boot", "--out", str(outputs[label]), "--top-k", "5"]) == 0
     # the trained-with check compared the Hub tokenizer's fingerprint: no warning
-    assert "is not the one decoder" not in capsys.readouterr().err
+    assert "is not the one LM" not in capsys.readouterr().err
     assert outputs["hub"].read_bytes() == outputs["local"].read_bytes()
 
 
@@ -260,7 +260,7 @@ def test_without_huggingface_hub_local_paths_still_load(
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import raises ImportError
     tokenizer = ImageTokenizer.from_pretrained(FMNIST)
     assert tokenizer.codebook_size == 1000
-    model, _, _ = load_decoder_dir(DECODER)
+    model, _, _ = load_lm_dir(DECODER)
     assert model is not None
     with pytest.raises(ValueError, match=r"^org/name: no such local tokenizer directory; .*"
                                          r"pip install vqtok\[hub\]$"):

@@ -19,10 +19,10 @@ import torch
 
 from tests.helpers import ROOT, tiny_model
 from vqtok.formats import model_dir
-from vqtok.formats.decoder_dir import save_decoder_dir
 from vqtok.formats.tokenizer_dir import save_tokenizer_dir
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary
+from vqtok.lm.lm_dir import save_lm_dir
 from vqtok.models import VideoDecoder, VideoEncoder, VQAutoencoder
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary
 from vqtok.quantizers import FSQ
 
 HEADROOM = 256 << 20
@@ -31,7 +31,7 @@ HEADROOM = 256 << 20
 LOADER = f"""
 import resource, sys, torch
 torch.set_num_threads(1)
-from vqtok.formats.decoder_dir import load_decoder_dir
+from vqtok.lm.lm_dir import load_lm_dir
 from vqtok.formats.tokenizer_dir import load_tokenizer_dir
 for line in open("/proc/self/status"):
     if line.startswith("VmSize:"):
@@ -40,7 +40,7 @@ limit = size + {HEADROOM}
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 for kind, folder in zip(sys.argv[1::2], sys.argv[2::2]):
     try:
-        (load_decoder_dir if kind == "decoder" else load_tokenizer_dir)(folder)
+        (load_lm_dir if kind == "decoder" else load_tokenizer_dir)(folder)
         print("loaded")
     except ValueError as err:
         print(err)
@@ -83,7 +83,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     video = VQAutoencoder(VideoEncoder(in_channels=1, **kw), FSQ(levels=[5, 5, 5, 5], dim=4),
                           VideoDecoder(out_channels=1, **kw))
     vocab = Vocabulary(image_codebook_size=12)
-    decoder = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    decoder = MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                               n_heads=2))
     cases = {
         # 628 GB of parameters, every argument within its cap
@@ -96,13 +96,13 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             video, root / "c"), widen(8192, 64))),
         "video not the file": ("tokenizer", edit(save_tokenizer_dir(  # 524 MB
             video, root / "d"), widen(256, 4))),
-        "decoder over the cap": ("decoder", edit(save_decoder_dir(
+        "decoder over the cap": ("decoder", edit(save_lm_dir(
             decoder, vocab, root / "e", (2, 2), caption_template=None), deepen(16384, 512))),
-        "decoder not the file": ("decoder", edit(save_decoder_dir(  # 1.6 GB
+        "decoder not the file": ("decoder", edit(save_lm_dir(  # 1.6 GB
             decoder, vocab, root / "f", (2, 2), caption_template=None), deepen(2048, 8))),
         "image as saved": ("tokenizer", save_tokenizer_dir(tiny_model(), root / "g")),
         "video as saved": ("tokenizer", save_tokenizer_dir(video, root / "h")),
-        "decoder as saved": ("decoder", save_decoder_dir(decoder, vocab, root / "i", (2, 2),
+        "decoder as saved": ("decoder", save_lm_dir(decoder, vocab, root / "i", (2, 2),
                                                          caption_template=None)),
     }
     argv = [str(item) for kind, folder in cases.values() for item in (kind, folder)]
@@ -118,7 +118,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_a_config_over_the_size_cap_is_refused_before_allocating(answers: dict[str, str],
                                                                  case: str) -> None:
     answer = answers[f"{case} over the cap"]
-    what = "decoder" if case == "decoder" else "tokenizer"
+    what = "language model" if case == "decoder" else "tokenizer"
     assert f"config.json: describes a {what} of " in answer, answer
     assert f"over the {model_dir.MAX_MODEL_BYTES:,} a {what} directory may hold" in answer
 
@@ -127,7 +127,7 @@ def test_a_config_over_the_size_cap_is_refused_before_allocating(answers: dict[s
 def test_a_config_that_is_not_its_weights_file_is_refused_before_allocating(
         answers: dict[str, str], case: str) -> None:
     answer = answers[f"{case} not the file"]
-    what = "decoder" if case == "decoder" else "tokenizer"
+    what = "language model" if case == "decoder" else "tokenizer"
     assert (f"model.safetensors: weights do not match the {what} that config.json describes"
             in answer), answer
 

@@ -244,7 +244,7 @@ def decoder_args(tmp_path: Path, tokenizer: Path, steps: int) -> list[str]:
 @pytest.mark.slow  # ~40 s
 @needs_fashion_mnist
 def test_decoder_trains_under_two_processes(tmp_path: Path) -> None:
-    from tests.training.test_decoder import tiny_tokenizer_dir
+    from tests.lm.test_train import tiny_tokenizer_dir
 
     tokenizer = tiny_tokenizer_dir(tmp_path / "tok")
     done = vqtok_cli(["decoder", "fit", *decoder_args(tmp_path, tokenizer, 4), "--config",

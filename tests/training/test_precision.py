@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import DEVICES, FASHION_MNIST, ROOT, has_fashion_mnist, needs_fashion_mnist
-from vqtok.training.cli import run_decoder_cli, run_tokenizer_cli
+from vqtok.lm.cli import run_lm_cli
+from vqtok.training.cli import run_tokenizer_cli
 
 FMNIST_CONFIGS = sorted((ROOT / "experiments").glob("fmnist_*.yaml"))
 
@@ -78,12 +79,12 @@ def test_every_quantizer_trains_under_bf16(config: Path, device: str, tmp_path: 
 @needs_fashion_mnist
 @pytest.mark.parametrize("device", DEVICES)
 def test_decoder_trains_under_bf16(device: str, tmp_path: Path) -> None:
-    from tests.training.test_decoder import tiny_tokenizer_dir
+    from tests.lm.test_train import tiny_tokenizer_dir
     from tests.training.test_distributed import decoder_args
 
     tokenizer = tiny_tokenizer_dir(tmp_path / "tok")
     args = [a for a in decoder_args(tmp_path, tokenizer, 3) if "save_dir" not in a]
-    cli = run_decoder_cli(["fit", *args, "--trainer.precision=bf16-mixed",
+    cli = run_lm_cli(["fit", *args, "--trainer.precision=bf16-mixed",
                            f"--trainer.accelerator={device}", "--trainer.devices=1",
                            "--trainer.logger=false", "--checkpoint=null",
                            f"--trainer.default_root_dir={tmp_path / 'run'}",

@@ -95,7 +95,7 @@ def test_vq_ema_with_restarts_resumes_bit_for_bit(tmp_path: Path, stop_at: int,
 @pytest.mark.slow  # ~40 s
 @needs_fashion_mnist
 def test_decoder_resumes_mid_epoch_bit_for_bit(tmp_path: Path) -> None:
-    from tests.training.test_decoder import tiny_tokenizer_dir
+    from tests.lm.test_train import tiny_tokenizer_dir
 
     tokenizer = tiny_tokenizer_dir(tmp_path / "tok")
     args = decoder_args(tmp_path, tokenizer, 12)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vqtok.data.captions import article, class_name
 from vqtok.data.fashion_mnist import CLASSES, FashionMNIST
 
 __all__ = ["MovingFashionMNIST", "Sprite", "bounce", "caption_for_clip", "motion_word"]
@@ -62,15 +63,6 @@ def motion_word(vx: int, vy: int) -> str:
     return "down" if vy > 0 else "up"
 
 
-def _article(noun: str) -> str:
-    return "an" if noun[0] in "aeiou" else "a"
-
-
-def class_noun(label: int) -> str:
-    """The caption noun of a Fashion-MNIST class: lower case, "T-shirt/top" -> "t-shirt"."""
-    return CLASSES[label].lower().split("/")[0]
-
-
 @dataclass(frozen=True)
 class Sprite:
     """One sprite of a clip: its Fashion-MNIST image and class, its top-left corner
@@ -92,8 +84,8 @@ def caption_for_clip(sprites: list[Sprite]) -> str:
     frame (a bounce later reverses it)."""
     phrases = []
     for sprite in sprites:
-        noun = class_noun(sprite.label)
-        phrases.append(f"{_article(noun)} {noun} moving {sprite.motion}")
+        noun = class_name(sprite.label)
+        phrases.append(f"{article(noun)} {noun} moving {sprite.motion}")
     return " and ".join(phrases)
 
 

@@ -8,14 +8,15 @@ one way (:mod:`vqtok.formats.images`).
 
 ============================  =========================================================
 :mod:`.tokenizer_dir`          an exported tokenizer: ``config.json`` + ``model.safetensors``
-:mod:`.decoder_dir`            an exported multimodal decoder, the same layout
 :mod:`.tokens`                 token ids of many images (``vqtok encode``)
 :mod:`.history`                a run's codebook history (``vqtok report`` reads it)
 :mod:`.report`                 ``report.json``
-:mod:`.token_cache`            the decoder's cache of tokenized datasets
 :mod:`.checkpoint`             Lightning checkpoints, read with ``weights_only=True``
 :mod:`.lpips_weights`          the LPIPS network's weights (``vqtok lpips convert``)
 ============================  =========================================================
+
+The language model's files (its directory, its token cache) are described in
+:mod:`vqtok.lm.lm_dir` and :mod:`vqtok.lm.token_cache`.
 """
 
 from vqtok.formats.schema import FormatError

@@ -1,6 +1,6 @@
 """Model directories on the Hugging Face Hub (docs/formats.md#hugging-face-hub).
 
-A tokenizer or decoder directory can live in a Hub model repository: the repository holds
+A tokenizer or language model directory can live in a Hub model repository: the repository holds
 the same two files, ``config.json`` and ``model.safetensors``. :func:`resolve_model_dir`
 turns what a user typed into a local directory: an existing local path as it is, else a
 repo id ``"org/name"`` through ``huggingface_hub.snapshot_download`` (its cache,

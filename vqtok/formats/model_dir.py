@@ -1,7 +1,7 @@
 """What every vqtok model directory shares: a ``config.json`` beside a ``model.safetensors``.
 
-The tokenizer format (:mod:`vqtok.formats.tokenizer_dir`) and the decoder format
-(:mod:`vqtok.formats.decoder_dir`) each own their keys and their error type; the
+The tokenizer format (:mod:`vqtok.formats.tokenizer_dir`) and the language model's format
+(:mod:`vqtok.lm.lm_dir`) each own their keys and their error type; the
 mechanics are here, once: the header every ``config.json`` starts with, the module spec
 ``{"class_path", "init_args"}`` rebuilt through the registry, an atomic save that refuses
 to delete files it did not write, and a weight load that checks the file was written by
@@ -29,9 +29,9 @@ from vqtok.formats.atomic import atomic_directory
 from vqtok.formats.jsonfile import read_json, to_json
 from vqtok.formats.schema import Anything, Const, Obj, Spec, Str, Version, validate
 
-# Importing the building blocks registers them, so a config can name any of them.
+# Importing the building blocks registers them, so a config can name any of them (the
+# language model's format imports the language model itself).
 from vqtok.models import VQAutoencoder  # noqa: F401
-from vqtok.multimodal import MultimodalDecoder  # noqa: F401
 from vqtok.quantizers import Quantizer  # noqa: F401
 
 __all__ = [

@@ -1,10 +1,10 @@
-"""The one LightningCLI base of ``vqtok fit|validate|test`` and ``vqtok decoder ...``.
+"""The one LightningCLI base of ``vqtok fit|validate|test`` and ``vqtok lm ...``.
 
 :class:`VqtokCLI` adds what both share: runs under ``runs/`` by default, the config saved
 beside each run, ``--export_dir``, and at the end of ``fit`` an export of the trained model
 (``module.export(out_dir, datamodule)``) into ``<run dir>/<export_name>``. The two
 commands differ only in the classes they train and a few links between config keys:
-:func:`run_tokenizer_cli` and :func:`run_decoder_cli`.
+:func:`run_tokenizer_cli` here and :func:`vqtok.lm.cli.run_lm_cli`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from lightning.pytorch.loggers import CSVLogger
 from vqtok.formats.outputs import is_within
 from vqtok.training.callbacks import CodebookHistory, RunCheckpoint
 from vqtok.training.checkpoint import RunCheckpointIO, read_run_checkpoint
-from vqtok.training.decoder import CaptionImageDataModule, DecoderModule
 from vqtok.training.module import TokenizerModule
 
-__all__ = ["VqtokCLI", "run_decoder_cli", "run_dir", "run_tokenizer_cli"]
+__all__ = ["VqtokCLI", "run_dir", "run_tokenizer_cli"]
 
 log = logging.getLogger("vqtok")
 
@@ -197,28 +196,8 @@ class _TokenizerCLI(VqtokCLI):
         }})
 
 
-class _DecoderCLI(VqtokCLI):
-    export_name = "decoder"
-
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        super().add_arguments_to_parser(parser)
-        # One position scheme for model and streams; the vocabulary follows the tokenizer.
-        parser.link_arguments("model.config.position_scheme", "data.position_scheme")
-        parser.link_arguments("data.image_codebook_size", "model.image_codebook_size",
-                              apply_on="instantiate")
-        parser.link_arguments("data.vocab_size", "model.config.vocab_size",
-                              apply_on="instantiate")
-
-
 def run_tokenizer_cli(argv: Sequence[str]) -> VqtokCLI:
     """``vqtok fit|validate|test``: any tokenizer config; returns the CLI (trainer, model)."""
     return _TokenizerCLI(TokenizerModule, pl.LightningDataModule, argv,
                          "Train, validate or test a vqtok image tokenizer.",
                          subclass_mode_data=True)
-
-
-def run_decoder_cli(argv: Sequence[str]) -> VqtokCLI:
-    """``vqtok decoder fit|validate|test``: the multimodal decoder on caption streams."""
-    return _DecoderCLI(DecoderModule, CaptionImageDataModule, argv,
-                       "Train, validate or test a vqtok multimodal decoder on caption + image "
-                       "token streams.")

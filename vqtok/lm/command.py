@@ -1,5 +1,5 @@
-"""``vqtok generate``: text to image, written as PNG files, or text to video (``--video``),
-written as animated GIFs."""
+"""``vqtok generate``: text to image with a trained language model, written as PNG files,
+or text to video (``--video``), written as animated GIFs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from vqtok.formats.atomic import atomic_write
 from vqtok.formats.outputs import check_outputs
 from vqtok.formats.videos import gif_bytes
-from vqtok.generation import generate_from_prompt, video_from_prompt
+from vqtok.lm.generation import generate_from_prompt, video_from_prompt
 
 __all__ = ["output_paths", "write_generated"]
 
@@ -24,25 +24,26 @@ def output_paths(out: str | Path, num: int, suffix: str = ".png") -> list[Path]:
     return [out.with_name(f"{out.stem}_{i:03d}{out.suffix or suffix}") for i in range(num)]
 
 
-def write_generated(decoder: str, tokenizer: str, prompt: str, out: str, *, num: int = 1,
+def write_generated(lm: str, tokenizer: str, prompt: str, out: str, *, num: int = 1,
                     temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                     raw: bool = False, device: str = "cpu", overwrite: bool = False,
                     video: bool = False, frames: int | None = None,
                     frame_ms: int = 100) -> str:
     """Generate ``num`` images for ``prompt`` and write them as PNGs, or with ``video``
     ``num`` clips of ``frames`` frames written as animated GIFs of ``frame_ms`` per frame
-    (each file atomically; an existing file only with ``overwrite``, never the decoder's or
-    the tokenizer's directory nor a file in them; checked before generating); returns a one-line summary."""
+    (each file atomically; an existing file only with ``overwrite``, never the LM's or
+    the tokenizer's directory nor a file in them; checked before generating); returns a
+    one-line summary."""
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}")
     if not video and frames is not None:
         raise ValueError("frames is for videos: add --video")
     paths = check_outputs(output_paths(out, num, ".gif" if video else ".png"),
-                          inputs=[Path(decoder), Path(tokenizer)], overwrite=overwrite)
+                          inputs=[Path(lm), Path(tokenizer)], overwrite=overwrite)
     if video:
         gif_bytes(np.zeros((1, 1, 1), np.uint8), frame_ms)  # a bad frame_ms fails before work
         clips, caption = video_from_prompt(
-            decoder, tokenizer, prompt, frames=frames, num=num, temperature=temperature,
+            lm, tokenizer, prompt, frames=frames, num=num, temperature=temperature,
             top_k=top_k, seed=seed, raw_prompt=raw, device=device)
         for clip, path in zip(clips, paths):
             data = gif_bytes(clip, frame_ms)
@@ -50,7 +51,7 @@ def write_generated(decoder: str, tokenizer: str, prompt: str, out: str, *, num:
         return (f"prompt {caption!r}: wrote {len(paths)} GIF(s) of {len(clips[0])} frames: "
                 f"{', '.join(map(str, paths))}")
     images, caption = generate_from_prompt(
-        decoder, tokenizer, prompt, num=num, temperature=temperature, top_k=top_k, seed=seed,
+        lm, tokenizer, prompt, num=num, temperature=temperature, top_k=top_k, seed=seed,
         raw_prompt=raw, device=device)
     for image, path in zip(images, paths):
         atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))

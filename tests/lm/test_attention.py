@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.multimodal.reference import causal_attention
-from vqtok.multimodal import (
+from tests.lm.reference import causal_attention
+from vqtok.lm import Vocabulary, build_stream
+from vqtok.lm.attention import (
     GroupedQueryAttention,
     KVCache,
     MultiHeadLatentAttention,
-    Vocabulary,
-    build_stream,
+    attention_mask,
     make_attention,
 )
-from vqtok.multimodal.attention import attention_mask
 
 D, H, DK = 32, 4, 8
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.multimodal.reference import rope_1d, rope_axes
-from vqtok.multimodal import Modality, Vocabulary, build_stream, make_scheme
+from tests.lm.reference import rope_1d, rope_axes
+from vqtok.lm import Modality, Vocabulary, build_stream
+from vqtok.lm.positions import make_scheme
 
 IMAGES = [(1, 1), (2, 3), (4, 4), (3, 5), (6, 2)]
 VIDEOS = [(2, 2, 2), (3, 2, 4), (1, 3, 3), (4, 1, 2)]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtok.multimodal.rope import RotaryEmbedding
+from vqtok.lm.rope import RotaryEmbedding
 
 ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
 
@@ -63,7 +63,7 @@ class LayerCache:
 
 
 class KVCache:
-    """The cache of a whole decoder: one :class:`LayerCache` per layer plus the key padding
+    """The cache of a whole model: one :class:`LayerCache` per layer plus the key padding
     mask ``(B, S)`` of the tokens seen so far."""
 
     def __init__(self, n_layers: int) -> None:

@@ -1,4 +1,4 @@
-"""`vqtok decoder fit` and `vqtok generate` end to end on tiny models, and their errors."""
+"""`vqtok lm fit` and `vqtok generate` end to end on tiny models, and their errors."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 
 from tests.helpers import needs_fashion_mnist
-from tests.training.test_decoder import tiny_tokenizer_dir
-from vqtok.apps.generate import output_paths
-from vqtok.cli import build_parser
-from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
-from vqtok.generation import expand_prompt
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_image
+from tests.lm.test_train import tiny_tokenizer_dir
+from vqtok.cli import LM_COMMANDS, build_parser
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary, generate_image
+from vqtok.lm.captions import expand_prompt
+from vqtok.lm.cli import run_lm_cli
+from vqtok.lm.command import output_paths
+from vqtok.lm.lm_dir import load_lm_dir, save_lm_dir
 from vqtok.tokenizers import ImageTokenizer
-from vqtok.training.cli import run_decoder_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = "a photo of a {label}"
 
 
@@ -30,22 +30,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A random tiny tokenizer (64 codes, 4x downsampling) and a random tiny decoder that
+    """A random tiny tokenizer (64 codes, 4x downsampling) and a random tiny LM that
     writes 4 x 4 grids (16 x 16 pixel images)."""
     tmp = tmp_path_factory.mktemp("generate")
     tok = tiny_tokenizer_dir(tmp / "tok")
     vocab = Vocabulary(image_codebook_size=64)
     torch.manual_seed(0)
-    model = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    model = MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                             n_heads=2, init_std=0.5))
-    dec = save_decoder_dir(model, vocab, tmp / "dec", (4, 4), caption_template=TEMPLATE)
+    dec = save_lm_dir(model, vocab, tmp / "dec", (4, 4), caption_template=TEMPLATE)
     return tok, dec
 
 
 def generate(dirs: tuple[Path, Path], out: Path, *extra: str, prompt: str = "ankle boot"
              ) -> int:
     tok, dec = dirs
-    args = parse(["generate", "--decoder", str(dec), "--tokenizer", str(tok), "--prompt", prompt,
+    args = parse(["generate", "--lm", str(dec), "--tokenizer", str(tok), "--prompt", prompt,
                   "--out", str(out), *extra])
     return args.func(args)
 
@@ -65,7 +65,7 @@ def test_generate_writes_the_decoded_grid(dirs: tuple[Path, Path], tmp_path: Pat
     image = Image.open(out)
     assert image.size == (16, 16) and image.mode == "L"  # 4 x 4 tokens, factor 4, grey
     # The same image, built by hand: the templated caption, the same seed, then decoding.
-    model, vocab, _ = load_decoder_dir(dec_dir)
+    model, vocab, _ = load_lm_dir(dec_dir)
     grid = generate_image(model, vocab, ["a photo of an ankle boot"], 4, 4, top_k=10,
                           generator=torch.Generator().manual_seed(3))
     expected = ImageTokenizer.from_pretrained(tok_dir).decode(grid)[0]
@@ -91,25 +91,33 @@ def test_empty_prompt_is_refused(dirs: tuple[Path, Path], tmp_path: Path, prompt
     assert not (tmp_path / "x.png").exists()
 
 
-def test_bad_decoder_directories(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_first_spellings_of_the_command_still_parse() -> None:
+    """`vqtok generate --decoder` and `vqtok decoder fit` are `--lm` and `vqtok lm fit`."""
+    words = ["--tokenizer", "T", "--prompt", "p", "--out", "o.png"]
+    assert parse(["generate", "--decoder", "D", *words]).lm == "D"
+    assert parse(["generate", "--lm", "D", *words]).lm == "D"
+    assert LM_COMMANDS == ("lm", "decoder")
+
+
+def test_bad_lm_directories(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     tok, _ = dirs
-    with pytest.raises(ValueError, match="nowhere: not a decoder directory"):
+    with pytest.raises(ValueError, match="nowhere: not a language model directory"):
         generate((tok, tmp_path / "nowhere"), tmp_path / "x.png")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: not valid JSON"):
         generate((tok, broken), tmp_path / "x.png")
-    with pytest.raises(ValueError, match="a vqtok decoder directory"):  # a tokenizer instead
+    with pytest.raises(ValueError, match="a vqtok language model directory"):  # a tokenizer instead
         generate((tok, tok), tmp_path / "x.png")
 
 
 def test_decoder_of_another_codebook_is_refused(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     tok, _ = dirs
     vocab = Vocabulary(image_codebook_size=27)
-    model = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    model = MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                             n_heads=2))
-    dec = save_decoder_dir(model, vocab, tmp_path / "dec27", (4, 4))
+    dec = save_lm_dir(model, vocab, tmp_path / "dec27", (4, 4))
     with pytest.raises(ValueError, match="codebook of 27 but tokenizer .* has 64 codes"):
         generate((tok, dec), tmp_path / "x.png")
 
@@ -118,7 +126,7 @@ def test_decoder_of_another_codebook_is_refused(dirs: tuple[Path, Path], tmp_pat
 def test_decoder_fit_exports_a_decoder_that_generates(tmp_path: Path) -> None:
     tok = tiny_tokenizer_dir(tmp_path / "tok")
     export = tmp_path / "decoder"
-    cli = run_decoder_cli([
+    cli = run_lm_cli([
         "fit", f"--config={ROOT / 'experiments' / 'decoder' / 'fmnist.yaml'}",
         f"--data.tokenizer={tok}", "--data.limit_train=8",
         "--data.val_size=4", "--data.batch_size=4", f"--data.cache_dir={tmp_path / 'cache'}",
@@ -132,7 +140,7 @@ def test_decoder_fit_exports_a_decoder_that_generates(tmp_path: Path) -> None:
     assert cli.trainer.global_step == 2
     assert cli.datamodule.position_scheme == "mrope"  # linked from the model
     assert torch.isfinite(cli.trainer.callback_metrics["val/image_loss"])
-    model, vocab, config = load_decoder_dir(export)
+    model, vocab, config = load_lm_dir(export)
     assert config["image_tokens"] == [8, 8] and vocab.image_codebook_size == 64
     assert config["extra"]["labels"][9] == "ankle boot"
     assert model.config.position_scheme == "mrope" and model.config.d_model == 16

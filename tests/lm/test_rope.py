@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.multimodal.reference import rope_1d, rope_axes
-from vqtok.multimodal import RotaryEmbedding, Vocabulary, build_stream
+from tests.lm.reference import rope_1d, rope_axes
+from vqtok.lm import Vocabulary, build_stream
+from vqtok.lm.rope import RotaryEmbedding
 
 
 def _scores(rope: RotaryEmbedding, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor):

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from vqtok.multimodal import (
-    DecoderConfig,
+from vqtok.lm import (
     GridConstraint,
-    MultimodalDecoder,
+    LMConfig,
+    MultimodalLM,
     Vocabulary,
     build_stream,
     collate,
@@ -24,12 +24,12 @@ KINDS = ["mha", "gqa", "mqa", "mla-absorbed", "mla-naive"]
 SCHEMES = ["rope_tie_v2", "mrope", "1d", "nope"]
 
 
-def _model(kind: str = "mha", scheme: str = "rope_tie_v2", **overrides) -> MultimodalDecoder:
+def _model(kind: str = "mha", scheme: str = "rope_tie_v2", **overrides) -> MultimodalLM:
     torch.manual_seed(0)
-    cfg = DecoderConfig(vocab_size=VOCAB.size, d_model=32, n_layers=2, n_heads=2, head_dim=16,
+    cfg = LMConfig(vocab_size=VOCAB.size, d_model=32, n_layers=2, n_heads=2, head_dim=16,
                         attention=kind.split("-")[0], n_kv_heads=1 if kind == "gqa" else None,
                         position_scheme=scheme, init_std=0.2, **overrides)
-    model = MultimodalDecoder(cfg).eval()
+    model = MultimodalLM(cfg).eval()
     for block in model.blocks:
         if kind.startswith("mla"):
             block.attn.absorbed = kind == "mla-absorbed"
@@ -183,8 +183,8 @@ def test_tied_embeddings_and_config_round_trip() -> None:
     assert rebuilt.config == untied.config
     assert rebuilt.load_state_dict(untied.state_dict(), strict=True)
     with pytest.raises(ValueError, match="'sparse'"):
-        DecoderConfig(vocab_size=10, attention="sparse")
+        LMConfig(vocab_size=10, attention="sparse")
     with pytest.raises(ValueError, match="n_kv_heads"):
-        DecoderConfig(vocab_size=10, attention="gqa", n_heads=4, n_kv_heads=3)
+        LMConfig(vocab_size=10, attention="gqa", n_heads=4, n_kv_heads=3)
     with pytest.raises(ValueError, match="dropout"):
-        DecoderConfig.from_dict({"vocab_size": 10, "dropout": 0.1})
+        LMConfig.from_dict({"vocab_size": 10, "dropout": 0.1})

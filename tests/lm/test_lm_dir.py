@@ -1,4 +1,4 @@
-"""The decoder directory: exact round trip, no pickle, atomic writes, clear errors."""
+"""The language model directory: exact round trip, no pickle, atomic writes, clear errors."""
 
 from __future__ import annotations
 
@@ -11,24 +11,24 @@ import torch
 from safetensors.torch import save_file
 
 from vqtok.formats import model_dir
-from vqtok.formats.decoder_dir import DecoderFormatError, load_decoder_dir, save_decoder_dir
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, build_stream
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary, build_stream
+from vqtok.lm.lm_dir import LMFormatError, load_lm_dir, save_lm_dir
 
 VOCAB = Vocabulary(image_codebook_size=12)
 
 
-def tiny_decoder(seed: int = 0, **overrides) -> MultimodalDecoder:
+def tiny_decoder(seed: int = 0, **overrides) -> MultimodalLM:
     torch.manual_seed(seed)
     fields = {"d_model": 16, "n_layers": 2, "n_heads": 2, "init_std": 0.2, **overrides}
-    cfg = DecoderConfig(vocab_size=VOCAB.size, **fields)
-    model = MultimodalDecoder(cfg).eval()
+    cfg = LMConfig(vocab_size=VOCAB.size, **fields)
+    model = MultimodalLM(cfg).eval()
     with torch.no_grad():  # move the norm gains off 1 so that every tensor must load
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
 
 
-def logits(model: MultimodalDecoder) -> torch.Tensor:
+def logits(model: MultimodalLM) -> torch.Tensor:
     s = build_stream(["a cat", torch.arange(6).reshape(2, 3) % 12, "ok"], VOCAB,
                      model.config.position_scheme)
     with torch.no_grad():
@@ -36,9 +36,9 @@ def logits(model: MultimodalDecoder) -> torch.Tensor:
 
 
 @pytest.fixture
-def saved(tmp_path: Path) -> tuple[MultimodalDecoder, Path]:
+def saved(tmp_path: Path) -> tuple[MultimodalLM, Path]:
     model = tiny_decoder()
-    path = save_decoder_dir(model, VOCAB, tmp_path / "dec", (2, 3),
+    path = save_lm_dir(model, VOCAB, tmp_path / "dec", (2, 3),
                             caption_template="a photo of a {label}", extra={"steps": 3})
     return model, path
 
@@ -49,8 +49,8 @@ def saved(tmp_path: Path) -> tuple[MultimodalDecoder, Path]:
 ])
 def test_round_trip_gives_identical_logits(tmp_path: Path, overrides: dict) -> None:
     model = tiny_decoder(**overrides)
-    save_decoder_dir(model, VOCAB, tmp_path / "dec", (2, 3))
-    loaded, vocab, config = load_decoder_dir(tmp_path / "dec")
+    save_lm_dir(model, VOCAB, tmp_path / "dec", (2, 3))
+    loaded, vocab, config = load_lm_dir(tmp_path / "dec")
     assert not loaded.training
     assert loaded.config == model.config
     assert (vocab.size, vocab.image_range, vocab.specials) == (VOCAB.size, VOCAB.image_range,
@@ -65,12 +65,12 @@ def test_round_trip_gives_identical_logits(tmp_path: Path, overrides: dict) -> N
     assert torch.equal(logits(model), logits(loaded))
 
 
-def test_config_content(saved: tuple[MultimodalDecoder, Path]) -> None:
+def test_config_content(saved: tuple[MultimodalLM, Path]) -> None:
     _, path = saved
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
     assert config["format"] == "vqtok.decoder" and config["format_version"] == 1
-    assert config["decoder"]["class_path"] == "vqtok.multimodal.decoder.MultimodalDecoder"
+    assert config["decoder"]["class_path"] == "vqtok.lm.model.MultimodalLM"
     assert config["decoder"]["init_args"]["config"]["d_model"] == 16
     assert config["vocabulary"] == {"text_vocab": 256, "image_codebook_size": 12,
                                     "specials": ["bos", "eos", "pad", "boi", "eoi", "bov",
@@ -79,7 +79,7 @@ def test_config_content(saved: tuple[MultimodalDecoder, Path]) -> None:
     assert config["extra"] == {"steps": 3}
 
 
-def test_loading_never_unpickles(saved: tuple[MultimodalDecoder, Path], monkeypatch) -> None:
+def test_loading_never_unpickles(saved: tuple[MultimodalLM, Path], monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("pickle/torch.load called while loading a decoder")
 
@@ -87,7 +87,7 @@ def test_loading_never_unpickles(saved: tuple[MultimodalDecoder, Path], monkeypa
         monkeypatch.setattr(pickle, name, forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     model, path = saved
-    loaded, _, _ = load_decoder_dir(path)
+    loaded, _, _ = load_lm_dir(path)
     assert torch.equal(logits(model), logits(loaded))
 
 
@@ -101,23 +101,35 @@ def edit_config(path: Path, change) -> None:
 
 
 def expect_error(path: Path, file_name: str, match: str) -> None:
-    with pytest.raises(DecoderFormatError, match=match) as info:
-        load_decoder_dir(path)
+    with pytest.raises(LMFormatError, match=match) as info:
+        load_lm_dir(path)
     assert file_name in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
-def test_missing_directory_and_files(saved: tuple[MultimodalDecoder, Path], tmp_path: Path
+@pytest.mark.parametrize("old", ["vqtok.multimodal.decoder.MultimodalDecoder",
+                                 "vqtok.multimodal.MultimodalDecoder"])
+def test_directories_written_before_the_rename_load(saved: tuple[MultimodalLM, Path],
+                                                    old: str) -> None:
+    """Directories name the class by the path it had when they were written."""
+    model, path = saved
+    edit_config(path, lambda c: c["decoder"].update(class_path=old))
+    loaded, _, config = load_lm_dir(path)
+    assert isinstance(loaded, MultimodalLM) and config["decoder"]["class_path"] == old
+    assert torch.equal(logits(model), logits(loaded))
+
+
+def test_missing_directory_and_files(saved: tuple[MultimodalLM, Path], tmp_path: Path
                                      ) -> None:
     _, path = saved
-    expect_error(tmp_path / "nowhere", "nowhere", "not a decoder directory")
+    expect_error(tmp_path / "nowhere", "nowhere", "not a language model directory")
     (path / "model.safetensors").unlink()
     expect_error(path, "model.safetensors", "missing model.safetensors")
     (path / "config.json").unlink()
     expect_error(path, "config.json", "missing config.json")
 
 
-def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
+def test_corrupt_json(saved: tuple[MultimodalLM, Path]) -> None:
     _, path = saved
     (path / "config.json").write_text('{"format": "vqtok.decoder", ')
     expect_error(path, "config.json", "not valid JSON")
@@ -133,9 +145,9 @@ def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
     (lambda c: c["vocabulary"].update(image_codebook_size=13), "vocabulary has 276 ids"),
     (lambda c: c["vocabulary"].update(image_codebook_size=0), "image_codebook_size must be"),
     (lambda c: c["decoder"]["init_args"]["config"].update(d_model=17),
-     "cannot build the decoder"),
+     "cannot build the language model"),
     (lambda c: c["decoder"].update(class_path="os.system"), "unknown class_path 'os.system'"),
-    # every DecoderConfig field has a type and a range
+    # every LMConfig field has a type and a range
     (lambda c: c["decoder"]["init_args"]["config"].update(n_heads=True),
      r"decoder.init_args.config.n_heads must be an integer >= 1 and <= 1024, got true"),
     (lambda c: c["decoder"]["init_args"]["config"].update(rope_base=-1.0),
@@ -159,7 +171,7 @@ def test_corrupt_json(saved: tuple[MultimodalDecoder, Path]) -> None:
                                  "init_args": {"config": {}}}),
      r"missing keys \['vocab_size'.*\] in decoder.init_args.config"),
 ])
-def test_invalid_config(saved: tuple[MultimodalDecoder, Path], change, match: str) -> None:
+def test_invalid_config(saved: tuple[MultimodalLM, Path], change, match: str) -> None:
     _, path = saved
     edit_config(path, change)
     expect_error(path, "config.json", match)
@@ -174,10 +186,10 @@ def test_tokenizer_directory_is_not_a_decoder(tmp_path: Path) -> None:
     model = VQAutoencoder(Encoder(in_channels=1, **tiny), FSQ([3, 3, 3]),
                           Decoder(out_channels=1, **tiny))
     save_tokenizer_dir(model, tmp_path / "tok")
-    expect_error(tmp_path / "tok", "config.json", "a vqtok decoder directory")
+    expect_error(tmp_path / "tok", "config.json", "a vqtok language model directory")
 
 
-def test_foreign_and_mismatched_weights(saved: tuple[MultimodalDecoder, Path]) -> None:
+def test_foreign_and_mismatched_weights(saved: tuple[MultimodalLM, Path]) -> None:
     model, path = saved
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
@@ -185,9 +197,9 @@ def test_foreign_and_mismatched_weights(saved: tuple[MultimodalDecoder, Path]) -
     edit_config(path, lambda c: c.pop("weights_sha256"))  # the checks behind the checksum
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(weights))  # no vqtok marker
-    expect_error(path, "model.safetensors", "not written by vqtok as a decoder")
+    expect_error(path, "model.safetensors", "not written by vqtok as a language model")
     save_file(state, str(weights), metadata={"vqtok.format": "vqtok.tokenizer"})
-    expect_error(path, "model.safetensors", "not written by vqtok as a decoder")
+    expect_error(path, "model.safetensors", "not written by vqtok as a language model")
     state["norm.weight"] = torch.ones(17)
     save_file(state, str(weights), metadata={"vqtok.format": "vqtok.decoder"})
     expect_error(path, "model.safetensors", "weights do not match")
@@ -198,7 +210,7 @@ def test_foreign_and_mismatched_weights(saved: tuple[MultimodalDecoder, Path]) -
 def test_vocabulary_must_match_the_model(tmp_path: Path) -> None:
     # 256 bytes + 5 codes + 7 specials = 268 ids; the model has 256 + 12 + 7 = 275.
     with pytest.raises(ValueError, match="vocabulary of size 268 does not match"):
-        save_decoder_dir(tiny_decoder(), Vocabulary(image_codebook_size=5), tmp_path / "dec",
+        save_lm_dir(tiny_decoder(), Vocabulary(image_codebook_size=5), tmp_path / "dec",
                          (2, 3))
     assert not (tmp_path / "dec").exists()
 
@@ -207,7 +219,7 @@ def test_vocabulary_must_match_the_model(tmp_path: Path) -> None:
 
 
 def test_failed_save_keeps_old_decoder_and_leaves_no_temp(
-        saved: tuple[MultimodalDecoder, Path], monkeypatch) -> None:
+        saved: tuple[MultimodalLM, Path], monkeypatch) -> None:
     _, path = saved
     before = {p.name: p.read_bytes() for p in path.iterdir()}
 
@@ -216,17 +228,17 @@ def test_failed_save_keeps_old_decoder_and_leaves_no_temp(
 
     monkeypatch.setattr(model_dir, "save_model", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_decoder_dir(tiny_decoder(seed=1), VOCAB, path, (2, 3))
+        save_lm_dir(tiny_decoder(seed=1), VOCAB, path, (2, 3))
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["dec"]
 
 
 def test_save_replaces_existing_and_refuses_foreign_directory(
-        saved: tuple[MultimodalDecoder, Path], tmp_path: Path) -> None:
+        saved: tuple[MultimodalLM, Path], tmp_path: Path) -> None:
     _, path = saved
     other = tiny_decoder(seed=1)
-    save_decoder_dir(other, VOCAB, path, (3, 2))
-    loaded, _, config = load_decoder_dir(path)
+    save_lm_dir(other, VOCAB, path, (3, 2))
+    loaded, _, config = load_lm_dir(path)
     assert config["image_tokens"] == [3, 2] and "extra" not in config
     assert torch.equal(logits(loaded), logits(other))
     assert sorted(p.name for p in path.parent.iterdir()) == ["dec"]
@@ -234,13 +246,13 @@ def test_save_replaces_existing_and_refuses_foreign_directory(
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="refusing to replace"):
-        save_decoder_dir(other, VOCAB, foreign, (2, 3))
+        save_lm_dir(other, VOCAB, foreign, (2, 3))
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_the_spec_types_every_decoder_config_field() -> None:
     from dataclasses import fields
 
-    from vqtok.formats.decoder_dir import DECODER_CONFIG
+    from vqtok.lm.lm_dir import LM_CONFIG
 
-    assert set(DECODER_CONFIG.required) == {f.name for f in fields(DecoderConfig)}
+    assert set(LM_CONFIG.required) == {f.name for f in fields(LMConfig)}

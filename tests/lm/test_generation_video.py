@@ -11,16 +11,16 @@ import torch
 from PIL import Image, ImageSequence
 
 from tests.data.test_moving_fmnist import write_sprites
-from tests.test_generation import ROOT, parse
+from tests.lm.test_generation import ROOT, parse
 from vqtok.data import MovingFashionMNIST
-from vqtok.formats.decoder_dir import load_decoder_dir, save_decoder_dir
 from vqtok.formats.tokenizer_dir import fingerprint
+from vqtok.lm import LMConfig, MultimodalLM, Vocabulary, generate_video
+from vqtok.lm.cli import run_lm_cli
+from vqtok.lm.data import CaptionImageDataModule
+from vqtok.lm.lm_dir import load_lm_dir, save_lm_dir
 from vqtok.models import VideoDecoder, VideoEncoder, VQAutoencoder
-from vqtok.multimodal import DecoderConfig, MultimodalDecoder, Vocabulary, generate_video
 from vqtok.quantizers import FSQ
 from vqtok.tokenizers import VideoTokenizer
-from vqtok.training.cli import run_decoder_cli
-from vqtok.training.decoder import CaptionImageDataModule
 
 NET = {"channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "dim": 4,
        "temporal_factor": 4, "num_groups": 4}
@@ -42,9 +42,9 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tok = tiny_video_tokenizer(tmp / "tok")
     vocab = Vocabulary(image_codebook_size=64)
     torch.manual_seed(0)
-    model = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    model = MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                             n_heads=2, init_std=0.5))
-    dec = save_decoder_dir(model, vocab, tmp / "dec", (4, 4), video_tokens=(2, 4, 4),
+    dec = save_lm_dir(model, vocab, tmp / "dec", (4, 4), video_tokens=(2, 4, 4),
                            extra={"tokenizer": {"path": str(tok), "sha256": fingerprint(tok)}})
     return tok, dec
 
@@ -78,7 +78,7 @@ def test_generate_video_writes_the_requested_frames(dirs: tuple[Path, Path], tmp
     got = gif_frames(out)
     assert len(got) == expected_count and got[0].shape == (16, 16)
     # The same clip built by hand: the caption as given (no template), the seed, decoding.
-    model, vocab, _ = load_decoder_dir(dec_dir)
+    model, vocab, _ = load_lm_dir(dec_dir)
     grid = generate_video(model, vocab, ["a bag moving up"], latent, 4, 4,
                           generator=torch.Generator().manual_seed(3))[0]
     clip = VideoTokenizer.from_pretrained(tok_dir).decode(grid)  # (T, 16, 16, 1)
@@ -93,8 +93,8 @@ def test_generate_video_errors_are_one_line_and_write_nothing(dirs: tuple[Path, 
         generate(dirs, out, "--frames", "8")
     tok, _ = dirs
     vocab = Vocabulary(image_codebook_size=64)
-    image_decoder = save_decoder_dir(
-        MultimodalDecoder(DecoderConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
+    image_decoder = save_lm_dir(
+        MultimodalLM(LMConfig(vocab_size=vocab.size, d_model=16, n_layers=1,
                                         n_heads=2)), vocab, tmp_path / "img_dec", (4, 4))
     with pytest.raises(ValueError, match="trained on images .* without --video"):
         generate((tok, image_decoder), out)
@@ -132,7 +132,7 @@ def test_decoder_fit_on_clips_exports_a_video_decoder(tmp_path: Path) -> None:
     write_sprites(tmp_path / "fm")
     tok = tiny_video_tokenizer(tmp_path / "tok")
     export = tmp_path / "decoder"
-    cli = run_decoder_cli([
+    cli = run_lm_cli([
         "fit", f"--config={ROOT / 'experiments' / 'decoder' / 'moving_fmnist_video.yaml'}",
         f"--data.tokenizer={tok}", f"--data.root={tmp_path / 'fm'}", "--data.limit_train=6",
         "--data.val_size=2", "--data.batch_size=2", "--data.num_frames=5",
@@ -145,7 +145,7 @@ def test_decoder_fit_on_clips_exports_a_video_decoder(tmp_path: Path) -> None:
     ])
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["val/image_loss"])
-    _, vocab, config = load_decoder_dir(export)
+    _, vocab, config = load_lm_dir(export)
     assert vocab.image_codebook_size == 64
     assert config["video_tokens"] == [2, 8, 8] and config["caption_template"] is None
     out = tmp_path / "bag.gif"

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqtok.multimodal import (
-    Modality,
-    Vocabulary,
-    build_stream,
-    collate,
-    extract_images,
-    extract_videos,
-)
+from vqtok.lm import Modality, Vocabulary, build_stream, collate, extract_images, extract_videos
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Independent float64 references for the multimodal tests: loops over pairs and heads,
-written from the papers' formulas, sharing no code with vqtok.multimodal."""
+written from the papers' formulas, sharing no code with vqtok.lm."""
 
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
-"""A decoder-only transformer over multimodal token streams, with constrained generation.
+"""The multimodal language model: a decoder-only transformer over token streams of text,
+image and video codes, with constrained generation.
 
 Pre-norm blocks (RMSNorm, Zhang & Sennrich 2019), causal self-attention of any kind in
-:mod:`vqtok.multimodal.attention`, a SwiGLU MLP (Shazeer 2020, eq. 6), rotary positions
-from a scheme in :mod:`vqtok.multimodal.positions`, tied or untied embeddings.
+:mod:`vqtok.lm.attention`, a SwiGLU MLP (Shazeer 2020, eq. 6), rotary positions
+from a scheme in :mod:`vqtok.lm.positions`, tied or untied embeddings.
 
 Generation in one call::
 
     vocab = Vocabulary(image_codebook_size=1024)
-    model = MultimodalDecoder(DecoderConfig(vocab_size=vocab.size))
+    model = MultimodalLM(LMConfig(vocab_size=vocab.size))
     grid = generate_image(model, vocab, "a photo of an ankle boot", 8, 8)  # (8, 8) LongTensor
 
-:meth:`MultimodalDecoder.generate` is the general form: a :class:`GridConstraint` forces
+:meth:`MultimodalLM.generate` is the general form: a :class:`GridConstraint` forces
 "BOI, then h x w image codes, then EOI", masking the logits outside the image-code range
 and giving the patches their grid positions, so the output always holds a decodable grid.
 """
@@ -26,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtok.multimodal import attention as att
-from vqtok.multimodal.positions import SCHEMES, grid_shape3, make_scheme
-from vqtok.multimodal.streams import (
+from vqtok.lm import attention as att
+from vqtok.lm.positions import SCHEMES, grid_shape3, make_scheme
+from vqtok.lm.streams import (
     Vocabulary,
     build_stream,
     collate,
@@ -39,8 +40,8 @@ from vqtok.registry import register
 
 
 @dataclass
-class DecoderConfig:
-    """Hyper-parameters of :class:`MultimodalDecoder` (JSON-friendly: names, not classes)."""
+class LMConfig:
+    """Hyper-parameters of :class:`MultimodalLM` (JSON-friendly: names, not classes)."""
 
     vocab_size: int
     """Size of the joint vocabulary (``Vocabulary.size``)."""
@@ -106,11 +107,11 @@ class DecoderConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
+    def from_dict(cls, data: dict[str, Any]) -> LMConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise."""
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown DecoderConfig fields {unknown}")
+            raise ValueError(f"unknown LMConfig fields {unknown}")
         return cls(**data)
 
 
@@ -130,7 +131,7 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
 
-    def __init__(self, cfg: DecoderConfig, rope_mode: str) -> None:
+    def __init__(self, cfg: LMConfig, rope_mode: str) -> None:
         super().__init__()
         head_dim = cfg.resolved_head_dim
         hidden = cfg.mlp_hidden or 8 * math.ceil(8 * cfg.d_model / 3 / 8)
@@ -187,12 +188,13 @@ class GenerationOutput:
 
 
 @register
-class MultimodalDecoder(nn.Module):
-    """Decoder-only transformer: ``forward(ids, positions, mask, cache) -> logits``."""
+class MultimodalLM(nn.Module):
+    """The language model, a decoder-only transformer:
+    ``forward(ids, positions, mask, cache) -> logits``."""
 
-    def __init__(self, config: DecoderConfig | dict[str, Any]) -> None:
+    def __init__(self, config: LMConfig | dict[str, Any]) -> None:
         super().__init__()
-        cfg = config if isinstance(config, DecoderConfig) else DecoderConfig.from_dict(config)
+        cfg = config if isinstance(config, LMConfig) else LMConfig.from_dict(config)
         self.config = cfg
         self.scheme = make_scheme(cfg.position_scheme)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -374,7 +376,7 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None,
 
 @torch.no_grad()
 def generate_grid(
-    model: MultimodalDecoder,
+    model: MultimodalLM,
     vocab: Vocabulary,
     prompt_text: str | list[str],
     shape: tuple[int, ...],
@@ -408,7 +410,7 @@ def generate_grid(
 
 
 def generate_image(
-    model: MultimodalDecoder,
+    model: MultimodalLM,
     vocab: Vocabulary,
     prompt_text: str | list[str],
     h: int,
@@ -421,7 +423,7 @@ def generate_image(
 
 
 def generate_video(
-    model: MultimodalDecoder,
+    model: MultimodalLM,
     vocab: Vocabulary,
     prompt_text: str | list[str],
     t: int,

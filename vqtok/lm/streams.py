@@ -20,7 +20,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-from vqtok.multimodal.positions import Block, PositionScheme, make_scheme
+from vqtok.lm.positions import Block, PositionScheme, make_scheme
 
 REQUIRED_SPECIALS = ("bos", "eos", "pad", "boi", "eoi", "bov", "eov")
 
@@ -119,7 +119,7 @@ class Span:
 
 @dataclass
 class Stream:
-    """One token stream, ready for the decoder."""
+    """One token stream, ready for the language model."""
 
     ids: Tensor
     """``(N,)`` int64 vocabulary ids."""

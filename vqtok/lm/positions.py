@@ -11,7 +11,7 @@ Schemes:
 - ``"rope_tie_v2"``: RoPE-Tie-v2, text at ``(P, P, P)``, grids centred on the
   positions they would take if flattened (see :class:`RopeTieV2`).
 - ``"mrope"``: Qwen2-VL M-RoPE, patch ``(k, i, j)`` at ``s + (k, i, j)``, next text at max + 1.
-- ``"1d"`` (the decoder's default): every token, patches included, at ``(P, P, P)`` with
+- ``"1d"`` (the language model's default): every token, patches included, at ``(P, P, P)`` with
   ``P += 1`` (flattened).
 - ``"nope"``: the positions of ``"1d"`` but no rotary embedding at all (causal only).
 """
@@ -44,7 +44,7 @@ def _grid_index(t: int, h: int, w: int) -> Tensor:
 class PositionScheme:
     """Assigns ``(N, 3)`` positions; subclasses define how a grid is placed.
 
-    ``rope_mode`` says how :class:`~vqtok.multimodal.rope.RotaryEmbedding` maps frequency
+    ``rope_mode`` says how :class:`~vqtok.lm.rope.RotaryEmbedding` maps frequency
     pairs to axes for this scheme (``"axes"``, ``"bands"`` or ``"none"``).
     """
 

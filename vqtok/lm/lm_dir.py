@@ -1,26 +1,31 @@
-"""The on-disk format of a trained multimodal decoder: a directory, never a pickle
-(docs/formats.md#decoder).
+"""The on-disk format of a trained language model: a directory, never a pickle
+(docs/formats.md#language-model).
 
 ::
 
-    decoder/
+    lm/
       config.json        what to build and how its vocabulary is laid out
-      model.safetensors  the MultimodalDecoder state_dict (safetensors, no code inside)
+      model.safetensors  the MultimodalLM state_dict (safetensors, no code inside)
 
 ``config.json`` holds exactly these keys (:data:`SPEC`)::
 
     {"format": "vqtok.decoder", "format_version": 1, "vqtok_version": "0.1.0",
-     "decoder": {"class_path": "vqtok.multimodal.decoder.MultimodalDecoder",
-                 "init_args": {"config": {...DecoderConfig fields...}}},
+     "decoder": {"class_path": "vqtok.lm.model.MultimodalLM",
+                 "init_args": {"config": {...LMConfig fields...}}},
      "vocabulary": {"text_vocab": 256, "image_codebook_size": 1000, "specials": [...]},
      "image_tokens": [8, 8],          # the (h, w) token grid it was trained to write
      "video_tokens": [5, 8, 8],       # optional: the (t, h, w) grid of its training clips
      "caption_template": "a photo of a {label}",   # or null
      "extra": {...}}                  # optional, free JSON metadata, not interpreted
 
+The format tag ``"vqtok.decoder"`` and the ``"decoder"`` key keep the names they were
+first written with, so every directory written so far loads; so does the class path
+those directories name, ``vqtok.multimodal.decoder.MultimodalDecoder``
+(:data:`LEGACY_CLASS_PATHS`).
+
 Loading reads JSON and safetensors only and rebuilds the model through
 :func:`vqtok.registry.build`; the directory is written atomically by
-:func:`vqtok.formats.model_dir.save_model_dir`, so a crash leaves the old decoder or the
+:func:`vqtok.formats.model_dir.save_model_dir`, so a crash leaves the old model or the
 new one, never half of one.
 """
 
@@ -35,7 +40,7 @@ from typing import Any
 from vqtok import registry
 from vqtok.formats import model_dir
 from vqtok.formats.hub import resolve_model_dir
-from vqtok.formats.jsonfile import json_copy, read_json
+from vqtok.formats.jsonfile import json_copy
 from vqtok.formats.model_dir import CONFIG_NAME
 from vqtok.formats.schema import (
     Bool,
@@ -50,25 +55,33 @@ from vqtok.formats.schema import (
     Str,
     validate,
 )
-from vqtok.multimodal.attention import ATTENTION_KINDS
-from vqtok.multimodal.decoder import MultimodalDecoder
-from vqtok.multimodal.positions import SCHEMES
-from vqtok.multimodal.streams import REQUIRED_SPECIALS, Vocabulary
+from vqtok.lm.attention import ATTENTION_KINDS
+from vqtok.lm.model import MultimodalLM
+from vqtok.lm.positions import SCHEMES
+from vqtok.lm.streams import REQUIRED_SPECIALS, Vocabulary
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "SPEC",
-    "DecoderFormatError",
-    "build_decoder_config",
-    "load_decoder_dir",
-    "read_decoder_config",
-    "save_decoder_dir",
+    "LMFormatError",
+    "build_lm_config",
+    "load_lm_dir",
+    "save_lm_dir",
     "vocabulary_spec",
 ]
 
 FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
+
+WHAT = "language model"
+"""How error messages name the directory and its model."""
+
+LEGACY_CLASS_PATHS = {
+    "vqtok.multimodal.decoder.MultimodalDecoder": "vqtok.lm.model.MultimodalLM",
+    "vqtok.multimodal.MultimodalDecoder": "vqtok.lm.model.MultimodalLM",
+}
+"""Class paths of directories written before the model was named ``MultimodalLM``."""
 
 MAX_IMAGE_TOKENS = 16384
 """The most tokens of one generated grid (e.g. 128 x 128): generation is sequential, and a
@@ -99,7 +112,7 @@ class _Template(Spec):
             raise self.fail(where, "text with exactly one field, {label}", value)
 
 
-DECODER_CONFIG = Obj({
+LM_CONFIG = Obj({
     "vocab_size": Int(min=1, max=1 << 24), "d_model": Int(min=1, max=16384),
     "n_layers": Int(min=1, max=512), "n_heads": Int(min=1, max=1024),
     "head_dim": Nullable(Int(min=2, max=4096)), "attention": OneOf(*ATTENTION_KINDS),
@@ -108,12 +121,12 @@ DECODER_CONFIG = Obj({
     "position_scheme": OneOf(*SCHEMES), "rope_base": Float(above=0),
     "norm_eps": Float(above=0), "tie_embeddings": Bool(), "init_std": Float(above=0),
 })
-"""Every ``DecoderConfig`` field with its type and a range that caps the model's size."""
+"""Every ``LMConfig`` field with its type and a range that caps the model's size."""
 
 SPEC = Obj({
-    **model_dir.header_spec(FORMAT, FORMAT_VERSION, "decoder"),
+    **model_dir.header_spec(FORMAT, FORMAT_VERSION, WHAT),
     "decoder": Obj({"class_path": Str(nonempty=True),
-                    "init_args": Obj({"config": DECODER_CONFIG})}),
+                    "init_args": Obj({"config": LM_CONFIG})}),
     "vocabulary": Obj({"text_vocab": Int(min=1, max=1 << 20),
                        "image_codebook_size": Int(min=1, max=1 << 24),
                        "specials": _Specials()}),
@@ -128,12 +141,12 @@ SPEC = Obj({
                                                         what="a SHA-256 in hex")}),
     }, open=True),
 })
-"""``config.json`` of a decoder directory. ``extra`` is free metadata, except the two keys
+"""``config.json`` of an LM directory. ``extra`` is free metadata, except the two keys
 ``vqtok generate`` reads: the class ``labels`` and which ``tokenizer`` made the tokens."""
 
 
-class DecoderFormatError(FormatError):
-    """A decoder directory that cannot be loaded; the message names the file and why."""
+class LMFormatError(FormatError):
+    """An LM directory that cannot be loaded; the message names the file and why."""
 
 
 def vocabulary_spec(vocab: Vocabulary) -> dict[str, Any]:
@@ -142,8 +155,8 @@ def vocabulary_spec(vocab: Vocabulary) -> dict[str, Any]:
             "specials": list(vocab.specials)}
 
 
-def build_decoder_config(
-    model: MultimodalDecoder,
+def build_lm_config(
+    model: MultimodalLM,
     vocab: Vocabulary,
     image_tokens: tuple[int, int],
     *,
@@ -152,11 +165,11 @@ def build_decoder_config(
     video_tokens: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` content for ``model``; validated exactly as a loaded one is."""
-    if not isinstance(model, MultimodalDecoder):
-        raise TypeError(f"expected a MultimodalDecoder, got {type(model).__name__}")
+    if not isinstance(model, MultimodalLM):
+        raise TypeError(f"expected a MultimodalLM, got {type(model).__name__}")
     config = {
         **model_dir.new_header(FORMAT, FORMAT_VERSION),
-        "decoder": json_copy(registry.spec_of(model), "decoder init_args"),
+        "decoder": json_copy(registry.spec_of(model), "model init_args"),
         "vocabulary": vocabulary_spec(vocab),
         "image_tokens": [int(s) for s in image_tokens],
         "caption_template": caption_template,
@@ -165,11 +178,11 @@ def build_decoder_config(
         config["video_tokens"] = [int(s) for s in video_tokens]
     if extra is not None:
         config["extra"] = json_copy(extra, "extra")
-    validate(config, SPEC, CONFIG_NAME, DecoderFormatError)
+    validate(config, SPEC, CONFIG_NAME, LMFormatError)
     _check_grid(config, CONFIG_NAME)
     vocab_size = config["decoder"]["init_args"]["config"]["vocab_size"]
     if vocab.size != vocab_size:
-        raise ValueError(f"vocabulary of size {vocab.size} does not match the decoder's "
+        raise ValueError(f"vocabulary of size {vocab.size} does not match the model's "
                          f"vocab_size {vocab_size}")
     return config
 
@@ -177,8 +190,8 @@ def build_decoder_config(
 # ---- save -----------------------------------------------------------------------------
 
 
-def save_decoder_dir(
-    model: MultimodalDecoder,
+def save_lm_dir(
+    model: MultimodalLM,
     vocab: Vocabulary,
     out_dir: str | os.PathLike[str],
     image_tokens: tuple[int, int],
@@ -187,72 +200,64 @@ def save_decoder_dir(
     extra: dict[str, Any] | None = None,
     video_tokens: tuple[int, int, int] | None = None,
 ) -> Path:
-    """Write ``model`` and its vocabulary as a decoder directory at ``out_dir``.
+    """Write ``model`` and its vocabulary as an LM directory at ``out_dir``.
 
-    ``image_tokens`` is the ``(h, w)`` grid the decoder writes (what its tokenizer gives for
+    ``image_tokens`` is the ``(h, w)`` grid the model writes (what its tokenizer gives for
     the training images); ``caption_template`` how its captions were made from a label;
-    ``video_tokens`` the ``(t, h, w)`` grid of the clips of a decoder trained on video.
-    An existing decoder at ``out_dir`` is replaced atomically; a directory holding other
+    ``video_tokens`` the ``(t, h, w)`` grid of the clips of a model trained on video.
+    An existing LM directory at ``out_dir`` is replaced atomically; a directory holding other
     files is refused rather than deleted.
     """
-    config = build_decoder_config(model, vocab, image_tokens, caption_template=caption_template,
+    config = build_lm_config(model, vocab, image_tokens, caption_template=caption_template,
                                   extra=extra, video_tokens=video_tokens)
-    return model_dir.save_model_dir(Path(out_dir), config, model, FORMAT, "decoder")
+    return model_dir.save_model_dir(Path(out_dir), config, model, FORMAT, WHAT)
 
 
 # ---- load -----------------------------------------------------------------------------
-
-
-def read_decoder_config(path: Path) -> dict[str, Any]:
-    """Parse and validate a decoder's ``config.json``."""
-    config = read_json(path, DecoderFormatError)
-    validate(config, SPEC, str(path), DecoderFormatError)
-    _check_grid(config, path)
-    return config
 
 
 def _check_grid(config: dict[str, Any], path: Path | str) -> None:
     for key in ("image_tokens", "video_tokens"):
         shape = config.get(key)
         if shape is not None and math.prod(shape) > MAX_IMAGE_TOKENS:
-            raise DecoderFormatError(
+            raise LMFormatError(
                 f"{path}: {key} {' x '.join(map(str, shape))} is {math.prod(shape)} tokens, "
                 f"more than the {MAX_IMAGE_TOKENS} a generated grid may have")
 
 
-def load_decoder_dir(
+def load_lm_dir(
     path: str | os.PathLike[str], device: str = "cpu", revision: str | None = None
-) -> tuple[MultimodalDecoder, Vocabulary, dict[str, Any]]:
-    """Rebuild a decoder directory: ``(model in eval mode, vocabulary, config)``.
+) -> tuple[MultimodalLM, Vocabulary, dict[str, Any]]:
+    """Rebuild an LM directory: ``(model in eval mode, vocabulary, config)``.
 
     ``path``: a local directory, or a Hugging Face Hub repo id ``"org/name"`` at
     ``revision`` (:func:`vqtok.formats.hub.resolve_model_dir`; the ``hub`` extra).
-    Raises :class:`DecoderFormatError` (a ValueError) naming the file for a missing
+    Raises :class:`LMFormatError` (a ValueError) naming the file for a missing
     directory or file, invalid JSON, an unknown format or key, a class that is not a
-    :class:`MultimodalDecoder`, a vocabulary that does not match the model, corrupt or
+    :class:`MultimodalLM`, a vocabulary that does not match the model, corrupt or
     foreign weights, a model over ``MAX_MODEL_BYTES`` or weights that do not match it
     exactly (both judged before the model is allocated: :func:`model_dir.build_and_load`).
     """
-    root = resolve_model_dir(path, "decoder", DecoderFormatError, revision)
-    config_path, config = model_dir.read_model_config(root, SPEC, "decoder",
-                                                      DecoderFormatError)
+    root = resolve_model_dir(path, WHAT, LMFormatError, revision)
+    config_path, config = model_dir.read_model_config(root, SPEC, WHAT, LMFormatError)
     _check_grid(config, config_path)
     try:
         vocab = Vocabulary(**config["vocabulary"])
     except (ValueError, TypeError) as err:
-        raise DecoderFormatError(f"{config_path}: cannot build the vocabulary: {err}") from err
+        raise LMFormatError(f"{config_path}: cannot build the vocabulary: {err}") from err
 
-    def build() -> MultimodalDecoder:
-        model = model_dir.build_module(config["decoder"], "decoder", config_path,
-                                       DecoderFormatError)
-        if not isinstance(model, MultimodalDecoder):
-            raise DecoderFormatError(f"{config_path}: decoder.class_path must name a Multimodal"
-                                     f"Decoder, got {config['decoder']['class_path']!r}")
+    def build() -> MultimodalLM:
+        spec = dict(config["decoder"])
+        spec["class_path"] = LEGACY_CLASS_PATHS.get(spec["class_path"], spec["class_path"])
+        model = model_dir.build_module(spec, WHAT, config_path, LMFormatError)
+        if not isinstance(model, MultimodalLM):
+            raise LMFormatError(f"{config_path}: decoder.class_path must name a Multimodal"
+                                f"LM, got {config['decoder']['class_path']!r}")
         if vocab.size != model.config.vocab_size:
-            raise DecoderFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but "
-                                     f"the decoder's vocab_size is {model.config.vocab_size}")
+            raise LMFormatError(f"{config_path}: the vocabulary has {vocab.size} ids but "
+                                f"the model's vocab_size is {model.config.vocab_size}")
         return model
 
-    model = model_dir.build_and_load(build, root, FORMAT, DecoderFormatError, "decoder",
+    model = model_dir.build_and_load(build, root, FORMAT, LMFormatError, WHAT,
                                      config.get(model_dir.WEIGHTS_SHA256))
     return model.to(device).eval(), vocab, config
