@@ -2,9 +2,10 @@
 
 :class:`VqtokCLI` adds what both share: runs under ``runs/`` by default, the config saved
 beside each run, ``--export_dir``, and at the end of ``fit`` an export of the trained model
-(``module.export(out_dir)``) into ``<run dir>/<export_name>``. The two
-commands differ only in the classes they train and a few links between config keys:
-:func:`run_tokenizer_cli` and :func:`run_decoder_cli`.
+(``module.export(out_dir)``; a decoder's also reads its DataModule) into
+``<run dir>/<export_name>``. The two commands differ only in the classes they train, a few
+links between config keys and the export: :func:`run_tokenizer_cli` and
+:func:`run_decoder_cli`.
 """
 
 from __future__ import annotations
@@ -140,8 +141,12 @@ class VqtokCLI(LightningCLI):
             return
         config = self.config[self.config.subcommand]
         out = config.get("export_dir") or Path(run) / self.export_name
-        self.model.export(out)
+        self.export(Path(out))
         log.info("%s exported to %s", self.export_name, out)
+
+    def export(self, out: Path) -> None:
+        """Write the trained model into ``out`` (rank 0, after ``fit``)."""
+        self.model.export(out)
 
 
 def _continue_in_own_run(config: Any) -> None:
@@ -212,6 +217,9 @@ class _TokenizerCLI(VqtokCLI):
 
 class _DecoderCLI(VqtokCLI):
     export_name = "decoder"
+
+    def export(self, out: Path) -> None:
+        self.model.export(out, self.datamodule)  # the data knows the token grid and captions
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
