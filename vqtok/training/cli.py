@@ -197,7 +197,7 @@ class _TokenizerCLI(VqtokCLI):
         flat = flat_options(checkpoint.get("hyper_parameters") or {})
         if flat:
             raise ValueError(f"checkpoint {path} names its training options one by one "
-                             f"({', '.join(flat)}), a layout `vqtok fit` does not resume; "
+                             f"({', '.join(flat)}), a layout --ckpt_path does not read; "
                              f"`vqtok export {path} <dir>` still exports its tokenizer")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
