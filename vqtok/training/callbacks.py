@@ -2,9 +2,9 @@
 resume), :class:`WeightEMA` (a moving average of the weights, which export writes) and
 :class:`CodebookHistory` (codebook usage while a tokenizer trains).
 
-The callback writes the codebook history (:mod:`vqtok.formats.history`, which documents
-the two files) into the run directory (``trainer.log_dir``, the logger's version folder,
-else ``default_root_dir``), for ``vqtok report``. Only global rank 0 writes; both files
+:class:`CodebookHistory` writes the codebook history (:mod:`vqtok.formats.history`,
+which documents the two files) into the run directory (``trainer.log_dir``, the logger's
+version folder, else ``default_root_dir``), for ``vqtok report``. Only global rank 0 writes; both files
 are replaced atomically after every validation run and at the end of training.
 
 Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts
