@@ -80,7 +80,7 @@ class ExportAt(pl.Callback):
         if trainer.global_step % 100 == 0:
             self.load.append(os.getloadavg()[0])
         if trainer.global_step in self.steps:
-            module.export(self.out / f"step{trainer.global_step}", trainer.datamodule)
+            module.export(self.out / f"step{trainer.global_step}")
 
 
 def train(variant: str, steps: int, export_at: list[int], out: Path, threads: int) -> None:

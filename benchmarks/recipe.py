@@ -87,8 +87,9 @@ def train(variant: str, steps: int, disc_start: int, out: Path, threads: int) ->
 
     run = _TimedCLI(TokenizerModule, pl.LightningDataModule, [
         "fit", f"--config={CONFIG}", f"--trainer.max_steps={steps}",
-        f"--trainer.val_check_interval={steps}", f"--model.disc_start={disc_start}",
-        *(["--model.discriminator=null"] if variant == "without" else []),
+        f"--trainer.val_check_interval={steps}",
+        *([f"--model.adversarial.init_args.start={disc_start}"] if variant == "with"
+          else ["--model.adversarial=null"]),
         f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.logger.init_args.name={variant}", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--export_dir={out / variant / 'tokenizer'}",

@@ -114,7 +114,7 @@ class DumpState(pl.Callback):
             "lrs": [[g["lr"] for g in o.param_groups] for o in trainer.optimizers],
             "global_step": trainer.global_step,
             "callbacks": {type(c).__name__: c.state_dict() for c in trainer.callbacks
-                          if type(c).__name__ == "CodebookHistory"},
+                          if type(c).__name__ in ("CodebookHistory", "WeightEMA")},
         }
         os.makedirs(self.dirpath, exist_ok=True)
         torch.save(state, os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))

@@ -1,4 +1,5 @@
-"""Every config in experiments/ parses and trains two steps on tiny data, then exports; the
+"""Every config in experiments/ and vqtok/configs/ parses and trains two steps on tiny
+data (an adversarial one with its discriminator on from the first step), then exports; the
 collapse study runs end to end at toy sizes."""
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from vqtok.training.cli import run_tokenizer_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
+# vqtok/configs/ ships in the package; experiments/ links to what it holds
+TRAINED = sorted({p.resolve(): p for p in [*(ROOT / "vqtok" / "configs").glob("*.yaml"),
+                                           *CONFIGS]}.values())
 
 TINY_DATA = {  # the first name found in a config picks its arguments
     "MovingFashionMNISTDataModule": [
@@ -47,10 +51,12 @@ def test_there_is_a_config_per_quantizer_and_dataset() -> None:
             assert f"{data}_{q}" in names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("config", TRAINED, ids=[p.stem for p in TRAINED])
 def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> None:
     text = config.read_text()
     data_args = next(args for name, args in TINY_DATA.items() if name in text)
+    if yaml.safe_load(text)["model"].get("adversarial") is not None:
+        data_args = [*data_args, "--model.adversarial.init_args.start=1"]
     if "FashionMNIST" in text and not has_fashion_mnist():
         pytest.skip(needs_fashion_mnist.kwargs["reason"])
     export = tmp_path / "tokenizer"
@@ -71,6 +77,8 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
     )
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    if "adversarial:" in text:
+        assert torch.isfinite(cli.trainer.callback_metrics["train/d_loss"])
     assert "val/usage" in cli.trainer.callback_metrics
     is_video = "VideoEncoder" in text
     tok = (VideoTokenizer if is_video else ImageTokenizer).from_pretrained(export)

@@ -1,6 +1,7 @@
-"""Adversarial training and the weight EMA in TokenizerModule (docs/training.md#adversarial-training):
-two optimizers stepped once per batch, the discriminator off before ``disc_start``, the
-average against a float64 recurrence, checkpoints, exact resume and export from the CLI."""
+"""Adversarial training (docs/training.md#adversarial-training) and the weight average
+(docs/training.md#weight-average): two optimizers stepped once per batch, the
+discriminator off before the objective's ``start``, the average against a float64
+recurrence, checkpoints, exact resume and export from the CLI."""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ from vqtok import registry
 from vqtok.models import PatchDiscriminator
 from vqtok.quantizers import FSQ, VectorQuantizer
 from vqtok.tokenizers import ImageTokenizer
+from vqtok.training.callbacks import WeightEMA
 from vqtok.training.module import TokenizerModule
+from vqtok.training.objectives import Adversarial
 
 
 def adversarial_module(**kwargs) -> TokenizerModule:
     torch.manual_seed(0)
-    return tiny_module(FSQ([4, 4, 4], dim=DIM),
-                       discriminator=PatchDiscriminator(in_channels=1, channels=4, n_layers=2),
-                       **kwargs)
+    disc = PatchDiscriminator(in_channels=1, channels=4, n_layers=2)
+    return tiny_module(FSQ([4, 4, 4], dim=DIM), adversarial=Adversarial(disc, **kwargs))
 
 
 class Record(pl.Callback):
@@ -46,15 +48,16 @@ class Record(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule,
                            *args: object) -> None:
-        self.disc.append({k: v.clone() for k, v in module.discriminator.state_dict().items()})
+        disc = module.adversarial.discriminator
+        self.disc.append({k: v.clone() for k, v in disc.state_dict().items()})
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
 @pytest.mark.parametrize("gan_loss", ["hinge", "non_saturating"])
 def test_one_step_of_each_optimizer_per_batch_from_disc_start(gan_loss: str,
                                                               tmp_path: Path) -> None:
-    module = adversarial_module(gan_loss=gan_loss, disc_start=2, lecam_weight=0.1)
-    initial = {k: v.clone() for k, v in module.discriminator.state_dict().items()}
+    module = adversarial_module(gan_loss=gan_loss, start=2, lecam_weight=0.1)
+    initial = {k: v.clone() for k, v in module.adversarial.discriminator.state_dict().items()}
     record = Record()
     trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[record]).fit(
         module, loader(16))
@@ -70,21 +73,22 @@ def test_one_step_of_each_optimizer_per_batch_from_disc_start(gan_loss: str,
         assert key in {k.removeprefix("train/") for k in record.metrics[3]}, key
     _, opt_d = module.trainer.optimizers
     assert {id(p) for g in opt_d.param_groups for p in g["params"]} == {
-        id(p) for p in module.discriminator.parameters()}
-    assert len(opt_d.state) == len(list(module.discriminator.parameters()))
+        id(p) for p in module.adversarial.discriminator.parameters()}
+    assert len(opt_d.state) == len(list(module.adversarial.discriminator.parameters()))
     assert opt_d.param_groups[0]["betas"] == (0.5, 0.9)
 
 
 def test_bad_adversarial_options_are_refused() -> None:
     with pytest.raises(ValueError, match="gan_loss must be one of"):
         adversarial_module(gan_loss="wgan")
-    with pytest.raises(ValueError, match="disc_start must be >= 0"):
-        adversarial_module(disc_start=-1)
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        adversarial_module(start=-1)
     with pytest.raises(ValueError, match="discriminator reads 3-channel images but the "
                                          "encoder 1-channel ones"):
-        tiny_module(FSQ([4, 4, 4], dim=DIM), discriminator=PatchDiscriminator(in_channels=3))
-    with pytest.raises(ValueError, match="ema_decay must be in"):
-        tiny_module(FSQ([4, 4, 4], dim=DIM), ema_decay=1.0)
+        tiny_module(FSQ([4, 4, 4], dim=DIM),
+                    adversarial=Adversarial(PatchDiscriminator(in_channels=3)))
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightEMA(decay=1.0)
 
 
 @pytest.mark.parametrize("decay", [0.2, 0.9])
@@ -92,7 +96,8 @@ def test_ema_equals_a_float64_recurrence(decay: float, tmp_path: Path) -> None:
     """After each optimizer step: e_1 = w_1, e_k = d_k e_(k-1) + (1 - d_k) w_k with
     d_k = min(decay, k / (9 + k)) (the warm-up), for every float weight and buffer."""
     torch.manual_seed(0)
-    module = tiny_module(VectorQuantizer(16, DIM, ema_decay=0.9), ema_decay=decay)
+    module = tiny_module(VectorQuantizer(16, DIM, ema_decay=0.9))
+    ema = WeightEMA(decay)
     seen: list[dict[str, torch.Tensor]] = []
 
     class Weights(pl.Callback):
@@ -100,25 +105,25 @@ def test_ema_equals_a_float64_recurrence(decay: float, tmp_path: Path) -> None:
             seen.append({k: v.double().clone() for k, v in module.model.state_dict().items()
                          if v.is_floating_point()})
 
-    trainer(tmp_path, max_steps=6, limit_val_batches=0, callbacks=[Weights()]).fit(
+    trainer(tmp_path, max_steps=6, limit_val_batches=0, callbacks=[Weights(), ema]).fit(
         module, loader(24))
     assert len(seen) == 6
     expected = dict(seen[0])
     for k, weights in enumerate(seen[1:], start=2):
         d = min(decay, k / (9 + k))
         expected = {n: d * expected[n] + (1 - d) * weights[n] for n in expected}
-    averaged = module.ema.module.state_dict()
-    assert int(module.ema.n_averaged) == 6
+    averaged = ema.average.module.state_dict()
+    assert int(ema.average.n_averaged) == 6
     for name, value in expected.items():
         torch.testing.assert_close(averaged[name].double(), value, rtol=1e-5, atol=1e-6,
                                    msg=name)
     assert not torch.equal(averaged["encoder.layers.0.weight"],
                            module.model.state_dict()["encoder.layers.0.weight"])
-    # export writes the average by default, the raw weights when export_ema is off
+    # export writes the average by default, the raw weights without it
     module.export(tmp_path / "ema")
     exported = load_file(tmp_path / "ema" / "model.safetensors")
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)
-    module.hparams.export_ema = False
+    module.use_for_export(None)
     module.export(tmp_path / "raw")
     raw = load_file(tmp_path / "raw" / "model.safetensors")
     assert all(torch.equal(raw[k], module.model.state_dict()[k]) for k in raw)
@@ -132,8 +137,9 @@ def _fmnist_vqgan_args(tmp_path: Path, steps: int) -> list[str]:
             "--data.init_args.val_size=16", "--data.init_args.batch_size=8",
             *(f"--model.{part}.init_args.{k}={v}" for part in ("encoder", "decoder")
               for k, v in (("channels", 8), ("num_groups", 4))),
-            "--model.discriminator.init_args.channels=8", "--model.disc_start=3",
-            "--model.lecam_weight=0.1", "--model.ema_decay=0.9",
+            "--model.adversarial.init_args.discriminator.init_args.channels=8",
+            "--model.adversarial.init_args.start=3",
+            "--model.adversarial.init_args.lecam_weight=0.1", "--ema.init_args.decay=0.9",
             f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
             "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false"]
@@ -148,9 +154,9 @@ def test_vqgan_recipe_resumes_both_optimizers_bit_for_bit(tmp_path: Path) -> Non
                                       "fmnist_vqgan")
     assert alone["global_step"] == resumed["global_step"] == 12
     assert len(alone["optimizers"]) == 2 and len(alone["optimizers"][1]["state"]) > 0
-    assert any(k.startswith("discriminator.") for k in alone["module"])
-    assert any(k.startswith("lecam.") for k in alone["module"])
-    assert any(k.startswith("ema.module.") for k in alone["module"])
+    assert any(k.startswith("adversarial.discriminator.") for k in alone["module"])
+    assert any(k.startswith("adversarial.lecam.") for k in alone["module"])
+    assert any(k.startswith("module.") for k in alone["callbacks"]["WeightEMA"]["average"])
     assert_same_state(alone, resumed)
 
 
@@ -165,11 +171,12 @@ def test_fit_vqgan_recipe_30_steps_from_the_cli(tmp_path: Path) -> None:
                       weights_only=True)
     assert ckpt["global_step"] == 30
     opt_ae, opt_d = ckpt["optimizer_states"]  # both optimizers, with Adam moments
-    disc = registry.build(ckpt["hyper_parameters"]["discriminator"])
+    adversarial = ckpt["hyper_parameters"]["adversarial"]
+    disc = registry.build(adversarial["init_args"]["discriminator"])
     assert len(opt_d["state"]) == len(list(disc.parameters()))
     assert all("exp_avg" in s for s in opt_d["state"].values())
     assert len(opt_ae["state"]) > len(opt_d["state"])
-    assert ckpt["hyper_parameters"]["discriminator"]["class_path"].endswith(
+    assert adversarial["init_args"]["discriminator"]["class_path"].endswith(
         "PatchDiscriminator")
     # every term is logged; the discriminator's only from disc_start
     rows = list(csv.DictReader((version / "metrics.csv").open()))
@@ -182,8 +189,9 @@ def test_fit_vqgan_recipe_30_steps_from_the_cli(tmp_path: Path) -> None:
     tokenizer_dir = version / "tokenizer"
     weights = load_file(tokenizer_dir / "model.safetensors")
     assert not [k for k in weights if not k.startswith(("encoder.", "quantizer.", "decoder."))]
-    expected = {k.removeprefix("ema.module."): v for k, v in ckpt["state_dict"].items()
-                if k.startswith("ema.module.")}
+    average = ckpt["callbacks"]["WeightEMA"]["average"]
+    expected = {k.removeprefix("module."): v for k, v in average.items()
+                if k.startswith("module.")}
     assert set(weights) <= set(expected)
     assert all(torch.equal(weights[k], expected[k]) for k in weights)
     assert "discriminator" not in json.dumps(json.loads(

@@ -80,7 +80,7 @@ def test_validation_counts_are_summed_over_ranks(tmp_path: Path) -> None:
     with torch.no_grad():
         ids = torch.cat([module.model.encode(x).indices.reshape(-1) for x, _ in val])
     local = torch.bincount(ids, minlength=K)
-    torch.testing.assert_close(module.last_usage_counts, 4 * local, rtol=0, atol=0)
+    torch.testing.assert_close(module.validation_counts, 4 * local, rtol=0, atol=0)
 
 
 def stub_trainer(tmp_path: Path, rank_zero: bool, step: int = 10) -> SimpleNamespace:
@@ -90,8 +90,10 @@ def stub_trainer(tmp_path: Path, rank_zero: bool, step: int = 10) -> SimpleNames
 
 
 def stub_module(counts: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(quantizer=FSQ([4, 4, 4]), last_usage_counts=counts,
-                           last_train_indices=torch.tensor([[0, 1], [1, 1]]))
+    return SimpleNamespace(quantizer=FSQ([4, 4, 4]), validation_counts=counts)
+
+
+TRAIN_OUTPUTS = {"loss": torch.tensor(1.0), "indices": torch.tensor([[0, 1], [1, 1]])}
 
 
 def test_only_rank_zero_writes(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_only_rank_zero_writes(tmp_path: Path) -> None:
         cb = CodebookHistory(every_n_steps=3)
         trainer, module = stub_trainer(folder, rank_zero), stub_module(counts)
         cb.setup(trainer, module, "fit")
-        cb.on_train_batch_end(trainer, module, None, None, 0)
+        cb.on_train_batch_end(trainer, module, TRAIN_OUTPUTS, None, 0)
         cb.on_validation_end(trainer, module)
         cb.on_train_end(trainer, module)
         written = sorted(p.name for p in folder.glob("*")) if folder.exists() else []
@@ -132,7 +134,8 @@ def test_state_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
     for name in ("codebook_history.json", "codebook_history.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     wrong = CodebookHistory()
-    wrong.setup(stub_trainer(tmp_path / "c", True), SimpleNamespace(quantizer=FSQ([2, 2, 2])),
+    wrong.setup(stub_trainer(tmp_path / "c", True),
+                SimpleNamespace(quantizer=FSQ([2, 2, 2]), validation_counts=None),
                 "fit")
     with pytest.raises(ValueError, match="holds counts for 64 codes but the module's "
                                          "quantizer has 8"):
@@ -146,7 +149,7 @@ def test_bad_arguments_and_modules(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a LightningModule with a vqtok `quantizer`"):
         cb.setup(stub_trainer(tmp_path, True), SimpleNamespace(), "fit")
     cb.setup(stub_trainer(tmp_path, True), stub_module(torch.zeros(K)), "fit")
-    with pytest.raises(ValueError, match=r"`last_usage_counts` of shape \(64,\)"):
+    with pytest.raises(ValueError, match=r"`validation_counts` of shape \(64,\)"):
         cb.on_validation_end(stub_trainer(tmp_path, True), stub_module(torch.zeros(3)))
 
 

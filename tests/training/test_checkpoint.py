@@ -1,12 +1,15 @@
 """How `vqtok fit` writes and reads checkpoints (vqtok/training/checkpoint.py): a write that
 fails (a full disk) leaves the previous checkpoint whole and says so in one line naming the
-folder; an empty or truncated checkpoint given to --ckpt_path is named in one line.
+folder; an empty or truncated checkpoint given to --ckpt_path is named in one line; a
+checkpoint in the flat layout (every objective and averaging option a hyper-parameter of
+its own) still exports, and --ckpt_path refuses it in one line.
 
 Docs: docs/training.md#exact-resume."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import uuid
@@ -15,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.training.test_resume import tiny_fit
 from vqtok.formats import atomic
 from vqtok.formats.schema import FormatError
+from vqtok.training.checkpoint import load_tokenizer_module
 
 
 def _checkpoint_io(tmp_path: Path):
@@ -111,3 +116,46 @@ def test_a_broken_checkpoint_is_named_in_one_line(tmp_path: Path, keep: float) -
     with pytest.raises(FormatError, match="empty|truncated or corrupt") as err:
         tiny_fit(tmp_path, f"--ckpt_path={last}", "--trainer.max_steps=6")
     assert "\n" not in str(err.value) and str(last) in str(err.value)
+
+
+def _flat_layout(ckpt: dict) -> dict:
+    """A checkpoint rewritten into the flat layout: each option of the objectives and of
+    the weight average its own hyper-parameter, the discriminator's and LeCam's weights at
+    the top of the state, the average under ``ema.module.``."""
+    hp = dict(ckpt["hyper_parameters"])
+    rec = hp.pop("reconstruction")["init_args"]
+    adv = dict(hp.pop("adversarial")["init_args"])
+    hp.update(recon_loss=rec["pixel_loss"], lpips_weights=rec["lpips_weights"],
+              perceptual_weight=rec["perceptual_weight"],
+              discriminator=adv.pop("discriminator"), disc_weight=adv.pop("weight"),
+              disc_start=adv.pop("start"), disc_lr=adv.pop("lr"), disc_betas=adv.pop("betas"),
+              ema_decay=0.5, export_ema=True, **adv)
+    state = {k.removeprefix("adversarial."): v for k, v in ckpt["state_dict"].items()}
+    average = ckpt["callbacks"].pop("WeightEMA")["average"]
+    state.update({f"ema.{k}": v for k, v in average.items()})
+    return {**ckpt, "hyper_parameters": hp, "state_dict": state}
+
+
+def test_a_flat_layout_checkpoint_exports_its_average_and_refuses_to_resume(
+        tmp_path: Path) -> None:
+    adversarial = {"class_path": "vqtok.training.objectives.Adversarial", "init_args": {
+        "discriminator": {"class_path": "vqtok.models.PatchDiscriminator",
+                          "init_args": {"in_channels": 3, "channels": 4, "n_layers": 1}},
+        "start": 1, "lecam_weight": 0.1}}
+    ema = {"class_path": "vqtok.training.callbacks.WeightEMA", "init_args": {"decay": 0.5}}
+    tiny_fit(tmp_path, f"--model.adversarial={json.dumps(adversarial)}",
+             f"--ema={json.dumps(ema)}")
+    run = tmp_path / "runs/tiny/version_0"
+    flat = tmp_path / "flat.ckpt"
+    torch.save(_flat_layout(torch.load(run / "checkpoints/last.ckpt", weights_only=True)), flat)
+    # `vqtok export` of it writes what the run exported: the weights' average
+    module = load_tokenizer_module(flat)
+    exported = load_file(run / "tokenizer/model.safetensors")
+    state = module.model.state_dict()
+    assert exported.keys() <= state.keys()
+    assert all(torch.equal(exported[k], state[k]) for k in exported)
+    assert module.adversarial.start == 1 and module.adversarial.lecam is not None
+    # resuming it is refused in one line that says what still works
+    with pytest.raises(ValueError, match="names its training options one by one") as err:
+        tiny_fit(tmp_path, f"--ckpt_path={flat}", "--trainer.max_steps=6")
+    assert "\n" not in str(err.value) and "vqtok export" in str(err.value)

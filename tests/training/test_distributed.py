@@ -194,10 +194,10 @@ def test_every_config_trains_under_two_processes(config: Path, tmp_path: Path) -
     datamodule = _datamodule_of(config)
     if "root" in TINY_DATA[datamodule] and not has_fashion_mnist():
         pytest.skip(needs_fashion_mnist.kwargs["reason"])
-    model = yaml.safe_load(config.read_text())["model"]
-    adversarial = model.get("discriminator") is not None
+    recipe = yaml.safe_load(config.read_text())
+    adversarial = recipe["model"].get("adversarial") is not None
     # the discriminator joins at step 2 of 4, so both kinds of step run under DDP
-    extra = ["--model.disc_start=2"] if adversarial else []
+    extra = ["--model.adversarial.init_args.start=2"] if adversarial else []
     done = vqtok_cli(["fit", f"--config={config}", "--config", _dump_config(tmp_path), *DDP,
                       *_quiet(tmp_path, 4, 4), *_data_args(datamodule), *extra], tmp_path,
                      env=THREADS)
@@ -208,11 +208,14 @@ def test_every_config_trains_under_two_processes(config: Path, tmp_path: Path) -
     # discriminator (batch-norm statistics included) and the weights' moving average
     keys = set(rank0["module"])
     if adversarial:
-        assert any(k.startswith("discriminator.") and k.endswith("running_mean") for k in keys)
+        assert any(k.startswith("adversarial.discriminator.") and k.endswith("running_mean")
+                   for k in keys)
         assert rank0["optimizers"][1]["state"], "the discriminator never stepped"
-    if model.get("ema_decay") is not None:
-        assert {k.removeprefix("ema.module.") for k in keys if k.startswith("ema.module.")} \
+    if recipe.get("ema") is not None:
+        average = rank0["callbacks"]["WeightEMA"]["average"]
+        assert {k.removeprefix("module.") for k in average if k.startswith("module.")} \
             == {k.removeprefix("model.") for k in keys if k.startswith("model.")}
+        assert_same_state(average, rank1["callbacks"]["WeightEMA"]["average"], "average")
     assert_same_state(rank0["module"], rank1["module"], "module")
     assert_same_state(rank0["optimizers"], rank1["optimizers"], "optimizers")
     [run] = (tmp_path / "runs" / config.stem).iterdir()

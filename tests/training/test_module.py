@@ -13,6 +13,7 @@ from vqtok.models import Decoder, Encoder
 from vqtok.quantizers import FSQ, SimVQ, VectorQuantizer
 from vqtok.training.checkpoint import load_tokenizer_module
 from vqtok.training.module import TokenizerModule
+from vqtok.training.objectives import Reconstruction
 
 DIM = 8
 QUANTIZERS = {
@@ -67,14 +68,14 @@ def test_loss_is_recon_plus_weighted_quantizer_losses() -> None:
         3.0 * out.quant.losses["commitment"]
     )
     torch.testing.assert_close(terms["loss"], by_hand)
-    module_mse = tiny_module(FSQ([4, 4, 4], dim=DIM), recon_loss="mse")
+    module_mse = tiny_module(FSQ([4, 4, 4], dim=DIM), reconstruction=Reconstruction("mse"))
     out = module_mse(x)
     torch.testing.assert_close(module_mse.compute_losses(x, out)["loss"], ((out.x_hat - x) ** 2).mean())
 
 
-def test_bad_recon_loss_is_rejected() -> None:
-    with pytest.raises(ValueError, match="recon_loss"):
-        tiny_module(FSQ([4, 4, 4], dim=DIM), recon_loss="huber")
+def test_bad_pixel_loss_is_rejected() -> None:
+    with pytest.raises(ValueError, match="pixel_loss"):
+        Reconstruction("huber")
 
 
 def test_checkpoint_loads_weights_only_and_rebuilds(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ from vqtok.data.home import DATA_ENV, DatasetNotFoundError, data_home, dataset_d
 from vqtok.data.idx import read_idx
 from vqtok.data.images import PHOTOS_DIR, ImageFolder, PhotoPatches
 from vqtok.data.moving_fmnist import MovingFashionMNIST
-from vqtok.data.videos import VideoFolder
+from vqtok.data.videos import Clips, VideoFolder
 
 __all__ = [
     "DATA_ENV",
     "FASHION_MNIST_CLASSES",
     "PHOTOS_DIR",
+    "Clips",
     "DatasetNotFoundError",
     "DownloadError",
     "FashionMNIST",

@@ -1,4 +1,5 @@
-"""A folder of videos (animated GIFs and folders of frame images) as a dataset."""
+"""Video datasets: a folder of videos (animated GIFs and folders of frame images), and
+fixed-length windows of another dataset's clips (what video tokenizers train on)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vqtok.formats.images import resize_center_crop
+from vqtok.formats.images import DEFAULT_NORMALIZATION, resize_center_crop
 from vqtok.formats.videos import load_video, video_sources
 
-__all__ = ["VideoFolder"]
+__all__ = ["Clips", "VideoFolder"]
 
 
 class VideoFolder(Dataset):
@@ -81,3 +82,23 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(frame[..., 0] if grey else frame)
     out = np.asarray(resize_center_crop(image, size))
     return out[..., None] if grey else out
+
+
+class Clips(Dataset):
+    """uint8 clips ``(T, H, W)`` of a dataset -> ``(float32 (1, frames, H, W) in the
+    model's space, 0)``: the first ``frames`` frames, or with ``random_start`` a window of
+    ``frames`` consecutive frames starting anywhere (a fresh draw at every access)."""
+
+    def __init__(self, clips: Dataset, frames: int, random_start: bool) -> None:
+        self.clips, self.frames, self.random_start = clips, frames, random_start
+
+    def __len__(self) -> int:
+        return len(self.clips)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        clip = self.clips[index][0]  # (T, H, W) uint8
+        start = 0
+        if self.random_start:
+            start = int(torch.randint(clip.shape[0] - self.frames + 1, ()))
+        window = clip[start:start + self.frames]
+        return DEFAULT_NORMALIZATION.to_model(window)[None], 0

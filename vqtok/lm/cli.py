@@ -5,6 +5,7 @@ the language model on caption streams, on the base every vqtok training command 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vqtok.lm.data import CaptionImageDataModule
@@ -17,6 +18,9 @@ __all__ = ["run_lm_cli"]
 class _LMCLI(VqtokCLI):
     # The folder `fit` exports into keeps the name its runs have always used.
     export_name = "decoder"
+
+    def export(self, out: Path) -> None:
+        self.model.export(out, self.datamodule)  # the data knows the token grid and captions
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)

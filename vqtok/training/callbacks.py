@@ -1,8 +1,10 @@
-"""``CodebookHistory``: record codebook usage while a tokenizer trains.
+"""The callbacks of tokenizer training: :class:`RunCheckpoint` (checkpoints for exact
+resume), :class:`WeightEMA` (a moving average of the weights, which export writes) and
+:class:`CodebookHistory` (codebook usage while a tokenizer trains).
 
-The callback writes the codebook history (:mod:`vqtok.formats.history`, which documents
-the two files) into the run directory (``trainer.log_dir``, the logger's version folder,
-else ``default_root_dir``), for ``vqtok report``. Only global rank 0 writes; both files
+:class:`CodebookHistory` writes the codebook history (:mod:`vqtok.formats.history`,
+which documents the two files) into the run directory (``trainer.log_dir``, the logger's
+version folder, else ``default_root_dir``), for ``vqtok report``. Only global rank 0 writes; both files
 are replaced atomically after every validation run and at the end of training.
 
 Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts
@@ -10,9 +12,10 @@ Validation metrics are :func:`~vqtok.metrics.usage_stats` of the counts
 (``val/psnr``, ``val/ssim``). The train curve is cheap and *per batch*: the usage and
 perplexity of the ids of one training batch (on rank 0).
 
-The module must expose ``quantizer`` (for K), ``last_usage_counts`` (the validation
-counts, as :class:`~vqtok.training.module.TokenizerModule` keeps them) and, for the train
-curve, ``last_train_indices`` (the last training batch's ids).
+The module must be a :class:`CountsCodes`: a ``quantizer`` (for K) and
+``validation_counts`` (the validation counts, as
+:class:`~vqtok.training.module.TokenizerModule` keeps them). The train curve reads the ids
+that ``training_step`` returns under ``"indices"``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,13 +33,16 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from vqtok.formats import history as history_format
 from vqtok.metrics import stage_slots, usage_stats
+from vqtok.quantizers import Quantizer
 from vqtok.training import data
 
-__all__ = ["CodebookHistory", "RunCheckpoint", "rng_states", "set_rng_states"]
+__all__ = ["CodebookHistory", "CountsCodes", "ExportsAverage", "RunCheckpoint", "WeightEMA",
+           "rng_states", "set_rng_states"]
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -167,6 +174,18 @@ def _scalar(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
+@runtime_checkable
+class CountsCodes(Protocol):
+    """What :class:`CodebookHistory` reads of a module: its quantizer, and the code counts
+    of its last validation run (summed over ranks; ``(K,)``, or ``(S * K,)`` (stage, code)
+    slots of a multi-stage quantizer)."""
+
+    @property
+    def quantizer(self) -> Quantizer: ...
+
+    validation_counts: Tensor | None
+
+
 class CodebookHistory(pl.Callback):
     """Per-validation code counts and metrics, plus a per-batch train-time usage curve.
 
@@ -201,13 +220,13 @@ class CodebookHistory(pl.Callback):
         # trainer.log_dir broadcasts rank 0's answer: every rank must ask, not rank 0 only.
         log_dir = trainer.log_dir
         self._dir = Path(self.dirpath or log_dir or trainer.default_root_dir)
-        quantizer = getattr(pl_module, "quantizer", None)
+        quantizer = pl_module.quantizer if isinstance(pl_module, CountsCodes) else None
         size = getattr(quantizer, "codebook_size", None)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(
                 f"CodebookHistory needs a LightningModule with a vqtok `quantizer` (an int "
-                f"codebook_size >= 1), got {type(pl_module).__name__} whose quantizer is "
-                f"{type(quantizer).__name__}"
+                f"codebook_size >= 1) and `validation_counts`, got "
+                f"{type(pl_module).__name__} whose quantizer is {type(quantizer).__name__}"
             )
         if self.codebook_size is not None and size != self.codebook_size:
             raise ValueError(f"the history holds counts for {self.codebook_size} codes but the "
@@ -230,11 +249,12 @@ class CodebookHistory(pl.Callback):
             return  # rank 0 only; one record per optimizer step under gradient accumulation
         if self.train and step % self.every_n_steps != 0:
             return
-        ids = getattr(pl_module, "last_train_indices", None)
+        ids = outputs.get("indices") if isinstance(outputs, dict) else None
         if not isinstance(ids, Tensor) or ids.numel() == 0:
             if not self._warned_no_train_ids:
-                warnings.warn(f"{type(pl_module).__name__} keeps no `last_train_indices`; "
-                              f"CodebookHistory records no train-time usage curve", stacklevel=2)
+                warnings.warn(f"{type(pl_module).__name__}.training_step returns no "
+                              f"\"indices\"; CodebookHistory records no train-time usage "
+                              f"curve", stacklevel=2)
                 self._warned_no_train_ids = True
             return
         self._last_train_step = step
@@ -254,14 +274,14 @@ class CodebookHistory(pl.Callback):
     # ---- validation runs ----------------------------------------------------------------
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the module's on_validation_epoch_end, so its metrics are logged and
-        # last_usage_counts holds this run's counts (summed over ranks).
+        # validation_counts holds this run's counts (summed over ranks).
         if trainer.sanity_checking:
             return
-        counts = getattr(pl_module, "last_usage_counts", None)
+        counts = pl_module.validation_counts if isinstance(pl_module, CountsCodes) else None
         if not isinstance(counts, Tensor) or counts.shape != (self.slots,):
             shape = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
             raise ValueError(
-                f"CodebookHistory needs the module to keep `last_usage_counts` of shape "
+                f"CodebookHistory needs the module to keep `validation_counts` of shape "
                 f"({self.slots},) after each validation run, got {shape}"
             )
         counts = counts.detach().to("cpu", torch.int64).clone()
@@ -338,3 +358,103 @@ class CodebookHistory(pl.Callback):
         self.train = list(state_dict["train"])
         self.counts = [row.to(torch.int64).clone() for row in counts]
         self._last_train_step = self.train[-1]["step"] if self.train else -1
+
+
+@runtime_checkable
+class ExportsAverage(Protocol):
+    """What :class:`WeightEMA` needs of a module: the autoencoder it averages, and a way
+    to have the average exported."""
+
+    model: nn.Module
+
+    def use_for_export(self, model: Any) -> None: ...
+
+
+class WeightEMA(pl.Callback):
+    """An exponential moving average of the autoencoder's weights
+    (``torch.optim.swa_utils.AveragedModel`` of the module's ``model``, buffers included),
+    updated after every optimizer step and, with ``export``, what the module exports
+    (docs/training.md#weight-average). The average is part of the callback's checkpoint
+    state, so a resumed run continues it exactly.
+
+    The update is ``W <- d W + (1 - d) W_model`` on floating-point tensors, with the decay
+    warmed up as TensorFlow's ``ExponentialMovingAverage(num_updates=n)`` does,
+    ``d = min(decay, (1 + n) / (10 + n))`` for the ``n``-th update after the first (which
+    copies), so the first weights do not linger in a short run. Other tensors (step
+    counters, flags, integer levels) are copied: an average of them means nothing.
+
+    Args:
+        decay: the average's decay ``d`` (e.g. 0.999), in (0, 1).
+        export: have the module export the average (the default) rather than the raw
+            weights.
+    """
+
+    def __init__(self, decay: float = 0.999, export: bool = True) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay!r}")
+        self.decay, self.export = decay, export
+        self.average: AveragedModel | None = None
+        self._seen_step = -1
+        self._state_to_load: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__  # one average a run; `vqtok export` finds it by this key
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.average is not None:
+            return
+        if not isinstance(pl_module, ExportsAverage):
+            raise TypeError(f"WeightEMA needs a module with `model` and `use_for_export`, got "
+                            f"{type(pl_module).__name__}")
+        self.average = AveragedModel(pl_module.model, multi_avg_fn=ema_update(self.decay),
+                                     use_buffers=True)
+        self.average.requires_grad_(False)
+        if self._state_to_load is not None:
+            self.load_state_dict(self._state_to_load)
+        if self.export:
+            pl_module.use_for_export(self.average.module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.average is not None:
+            self.average.to(pl_module.device)
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After each optimizer step (not after batches that only accumulate gradients).
+        if self.average is not None and trainer.global_step != self._seen_step:
+            self._seen_step = trainer.global_step
+            self.average.update_parameters(pl_module.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.average is None:
+            return {} if self._state_to_load is None else dict(self._state_to_load)
+        return {"average": self.average.state_dict(), "export": self.export}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.average is None:  # restored before setup: applied there
+            self._state_to_load = dict(state_dict)
+            return
+        self.average.load_state_dict(state_dict["average"])
+        self._state_to_load = None
+
+
+def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn`` for :class:`WeightEMA` (its doc has the rule)."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            n = float(num_averaged)
+            weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+            for a, c in zip(averaged, current, strict=True):
+                a.lerp_(c, weight)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update

@@ -1,5 +1,7 @@
 """Training checkpoints: how ``vqtok fit`` writes and reads them (:class:`RunCheckpointIO`),
-and rebuilding a TokenizerModule from one (``vqtok export``)."""
+and rebuilding a TokenizerModule from one (``vqtok export``), including checkpoints whose
+hyper-parameters still name the adversarial, perceptual and averaging options one by one
+(:func:`flat_options`)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,16 @@ from vqtok.formats.checkpoint import read_checkpoint
 from vqtok.formats.schema import FormatError
 from vqtok.training.module import TokenizerModule
 
-__all__ = ["RunCheckpointIO", "load_tokenizer_module", "read_run_checkpoint"]
+__all__ = ["RunCheckpointIO", "flat_options", "load_tokenizer_module", "read_run_checkpoint"]
+
+_RECONSTRUCTION_OPTIONS = {"recon_loss": "pixel_loss", "lpips_weights": "lpips_weights",
+                           "perceptual_weight": "perceptual_weight"}
+_ADVERSARIAL_OPTIONS = {"gan_loss": "gan_loss", "disc_weight": "weight", "disc_start": "start",
+                        "disc_lr": "lr", "disc_betas": "betas",
+                        "adaptive_weight_max": "adaptive_weight_max",
+                        "lecam_weight": "lecam_weight", "lecam_decay": "lecam_decay"}
+_FLAT_OPTIONS = {*_RECONSTRUCTION_OPTIONS, *_ADVERSARIAL_OPTIONS, "discriminator", "ema_decay",
+                 "export_ema"}
 
 
 class RunCheckpointIO(TorchCheckpointIO):
@@ -100,12 +111,59 @@ def load_tokenizer_module(path: str | Path) -> TokenizerModule:
     hparams = dict(ckpt["hyper_parameters"])
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
+    state = dict(ckpt["state_dict"])
+    if flat_options(hparams):
+        hparams, state = _from_flat_options(hparams, state)
+    average = ckpt.get("callbacks", {}).get("WeightEMA", {})
+    if average.get("export"):  # what `vqtok fit` exported: the average
+        state.update({f"model.{k.removeprefix('module.')}": v
+                      for k, v in average["average"].items() if k.startswith("module.")})
     try:
         module = TokenizerModule(**hparams)
     except (TypeError, ValueError) as err:
         raise FormatError(f"checkpoint {path}: cannot rebuild the tokenizer: {err}") from err
     try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise FormatError(f"checkpoint {path} weights do not match its config: {err}") from err
     return module.eval()
+
+
+def flat_options(hparams: dict[str, Any]) -> list[str]:
+    """The hyper-parameters of a checkpoint in the flat layout, which names each option
+    of the objectives and of the weight average on its own (``recon_loss``, ``disc_start``,
+    ``ema_decay``...) instead of ``reconstruction`` and ``adversarial`` specs and a
+    :class:`~vqtok.training.callbacks.WeightEMA` callback; empty for any other."""
+    return sorted(_FLAT_OPTIONS & set(hparams))
+
+
+def _from_flat_options(hparams: dict[str, Any],
+                       state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint with :func:`flat_options` as the current module's hyper-parameters
+    and state: the options become the objectives' specs; the discriminator's and LeCam's
+    weights move under ``adversarial.``; the weight average (``ema.module.``) becomes the
+    model's weights when it was what the module exported, and is dropped otherwise."""
+    hparams = dict(hparams)
+    reconstruction = {new: hparams.pop(old) for old, new in _RECONSTRUCTION_OPTIONS.items()
+                      if old in hparams}
+    hparams["reconstruction"] = {"class_path": "vqtok.training.objectives.Reconstruction",
+                                 "init_args": reconstruction}
+    adversarial = {new: hparams.pop(old) for old, new in _ADVERSARIAL_OPTIONS.items()
+                   if old in hparams}
+    discriminator = hparams.pop("discriminator", None)
+    hparams["adversarial"] = None if discriminator is None else {
+        "class_path": "vqtok.training.objectives.Adversarial",
+        "init_args": {"discriminator": discriminator, **adversarial}}
+    averaged = hparams.pop("ema_decay", None) is not None and hparams.pop("export_ema", True)
+    hparams.pop("export_ema", None)
+    moved: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(("discriminator.", "lecam.")):
+            moved[f"adversarial.{key}"] = value
+        elif not key.startswith("ema."):
+            moved[key] = value
+    if averaged:
+        moved.update({f"model.{k.removeprefix('ema.module.')}": v for k, v in state.items()
+                      if k.startswith("ema.module.")})
+    return hparams, moved
+

@@ -2,9 +2,10 @@
 
 :class:`VqtokCLI` adds what both share: runs under ``runs/`` by default, the config saved
 beside each run, ``--export_dir``, and at the end of ``fit`` an export of the trained model
-(``module.export(out_dir, datamodule)``) into ``<run dir>/<export_name>``. The two
-commands differ only in the classes they train and a few links between config keys:
-:func:`run_tokenizer_cli` here and :func:`vqtok.lm.cli.run_lm_cli`.
+(``module.export(out_dir)``; the language model's also reads its DataModule) into
+``<run dir>/<export_name>``. The two commands differ only in the classes they train, a few
+links between config keys and the export: :func:`run_tokenizer_cli` here and
+:func:`vqtok.lm.cli.run_lm_cli`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from vqtok.formats.outputs import is_within
-from vqtok.training.callbacks import CodebookHistory, RunCheckpoint
-from vqtok.training.checkpoint import RunCheckpointIO, read_run_checkpoint
+from vqtok.training.callbacks import CodebookHistory, RunCheckpoint, WeightEMA
+from vqtok.training.checkpoint import RunCheckpointIO, flat_options, read_run_checkpoint
 from vqtok.training.module import TokenizerModule
 
 __all__ = ["VqtokCLI", "run_dir", "run_tokenizer_cli"]
@@ -91,7 +92,10 @@ class VqtokCLI(LightningCLI):
         # truncated file is named in one line here rather than failing inside torch.load.
         ckpt = self.config.get(self.config.get("subcommand") or "", {}).get("ckpt_path")
         if ckpt is not None and Path(ckpt).is_file():
-            read_run_checkpoint(ckpt, mmap=True)
+            self.check_checkpoint(ckpt, read_run_checkpoint(ckpt, mmap=True))
+
+    def check_checkpoint(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """Refuse, in one line, a ``--ckpt_path`` this command cannot resume."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand]
@@ -136,8 +140,12 @@ class VqtokCLI(LightningCLI):
             return
         config = self.config[self.config.subcommand]
         out = config.get("export_dir") or Path(run) / self.export_name
-        self.model.export(out, self.datamodule)
+        self.export(Path(out))
         log.info("%s exported to %s", self.export_name, out)
+
+    def export(self, out: Path) -> None:
+        """Write the trained model into ``out`` (rank 0, after ``fit``)."""
+        self.model.export(out)
 
 
 def _continue_in_own_run(config: Any) -> None:
@@ -184,8 +192,18 @@ def _keep_csv_metrics(trainer: pl.Trainer) -> None:
 class _TokenizerCLI(VqtokCLI):
     export_name = "tokenizer"
 
+    def check_checkpoint(self, path: str, checkpoint: dict[str, Any]) -> None:
+        flat = flat_options(checkpoint.get("hyper_parameters") or {})
+        if flat:
+            raise ValueError(f"checkpoint {path} names its training options one by one "
+                             f"({', '.join(flat)}), a layout --ckpt_path does not read; "
+                             f"`vqtok export {path} <dir>` still exports its tokenizer")
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)
+        # Off by default: a moving average of the weights, exported instead of them
+        # (docs/training.md#weight-average); `ema: {class_path: ..., init_args: ...}` on.
+        parser.add_lightning_class_args(WeightEMA, "ema", subclass_mode=True, required=False)
         # On by default: codebook usage history into the run directory for `vqtok
         # report`; `--codebook_history null` (or `codebook_history: null`) turns it off.
         parser.add_lightning_class_args(

@@ -1,4 +1,5 @@
-"""LightningDataModules for tokenizer training, and the datasets they wrap.
+"""LightningDataModules for tokenizer training; the datasets they wrap are
+:mod:`vqtok.data`'s.
 
 Every batch is ``(images, labels)``: images float32 ``(B, C, H, W)`` in [-1, 1] (clips
 ``(B, C, T, H, W)`` for a video tokenizer), labels int64 ``(B,)`` (zeros when a dataset
@@ -21,6 +22,7 @@ except ImportError:  # pragma: no cover - a broken install; mid-epoch resume the
     StatefulDataLoader = None
 
 from vqtok.data import (
+    Clips,
     FashionMNIST,
     ImageFolder,
     MovingFashionMNIST,
@@ -265,26 +267,6 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
         train_idx, val_idx = train_val_split(len(full), n_val, self.seed)
         self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
 
-
-
-class Clips(Dataset):
-    """uint8 clips ``(T, H, W)`` of a dataset -> ``(float32 (1, frames, H, W) in the
-    model's space, 0)``: the first ``frames`` frames, or with ``random_start`` a window of
-    ``frames`` consecutive frames starting anywhere (a fresh draw at every access)."""
-
-    def __init__(self, clips: Dataset, frames: int, random_start: bool) -> None:
-        self.clips, self.frames, self.random_start = clips, frames, random_start
-
-    def __len__(self) -> int:
-        return len(self.clips)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        clip = self.clips[index][0]  # (T, H, W) uint8
-        start = 0
-        if self.random_start:
-            start = int(torch.randint(clip.shape[0] - self.frames + 1, ()))
-        window = clip[start:start + self.frames]
-        return DEFAULT_NORMALIZATION.to_model(window)[None], 0
 
 
 class MovingFashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
