@@ -15,9 +15,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from vqtok.version import vqtok_version
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 LM_COMMANDS = ("lm", "decoder")
@@ -55,13 +56,6 @@ def configure_logging(quiet: bool = False) -> None:
         rank_zero = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
             rank_zero.addFilter(_DropTips())
-
-
-def vqtok_version() -> str:
-    try:
-        return metadata.version("vqtok")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 # ---- plain subcommands ----------------------------------------------------------------

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from vqtok.extras import require_extra
 from vqtok.formats.atomic import atomic_directory
-from vqtok.formats.model_dir import vqtok_version
 from vqtok.formats.outputs import check_new_output
 from vqtok.tokenizers import ImageTokenizer
+from vqtok.version import vqtok_version
 
 __all__ = ["DECODER_NAME", "ENCODER_NAME", "FORMAT", "export_onnx",
            "require_onnx"]

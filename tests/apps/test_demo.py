@@ -58,7 +58,7 @@ def test_every_option_is_checked_before_training(tmp_path: Path, monkeypatch, ca
         (["--photo", "."], "--photo .: a folder, not a regular file"),
         (["--config", "none.yaml"], "--config none.yaml: no such file"),
         (["--max-minutes", "nan"], "--max-minutes must be a positive number"),
-        (["--max-steps", "0"], "--max-steps must be a positive integer"),
+        (["--max-steps", "0"], "--max-steps must be a positive int"),
     ]
     for args, message in cases:
         assert main(["demo", "--max-steps", "1", "--max-minutes", "0.05", *args]) == 2, args

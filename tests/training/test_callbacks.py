@@ -143,7 +143,7 @@ def test_state_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_and_modules(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="every_n_steps must be a positive int, got 0"):
         CodebookHistory(every_n_steps=0)
     cb = CodebookHistory()
     with pytest.raises(ValueError, match="needs a LightningModule with a vqtok `quantizer`"):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from vqtok.formats.images import Normalization
 from vqtok.models import PatchDiscriminator
+from vqtok.tokenizers.pixels import Normalization
 from vqtok.training.objectives import Adversarial, Reconstruction, build_spec, spec_of
 
 NORM = Normalization(0.5, 0.5)

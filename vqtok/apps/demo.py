@@ -25,6 +25,7 @@ from vqtok.formats.inputs import check_regular_file
 from vqtok.formats.outputs import check_new_output
 from vqtok.metrics import colourfulness
 from vqtok.tokenizers import ImageTokenizer
+from vqtok.validation import check_positive
 
 __all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
            "max_time", "psnr_uint8", "run_demo"]
@@ -73,8 +74,7 @@ def check_options(args: DemoOptions) -> Image.Image:
     the photo, read and in RGB. Raises ValueError (FileNotFoundError for a missing file)
     naming the option and the file."""
     steps, minutes = args.max_steps, args.max_minutes
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"--max-steps must be a positive integer, got {steps!r}")
+    check_positive(**{"--max-steps": steps})
     if (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
             or not math.isfinite(minutes) or minutes <= 0):
         raise ValueError(f"--max-minutes must be a positive number of minutes, got {minutes!r}")

@@ -30,6 +30,7 @@ from vqtok.formats.images import (
 from vqtok.formats.inputs import check_regular_file
 from vqtok.metrics.colour import GREY_COLOURFULNESS, colourfulness
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
+from vqtok.validation import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ class ImageFolder(Dataset):
     normalization = DEFAULT_NORMALIZATION
 
     def __init__(self, root: str | os.PathLike, size: int = 64) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        check_positive(size=size)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root.resolve()} does not exist")
@@ -147,9 +147,7 @@ class PhotoPatches(Dataset):
                  patch_size: int = 64, num_patches: int = 1024, seed: int = 0,
                  random_crops: bool | None = None, grey_weight: float = 1.0,
                  colour_augment: bool = False) -> None:
-        for name, value in (("patch_size", patch_size), ("num_patches", num_patches)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive(patch_size=patch_size, num_patches=num_patches)
         if (isinstance(grey_weight, bool) or not isinstance(grey_weight, (int, float))
                 or not 0.0 <= grey_weight < float("inf")):
             raise ValueError(f"grey_weight must be a number >= 0, got {grey_weight!r}")

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from vqtok.data.captions import article, class_name
 from vqtok.data.fashion_mnist import CLASSES, FashionMNIST
+from vqtok.validation import check_positive
 
 __all__ = ["MovingFashionMNIST", "Sprite", "bounce", "caption_for_clip", "motion_word"]
 
@@ -140,8 +141,7 @@ class MovingFashionMNIST(Dataset):
         self.images, self.labels = source.images, source.labels  # (N, 28, 28) uint8, (N,)
         if num_clips is None:
             num_clips = len(self.labels)
-        if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
-            raise ValueError(f"num_clips must be a positive int, got {num_clips!r}")
+        check_positive(num_clips=num_clips)
         self.split, self.num_clips, self.num_frames, self.size = split, num_clips, num_frames, size
         self.max_sprites, self.min_speed, self.max_speed = max_sprites, min_speed, max_speed
         self.seed, self.channel_dim = seed, channel_dim

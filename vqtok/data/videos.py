@@ -12,8 +12,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vqtok.formats.images import DEFAULT_NORMALIZATION, resize_center_crop
+from vqtok.formats.images import resize_center_crop
 from vqtok.formats.videos import load_video, video_sources
+from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
+from vqtok.validation import check_positive_or_none
 
 __all__ = ["Clips", "VideoFolder"]
 
@@ -40,10 +42,7 @@ class VideoFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike, channels: int = 3, num_frames: int | None = None,
                  size: int | None = None) -> None:
-        for name, value in (("num_frames", num_frames), ("size", size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        check_positive_or_none(num_frames=num_frames, size=size)
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"video folder {self.root} does not exist")

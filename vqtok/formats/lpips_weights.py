@@ -25,7 +25,7 @@ from safetensors.torch import save
 from torch import Tensor
 
 from vqtok.formats.atomic import atomic_write_bytes
-from vqtok.formats.model_dir import file_sha256, vqtok_version
+from vqtok.formats.model_dir import file_sha256
 from vqtok.models.lpips import (
     LPIPS_FORMAT,
     LPIPS_MARKER,
@@ -34,6 +34,7 @@ from vqtok.models.lpips import (
     key_mismatch,
     lpips_shapes,
 )
+from vqtok.version import vqtok_version
 
 __all__ = ["HEAD_KEYS", "lpips_weights_from_files", "read_state_dict", "write_lpips_weights"]
 

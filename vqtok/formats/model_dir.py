@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from vqtok.formats.schema import Anything, Const, Obj, Spec, Str, Version, valid
 # language model's format imports the language model itself).
 from vqtok.models import VQAutoencoder  # noqa: F401
 from vqtok.quantizers import Quantizer  # noqa: F401
+from vqtok.version import vqtok_version
 
 __all__ = [
     "CONFIG_NAME",
@@ -49,7 +49,6 @@ __all__ = [
     "new_header",
     "read_model_config",
     "save_model_dir",
-    "vqtok_version",
 ]
 
 CONFIG_NAME = "config.json"
@@ -74,14 +73,6 @@ OPTIONAL_SPEC: dict[str, Spec] = {
 """Keys every ``config.json`` may hold: free metadata, and the SHA-256 of the weights file
 (written by every save, verified at load; directories written before it existed load
 without the check)."""
-
-
-def vqtok_version() -> str:
-    """The installed vqtok version, or ``"unknown"`` when run from an uninstalled tree."""
-    try:
-        return importlib_metadata.version("vqtok")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def header_spec(fmt: str, version: int, what: str) -> dict[str, Spec]:

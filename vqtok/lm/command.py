@@ -11,6 +11,7 @@ from vqtok.formats.atomic import atomic_write
 from vqtok.formats.outputs import check_outputs
 from vqtok.formats.videos import gif_bytes
 from vqtok.lm.generation import generate_from_prompt, video_from_prompt
+from vqtok.validation import check_positive
 
 __all__ = ["output_paths", "write_generated"]
 
@@ -34,8 +35,7 @@ def write_generated(lm: str, tokenizer: str, prompt: str, out: str, *, num: int 
     (each file atomically; an existing file only with ``overwrite``, never the LM's or
     the tokenizer's directory nor a file in them; checked before generating); returns a
     one-line summary."""
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}")
+    check_positive(num=num)
     if not video and frames is not None:
         raise ValueError("frames is for videos: add --video")
     paths = check_outputs(output_paths(out, num, ".gif" if video else ".png"),

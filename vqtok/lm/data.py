@@ -30,7 +30,8 @@ from vqtok.lm.positions import make_scheme
 from vqtok.lm.streams import Stream, Vocabulary, build_stream, collate
 from vqtok.lm.token_cache import cached_grids, encode_cached
 from vqtok.tokenizers import ImageTokenizer, VideoTokenizer, load_tokenizer
-from vqtok.training.data import FashionMNISTDataModule, check_positive, make_loader
+from vqtok.training.data import FashionMNISTDataModule, make_loader
+from vqtok.validation import check_positive
 
 __all__ = ["CaptionImageDataModule", "CaptionImageDataset", "ClipSource", "ImageSource"]
 

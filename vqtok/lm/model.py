@@ -37,6 +37,7 @@ from vqtok.lm.streams import (
     extract_videos,
 )
 from vqtok.registry import register
+from vqtok.validation import check_positive
 
 
 @dataclass
@@ -85,8 +86,8 @@ class LMConfig:
         if self.position_scheme not in SCHEMES:
             raise ValueError(f"position_scheme must be one of {sorted(SCHEMES)}, got "
                              f"{self.position_scheme!r}")
-        if min(self.vocab_size, self.d_model, self.n_layers, self.n_heads) < 1:
-            raise ValueError(f"vocab_size, d_model, n_layers, n_heads must be >= 1: {self}")
+        check_positive(vocab_size=self.vocab_size, d_model=self.d_model,
+                       n_layers=self.n_layers, n_heads=self.n_heads)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                              "set head_dim")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vqtok.lm.positions import Block, PositionScheme, make_scheme
+from vqtok.validation import check_positive
 
 REQUIRED_SPECIALS = ("bos", "eos", "pad", "boi", "eoi", "bov", "eov")
 
@@ -44,9 +45,7 @@ class Vocabulary:
         image_codebook_size: int,
         specials: Sequence[str] = REQUIRED_SPECIALS,
     ) -> None:
-        if text_vocab < 1 or image_codebook_size < 1:
-            raise ValueError(f"text_vocab and image_codebook_size must be >= 1, got "
-                             f"{text_vocab} and {image_codebook_size}")
+        check_positive(text_vocab=text_vocab, image_codebook_size=image_codebook_size)
         specials = tuple(specials)
         missing = [s for s in REQUIRED_SPECIALS if s not in specials]
         if missing or len(set(specials)) != len(specials):

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from vqtok.validation import check_positive, check_positive_or_none
+
 __all__ = ["CodebookUsage", "stage_slots", "usage_stats"]
 
 
@@ -111,9 +113,8 @@ class CodebookUsage(Metric):
 
     def __init__(self, codebook_size: int, num_stages: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name, value in (("codebook_size", codebook_size), ("num_stages", num_stages or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_positive(codebook_size=codebook_size)
+        check_positive_or_none(num_stages=num_stages)
         self.codebook_size = codebook_size
         self.num_stages = num_stages
         self.add_state(

@@ -22,6 +22,7 @@ from vqtok.models.blocks import (
     norm_factory,
 )
 from vqtok.registry import register
+from vqtok.validation import check_positive
 
 
 class _ConvNet(nn.Module):
@@ -36,8 +37,7 @@ class _ConvNet(nn.Module):
                  channel_mult: Sequence[int], num_res_blocks: int, dim: int,
                  num_groups: int, norm: str) -> None:
         super().__init__()
-        if not isinstance(image_channels, int) or image_channels < 1:
-            raise ValueError(f"{image_arg} must be a positive int, got {image_channels!r}")
+        check_positive(**{image_arg: image_channels})
         self.widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
         self.make_norm: Callable[[int], nn.Module] = norm_factory(norm, num_groups)  # picklable
         setattr(self, image_arg, image_channels)

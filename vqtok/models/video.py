@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from vqtok.models.blocks import NormFactory, check_widths, norm_factory
 from vqtok.registry import register
+from vqtok.validation import check_positive
 
 __all__ = ["CausalConv3d", "VideoDecoder", "VideoEncoder", "check_clip", "latent_frames",
            "valid_frame_counts"]
@@ -172,8 +173,7 @@ class _VideoNet(nn.Module):
                  temporal_factor: int, per_frame_levels: int, num_groups: int,
                  norm: str) -> None:
         super().__init__()
-        if not isinstance(image_channels, int) or image_channels < 1:
-            raise ValueError(f"{image_arg} must be a positive int, got {image_channels!r}")
+        check_positive(**{image_arg: image_channels})
         self.widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
         self.make_norm = norm_factory(norm, num_groups)
         steps = len(self.widths) - 1

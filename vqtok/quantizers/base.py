@@ -22,6 +22,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from vqtok.validation import check_positive
+
 
 @dataclass
 class QuantizerOutput:
@@ -142,12 +144,6 @@ vqtok allocate before any weight is read (K = 262,144 codes of dim 1,024 fit).""
 """Gradient estimators of the search-based quantizers (docs/algorithms.md#rotation-trick)."""
 
 
-def check_positive_int(name: str, value: object) -> None:
-    """A ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool is not)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class CodebookQuantizer(Quantizer):
     """A quantizer that searches a codebook (VQ, SimVQ): the arguments they share."""
 
@@ -155,8 +151,7 @@ class CodebookQuantizer(Quantizer):
                            commitment_weight: float, grad_estimator: str,
                            chunk_rows: int | None) -> None:
         """Check and store the shared arguments (see the subclasses' docs)."""
-        check_positive_int("codebook_size", codebook_size)
-        check_positive_int("dim", dim)
+        check_positive(codebook_size=codebook_size, dim=dim)
         for name, weight in (("codebook_weight", codebook_weight),
                              ("commitment_weight", commitment_weight)):
             if not weight >= 0:
@@ -165,7 +160,7 @@ class CodebookQuantizer(Quantizer):
             raise ValueError(f"grad_estimator must be one of {GRAD_ESTIMATORS}, got "
                              f"{grad_estimator!r}")
         if chunk_rows is not None:
-            check_positive_int("chunk_rows", chunk_rows)
+            check_positive(chunk_rows=chunk_rows)
         if codebook_size * dim > MAX_CODEBOOK_ELEMENTS:
             raise ValueError(f"codebook_size x dim must stay <= 2^28, got {codebook_size} x "
                              f"{dim}")

@@ -41,6 +41,7 @@ from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, load_run
 from vqtok.report.html import Figure, render_html
 from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct, to_model_input
 from vqtok.tokenizers import ImageTokenizer
+from vqtok.validation import check_positive
 
 __all__ = ["analyse_run", "build_report"]
 
@@ -88,9 +89,7 @@ def build_report(
     if tokenizers and data is None:
         raise ValueError("--tokenizer needs --data (an image folder or a DataModule YAML) to "
                          "measure the tokenizer on")
-    for name, value in (("image_size", image_size), ("samples", samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive(image_size=image_size, samples=samples)
     # What the report reads: every file of each run, each tokenizer directory as a whole
     # (nothing may be written into it) and a --data config file.
     inputs = [p for d in run_dirs if Path(d).is_dir() for p in Path(d).rglob("*") if p.is_file()]

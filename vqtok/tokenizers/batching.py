@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
+from vqtok.validation import check_positive
+
 Size = tuple[int, int]
 """(height, width) in pixels."""
 
@@ -25,8 +27,7 @@ T = TypeVar("T")
 
 def check_batch_size(batch_size: int) -> None:
     """A ValueError unless ``batch_size`` is a positive int."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive(batch_size=batch_size)
 
 
 class BatchPlanner:

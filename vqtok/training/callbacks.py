@@ -40,6 +40,7 @@ from vqtok.formats import history as history_format
 from vqtok.metrics import stage_slots, usage_stats
 from vqtok.quantizers import Quantizer
 from vqtok.training import data
+from vqtok.validation import check_positive
 
 __all__ = ["CodebookHistory", "CountsCodes", "ExportsAverage", "RunCheckpoint", "WeightEMA",
            "rng_states", "set_rng_states"]
@@ -198,10 +199,7 @@ class CodebookHistory(pl.Callback):
 
     def __init__(self, every_n_steps: int = 50, dirpath: str | None = None) -> None:
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or (
-            every_n_steps < 1
-        ):
-            raise ValueError(f"every_n_steps must be an int >= 1, got {every_n_steps!r}")
+        check_positive(every_n_steps=every_n_steps)
         self.every_n_steps = every_n_steps
         self.dirpath = dirpath
         self.codebook_size: int | None = None

@@ -31,6 +31,7 @@ from vqtok.data import (
 )
 from vqtok.data.fashion_mnist import check_files, default_root
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
+from vqtok.validation import check_positive
 
 __all__ = [
     "RESUMABLE_LOADERS",
@@ -38,7 +39,6 @@ __all__ = [
     "ImageFolderDataModule",
     "MovingFashionMNISTDataModule",
     "PhotoDataModule",
-    "check_positive",
     "make_loader",
     "train_val_split",
 ]
@@ -64,13 +64,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     loader = StatefulDataLoader if StatefulDataLoader is not None else DataLoader
     return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                   persistent_workers=num_workers > 0, **kwargs)
-
-
-def check_positive(**values: int) -> None:
-    """A ValueError naming the first value that is not a positive int (bools are not)."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def train_val_split(n: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqtok import registry
-from vqtok.formats.images import Normalization
 from vqtok.models.adversarial import (
     LeCam,
     adaptive_weight,
@@ -30,6 +29,7 @@ from vqtok.models.adversarial import (
     generator_loss,
 )
 from vqtok.models.lpips import LPIPS
+from vqtok.tokenizers.pixels import Normalization
 
 __all__ = ["PIXEL_LOSSES", "Adversarial", "Reconstruction", "build_spec", "spec_of"]
 
