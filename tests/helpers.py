@@ -25,6 +25,18 @@ FASHION_MNIST = dataset_dir("fashion-mnist")
 """Where the suite looks for Fashion-MNIST (``$VQTOK_DATA/fashion-mnist``)."""
 
 
+PEAK_RSS_SOURCE = """
+def peak_rss_bytes():
+    # VmHWM: the peak resident set of this process's own address space since exec. Not
+    # ru_maxrss: Linux carries the parent's peak over fork and exec into the child's, so a
+    # child of a large pytest process would report pytest's peak.
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    return int(kib) * 1024
+"""
+"""Source of ``peak_rss_bytes()`` for a child process's script (Linux), to prepend to it."""
+
+
 def has_fashion_mnist() -> bool:
     return all(find_file(FASHION_MNIST, name) for pair in FILES.values() for name in pair)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import tiny_model
+from tests.helpers import PEAK_RSS_SOURCE, tiny_model
 from vqtok.cli import main
 from vqtok.data import PHOTOS_DIR
 from vqtok.formats.images import DEFAULT_MAX_PIXELS, TILED_MAX_PIXELS
@@ -195,8 +195,8 @@ def test_cli_tiles_give_the_whole_image_files(tmp_path: Path, photo: Image.Image
 
 # ---- memory --------------------------------------------------------------------------
 
-RSS_CHILD = r"""
-import resource, sys
+RSS_CHILD = PEAK_RSS_SOURCE + r"""
+import sys
 import numpy as np
 from PIL import Image
 from vqtok.cli import main
@@ -204,12 +204,12 @@ folder = sys.argv[1]
 small = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
 Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR).save(folder + "/big.png")
 del small
-start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = peak_rss_bytes()
 tok = ["--tokenizer", "checkpoints/photos_fsq", "--quiet"]
 assert main(["encode", folder + "/big.png", "--out", folder + "/t.npz", *tok]) == 0
-encoded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+encoded = peak_rss_bytes()
 assert main(["decode", folder + "/t.npz", "--out", folder + "/out", *tok]) == 0
-print(start, encoded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(start, encoded, peak_rss_bytes())
 """
 
 
@@ -218,8 +218,8 @@ def test_a_12_megapixel_photo_round_trips_under_2_gib(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, check=False, timeout=3000)
     assert done.returncode == 0, done.stderr
-    # ru_maxrss is in KiB on Linux: the peak before, after encoding and after decoding
-    start, encoded, peak = (int(v) // 1024 for v in done.stdout.split()[-3:])
+    # the child's peak before, after encoding and after decoding
+    start, encoded, peak = (int(v) >> 20 for v in done.stdout.split()[-3:])
     assert peak < 2 * 1024, f"peak RSS {peak} MiB: {start} before, {encoded} after encoding"
     with Image.open(tmp_path / "out" / "big.png") as image:
         assert image.size == (4000, 3000)

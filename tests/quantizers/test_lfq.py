@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import PEAK_RSS_SOURCE
 from tests.quantizers import binary_reference as ref
 from vqtok.quantizers import LFQ
 from vqtok.quantizers import functional as Fq
@@ -169,9 +170,9 @@ def test_saturated_probabilities_keep_finite_gradients() -> None:
 
 
 # ---- bounded memory ---------------------------------------------------------------------------
-MEMORY_SCRIPT = textwrap.dedent(
+MEMORY_SCRIPT = PEAK_RSS_SOURCE + textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import torch
     torch.set_num_threads(2)
     from vqtok.quantizers import {cls}
@@ -181,7 +182,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     out = quantizer(z)
     (out.z_q.sum() + sum(out.losses.values())).backward()
     assert torch.isfinite(z.grad).all()
-    print(json.dumps({{"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    print(json.dumps({{"peak_rss": peak_rss_bytes(),
                       "losses": sorted(out.losses)}}))
     """
 )
