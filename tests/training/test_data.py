@@ -481,7 +481,7 @@ def _rest(loader) -> list[torch.Tensor]:
     return [x for x, _ in loader]
 
 
-@pytest.mark.skipif(not RESUMABLE_LOADERS, reason="needs torchdata: pip install vqtok[resume]")
+@pytest.mark.skipif(not RESUMABLE_LOADERS, reason="torchdata, a vqtok dependency, is not installed (pip install -e .)")
 def test_random_crops_and_shuffling_resume_mid_epoch() -> None:
     # A loader stopped after 2 of 6 batches, its state saved, and a new loader (a new
     # process, a reseeded global generator) resumed from it serve the same batches, this
