@@ -6,8 +6,6 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["MissingExtraError", "require_extra"]
-
 
 class MissingExtraError(ImportError):
     """A feature needs an optional extra that is not installed; the message names the

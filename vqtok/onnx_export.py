@@ -31,9 +31,6 @@ from vqtok.formats.outputs import check_new_output
 from vqtok.tokenizers import ImageTokenizer
 from vqtok.version import vqtok_version
 
-__all__ = ["DECODER_NAME", "ENCODER_NAME", "FORMAT", "export_onnx",
-           "require_onnx"]
-
 ENCODER_NAME = "encoder.onnx"
 DECODER_NAME = "decoder.onnx"
 FORMAT = "vqtok.onnx"

@@ -2,8 +2,17 @@
 
 import warnings
 
-from vqtok.tokenizers.runtime import *
-from vqtok.tokenizers.runtime import __all__  # noqa: F401
+from vqtok.tokenizers.runtime import (
+    MAX_COMPILED_SHAPES,
+    CompiledCall,
+    compiled_indices,
+    cpu_per_sample_kernels,
+    inference_kernels,
+    resolve_device,
+)
+
+__all__ = ["MAX_COMPILED_SHAPES", "CompiledCall", "compiled_indices", "cpu_per_sample_kernels",
+           "inference_kernels", "resolve_device"]
 
 warnings.warn("vqtok.runtime moved to vqtok.tokenizers.runtime; import it from there",
               DeprecationWarning, stacklevel=2)

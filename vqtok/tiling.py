@@ -2,8 +2,18 @@
 
 import warnings
 
-from vqtok.tokenizers.tiling import *
-from vqtok.tokenizers.tiling import __all__  # noqa: F401
+from vqtok.tokenizers.tiling import (
+    DEFAULT_TILE_SIZE,
+    Span,
+    decode_tiled,
+    encode_tiled,
+    tile_spans,
+    tiles,
+    tiling_plan,
+)
+
+__all__ = ["DEFAULT_TILE_SIZE", "Span", "decode_tiled", "encode_tiled", "tile_spans", "tiles",
+           "tiling_plan"]
 
 warnings.warn("vqtok.tiling moved to vqtok.tokenizers.tiling; import it from there",
               DeprecationWarning, stacklevel=2)

@@ -2,8 +2,10 @@
 
 import warnings
 
-from vqtok.tokenizers.image import *
-from vqtok.tokenizers.image import __all__  # noqa: F401
+from vqtok.tokenizers.batching import BATCH_PIXELS
+from vqtok.tokenizers.image import ImageTokenizer
+
+__all__ = ["BATCH_PIXELS", "ImageTokenizer"]
 
 warnings.warn("vqtok.tokenizer moved to vqtok.tokenizers.image; import it from there",
               DeprecationWarning, stacklevel=2)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["check_positive", "check_positive_or_none", "is_positive_int"]
-
 
 def is_positive_int(value: object) -> bool:
     """Whether ``value`` is an int >= 1 (a bool is not, nor a float such as ``2.0``)."""

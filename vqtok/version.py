@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from importlib import metadata
 
-__all__ = ["vqtok_version"]
-
 
 def vqtok_version() -> str:
     """The installed vqtok version, or ``"unknown"`` when run from an uninstalled tree."""

@@ -2,8 +2,9 @@
 
 import warnings
 
-from vqtok.tokenizers.video import *
-from vqtok.tokenizers.video import __all__  # noqa: F401
+from vqtok.tokenizers.video import DEFAULT_MAX_CLIP_PIXELS, VideoTokenizer
+
+__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "VideoTokenizer"]
 
 warnings.warn("vqtok.video_tokenizer moved to vqtok.tokenizers.video; import it from there",
               DeprecationWarning, stacklevel=2)

@@ -27,9 +27,6 @@ from vqtok.metrics import colourfulness
 from vqtok.tokenizers import ImageTokenizer
 from vqtok.validation import check_positive
 
-__all__ = ["DEFAULT_CONFIG", "HELD_OUT_PHOTO", "PHOTO_MAX_PIXELS", "DemoOptions", "check_options",
-           "max_time", "psnr_uint8", "run_demo"]
-
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "photos_fsq.yaml"
 HELD_OUT_PHOTO = PHOTOS_DIR / "test" / "china.png"
 PHOTO_MAX_PIXELS = DEFAULT_MAX_PIXELS

@@ -32,8 +32,6 @@ from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizers import ImageTokenizer
 from vqtok.tokenizers.batching import SizeBuckets
 
-__all__ = ["EncodeSummary", "decode_file", "default_workers", "encode_files", "find_images"]
-
 log = logging.getLogger(__name__)
 
 

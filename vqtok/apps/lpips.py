@@ -9,8 +9,6 @@ from pathlib import Path
 from vqtok.formats.lpips_weights import lpips_weights_from_files, write_lpips_weights
 from vqtok.formats.outputs import check_new_output
 
-__all__ = ["convert_lpips"]
-
 
 def convert_lpips(vgg: str | os.PathLike[str], heads: str | os.PathLike[str],
                   out: str | os.PathLike[str], *, overwrite: bool = False) -> str:

@@ -23,8 +23,6 @@ from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.formats.videos import check_frame_ms, frame_files, save_gif, video_sources
 from vqtok.tokenizers import VideoTokenizer
 
-__all__ = ["decode_clips", "encode_clips", "find_clips"]
-
 log = logging.getLogger(__name__)
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from vqtok.data.fashion_mnist import CLASSES
 
-__all__ = ["article", "class_name"]
-
 
 def class_name(label: int) -> str:
     """The caption noun of Fashion-MNIST class ``label``: its name in lower case

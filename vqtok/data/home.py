@@ -14,8 +14,6 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["DATA_ENV", "DatasetNotFoundError", "data_home", "dataset_dir"]
-
 DATA_ENV = "VQTOK_DATA"
 
 

@@ -23,8 +23,6 @@ from vqtok.data.captions import article, class_name
 from vqtok.data.fashion_mnist import CLASSES, FashionMNIST
 from vqtok.validation import check_positive
 
-__all__ = ["MovingFashionMNIST", "Sprite", "bounce", "caption_for_clip", "motion_word"]
-
 SPRITE = 28
 """Side of a Fashion-MNIST image, the sprite."""
 

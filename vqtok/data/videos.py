@@ -17,8 +17,6 @@ from vqtok.formats.videos import load_video, video_sources
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 from vqtok.validation import check_positive_or_none
 
-__all__ = ["Clips", "VideoFolder"]
-
 
 class VideoFolder(Dataset):
     """Every video directly under ``root``: each ``.gif`` file and each subfolder of frame

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_directory", "atomic_write", "atomic_write_bytes", "remove_stale_temporaries"]
-
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -20,8 +20,6 @@ import torch
 from vqtok.formats.model_dir import MODULE_SPEC
 from vqtok.formats.schema import Anything, FormatError, Obj, validate
 
-__all__ = ["TOKENIZER_CHECKPOINT", "read_checkpoint"]
-
 TOKENIZER_CHECKPOINT = Obj({
     "state_dict": Anything(),
     "hyper_parameters": Obj({"encoder": MODULE_SPEC, "quantizer": MODULE_SPEC,

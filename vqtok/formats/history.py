@@ -42,9 +42,6 @@ from vqtok.formats.jsonfile import read_json, write_json
 from vqtok.formats.npzfile import read_npz, write_npz
 from vqtok.formats.schema import FormatError, validate
 
-__all__ = ["COUNTS_NAME", "COUNTS_SPEC", "FORMAT", "FORMAT_VERSION", "JSON_NAME", "SPEC",
-           "read_history", "write_history"]
-
 FORMAT = "vqtok.codebook_history"
 FORMAT_VERSION = 1
 JSON_NAME = "codebook_history.json"

@@ -21,8 +21,6 @@ from typing import Any
 from vqtok.extras import require_extra
 from vqtok.formats.model_dir import CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["HUB_HINT", "check_push", "looks_like_repo_id", "push_model_dir", "resolve_model_dir"]
-
 HUB_HINT = "pip install vqtok[hub]"
 _FILES = [CONFIG_NAME, WEIGHTS_NAME]
 # "org/name": two parts, each of letters, digits, '-', '_' and '.', not starting with '.'

@@ -25,19 +25,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "IMAGE_FORMATS",
-    "IMAGE_SUFFIXES",
-    "TILED_MAX_PIXELS",
-    "TooManyPixelsError",
-    "check_pixels",
-    "image_files",
-    "load_image",
-    "resize_center_crop",
-    "to_uint8_pixels",
-]
-
 # Raster formats only: Pillow's EPS/PS plugins run Ghostscript, and some plugins are stubs.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "TGA", "QOI", "JPEG2000",
                  "ICO", "PCX", "SGI", "PSD", "AVIF")

@@ -9,8 +9,6 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["check_regular_file", "not_regular"]
-
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISDIR, "a folder"))

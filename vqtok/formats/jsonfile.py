@@ -18,9 +18,6 @@ from typing import Any
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.schema import FormatError
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "json_copy", "read_json", "to_json",
-           "write_json"]
-
 MAX_JSON_BYTES = 64 << 20
 """The largest JSON file vqtok reads (64 MiB; a config is a few KB, a long run's codebook
 history a few MB)."""

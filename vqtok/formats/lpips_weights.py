@@ -36,8 +36,6 @@ from vqtok.models.lpips import (
 )
 from vqtok.version import vqtok_version
 
-__all__ = ["HEAD_KEYS", "lpips_weights_from_files", "read_state_dict", "write_lpips_weights"]
-
 HEAD_KEYS = tuple(f"lin{i}.model.1.weight" for i in range(len(TAP_CHANNELS)))
 """The lpips package's names of the five heads, in tap order."""
 

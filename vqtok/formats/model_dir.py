@@ -34,23 +34,6 @@ from vqtok.models import VQAutoencoder  # noqa: F401
 from vqtok.quantizers import Quantizer  # noqa: F401
 from vqtok.version import vqtok_version
 
-__all__ = [
-    "CONFIG_NAME",
-    "MAX_MODEL_BYTES",
-    "MODULE_SPEC",
-    "OPTIONAL_SPEC",
-    "WEIGHTS_MARKER",
-    "WEIGHTS_NAME",
-    "WEIGHTS_SHA256",
-    "build_and_load",
-    "build_module",
-    "file_sha256",
-    "header_spec",
-    "new_header",
-    "read_model_config",
-    "save_model_dir",
-]
-
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_MARKER = "vqtok.format"  # safetensors metadata key naming the directory's format

@@ -25,8 +25,6 @@ from numpy.lib import format as npy
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.schema import FormatError
 
-__all__ = ["MAX_NPZ_BYTES", "read_npz", "write_npz"]
-
 MAX_NPZ_BYTES = 1 << 31
 """The most bytes the arrays of one ``.npz`` may declare (2 GiB: 268 million int64 ids),
 checked before any is decompressed."""

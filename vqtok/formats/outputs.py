@@ -12,9 +12,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-__all__ = ["check_new_output", "check_not_an_input", "check_output_folder", "check_outputs",
-           "check_plain_name", "is_within"]
-
 _FileId = tuple[int, int]
 
 

@@ -78,8 +78,6 @@ from vqtok.formats.schema import (
     validate,
 )
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SPEC", "validate_report", "write_report"]
-
 FORMAT = "vqtok.report"
 FORMAT_VERSION = 1
 

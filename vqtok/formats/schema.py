@@ -22,26 +22,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "Anything",
-    "Array",
-    "Bool",
-    "Const",
-    "Float",
-    "FormatError",
-    "Int",
-    "ListOf",
-    "Nullable",
-    "Obj",
-    "OneOf",
-    "Scalar",
-    "Spec",
-    "Str",
-    "Version",
-    "is_int",
-    "validate",
-]
-
 
 class FormatError(ValueError):
     """A file that does not follow its format; the message names the file and the key."""

@@ -47,21 +47,6 @@ from vqtok.formats.model_dir import CONFIG_NAME, MODULE_SPEC, WEIGHTS_NAME
 from vqtok.formats.schema import Float, FormatError, Int, Obj, validate
 from vqtok.models.autoencoder import VQAutoencoder
 
-__all__ = [
-    "CONFIG_NAME",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "SPEC",
-    "WEIGHTS_NAME",
-    "TokenizerFormatError",
-    "build_config",
-    "fingerprint",
-    "is_video_model",
-    "load_tokenizer_dir",
-    "read_config",
-    "save_tokenizer_dir",
-]
-
 FORMAT = "vqtok.tokenizer"
 FORMAT_VERSION = 1
 _ROLES = ("encoder", "quantizer", "decoder")

@@ -38,9 +38,6 @@ from vqtok.formats.outputs import check_plain_name
 from vqtok.formats.schema import Array, Const, FormatError, Int, Obj, Scalar, Version, validate
 from vqtok.formats.tokenizer_dir import FORMAT_VERSION as TOKENIZER_FORMAT_VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SPEC", "TokenFile", "check_ids_in_range", "int64_ids",
-           "read_tokens", "write_tokens"]
-
 FORMAT = "vqtok.tokens"
 FORMAT_VERSION = 1
 

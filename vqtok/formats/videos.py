@@ -34,10 +34,6 @@ from vqtok.formats.images import (
     to_uint8_pixels,
 )
 
-__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "MAX_FRAME_MS", "VIDEO_SUFFIXES", "check_clip_pixels",
-           "check_frame_ms", "frame_files", "gif_bytes", "gif_layout", "load_video", "save_gif",
-           "video_sources"]
-
 VIDEO_SUFFIXES = frozenset({".gif"})
 """Single files read as videos (every frame of an animated GIF)."""
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from vqtok.data.captions import article
 
-__all__ = ["DEFAULT_TEMPLATE", "caption_for", "expand_prompt"]
-
 DEFAULT_TEMPLATE = "a photo of a {label}"
 
 

@@ -12,8 +12,6 @@ from vqtok.lm.data import CaptionImageDataModule
 from vqtok.lm.train import LMModule
 from vqtok.training.cli import VqtokCLI
 
-__all__ = ["run_lm_cli"]
-
 
 class _LMCLI(VqtokCLI):
     # The folder `fit` exports into keeps the name its runs have always used.

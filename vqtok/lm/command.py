@@ -13,8 +13,6 @@ from vqtok.formats.videos import gif_bytes
 from vqtok.lm.generation import generate_from_prompt, video_from_prompt
 from vqtok.validation import check_positive
 
-__all__ = ["output_paths", "write_generated"]
-
 
 def output_paths(out: str | Path, num: int, suffix: str = ".png") -> list[Path]:
     """``out`` itself for one output, else ``out_000.png``, ``out_001.png``, ... (``suffix``

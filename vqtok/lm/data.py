@@ -33,8 +33,6 @@ from vqtok.tokenizers import ImageTokenizer, VideoTokenizer, load_tokenizer
 from vqtok.training.data import FashionMNISTDataModule, make_loader
 from vqtok.validation import check_positive
 
-__all__ = ["CaptionImageDataModule", "CaptionImageDataset", "ClipSource", "ImageSource"]
-
 
 class CaptionImageDataset(Dataset):
     """``(grids (N, h, w), labels (N,))`` as streams ``[BOS] caption [BOI] grid [EOI] [EOS]``;

@@ -27,8 +27,6 @@ from vqtok.lm.streams import Vocabulary
 from vqtok.tokenizers import ImageTokenizer, VideoTokenizer
 from vqtok.tokenizers.runtime import resolve_device
 
-__all__ = ["generate_from_prompt", "video_from_prompt"]
-
 log = logging.getLogger(__name__)
 
 

@@ -60,17 +60,6 @@ from vqtok.lm.model import MultimodalLM
 from vqtok.lm.positions import SCHEMES
 from vqtok.lm.streams import REQUIRED_SPECIALS, Vocabulary
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "SPEC",
-    "LMFormatError",
-    "build_lm_config",
-    "load_lm_dir",
-    "save_lm_dir",
-    "vocabulary_spec",
-]
-
 FORMAT = "vqtok.decoder"
 FORMAT_VERSION = 1
 

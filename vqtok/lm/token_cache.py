@@ -29,9 +29,6 @@ from vqtok.formats.npzfile import read_npz, write_npz
 from vqtok.formats.schema import Array, FormatError, Obj, validate
 from vqtok.tokenizers import ImageTokenizer
 
-__all__ = ["SPEC", "cached_grids", "encode_cached", "read_token_cache", "spec",
-           "write_token_cache"]
-
 log = logging.getLogger(__name__)
 
 SPEC = Obj({"ids": Array("iu", (None, None, None), min=0), "done": Array("b", (None,))})

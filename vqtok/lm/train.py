@@ -20,8 +20,6 @@ from vqtok.lm.model import LMConfig, MultimodalLM
 from vqtok.lm.streams import Modality, StreamBatch, Vocabulary
 from vqtok.training.optim import adamw_warmup_cosine
 
-__all__ = ["LMModule", "stream_losses"]
-
 
 def stream_losses(logits: Tensor, batch: StreamBatch) -> dict[str, Tensor]:
     """Next-token cross-entropy of ``logits (B, T, V)`` on ``batch``: ``"loss"`` over every

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GREY_COLOURFULNESS", "colourfulness"]
-
 GREY_COLOURFULNESS = 1.0
 """Below this colourfulness an image counts as grey (a grey photo copied to three
 channels measures exactly 0; JPEG noise on a grey photo stays well under 1)."""

@@ -21,8 +21,6 @@ from torchmetrics import Metric
 
 from vqtok.validation import check_positive, check_positive_or_none
 
-__all__ = ["CodebookUsage", "stage_slots", "usage_stats"]
-
 
 def stage_slots(indices: Tensor, codebook_size: int) -> Tensor:
     """Ids ``(..., s)`` of a multi-stage quantizer -> slot ids ``(..., s)``: stage j's id

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GAN_LOSSES", "LeCam", "adaptive_weight", "discriminator_loss", "generator_loss"]
-
 GAN_LOSSES = ("hinge", "non_saturating")
 
 

@@ -122,6 +122,3 @@ class Decoder(_ConvNet):
     def forward(self, z: Tensor) -> Tensor:
         check_feature_map(z, self.dim, 1, "feature map")
         return self.layers(z)
-
-
-__all__ = ["Decoder", "Encoder"]

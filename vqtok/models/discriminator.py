@@ -17,8 +17,6 @@ from torch import Tensor, nn
 
 from vqtok.registry import register
 
-__all__ = ["DISCRIMINATOR_NORMS", "PatchDiscriminator"]
-
 DISCRIMINATOR_NORMS = ("batch", "group", "none")
 MAX_CHANNELS = 4096  # caps what a config can make vqtok allocate
 

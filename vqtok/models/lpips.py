@@ -32,21 +32,6 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-__all__ = [
-    "CONVERT_HINT",
-    "LPIPS",
-    "LPIPS_FORMAT",
-    "LPIPS_MARKER",
-    "SCALE",
-    "SHIFT",
-    "TAP_CHANNELS",
-    "TAP_LAYERS",
-    "VGG16_CONVS",
-    "check_lpips_weights",
-    "key_mismatch",
-    "lpips_shapes",
-]
-
 LPIPS_MARKER = "vqtok.format"  # the safetensors metadata key every vqtok weights file sets
 LPIPS_FORMAT = "lpips-vgg16"
 CONVERT_HINT = ("make it with `vqtok lpips convert --vgg vgg16-397923af.pth --heads vgg.pth "

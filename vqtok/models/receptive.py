@@ -17,8 +17,6 @@ from torch import nn
 
 from vqtok.models.blocks import ChannelNorm, Downsample, ResBlock, SelfAttention, Upsample
 
-__all__ = ["NotTileableError", "receptive_radius"]
-
 
 class NotTileableError(ValueError):
     """A layer mixes all positions, so the model's output at a position is not local."""

@@ -34,9 +34,6 @@ from vqtok.models.blocks import NormFactory, check_widths, norm_factory
 from vqtok.registry import register
 from vqtok.validation import check_positive
 
-__all__ = ["CausalConv3d", "VideoDecoder", "VideoEncoder", "check_clip", "latent_frames",
-           "valid_frame_counts"]
-
 
 def latent_frames(frames: int, temporal_factor: int) -> int:
     """Latent frames of a clip of ``frames = 1 + temporal_factor * k`` frames: ``1 + k``."""

@@ -31,20 +31,6 @@ import torch
 
 from vqtok.metrics import usage_stats
 
-__all__ = [
-    "COLLAPSED_BELOW",
-    "LEVELS",
-    "PARTIAL_BELOW",
-    "SKEWED_ENTROPY_BELOW",
-    "Verdict",
-    "comparison_notes",
-    "expected_distinct",
-    "final_metrics",
-    "percent",
-    "thresholds",
-    "verdict",
-]
-
 COLLAPSED_BELOW = 0.25
 """Used / measurable codes below this: ``collapsed``."""
 PARTIAL_BELOW = 0.80

@@ -43,8 +43,6 @@ from vqtok.report.samples import held_out_images, measure_tokenizer, reconstruct
 from vqtok.tokenizers import ImageTokenizer
 from vqtok.validation import check_positive
 
-__all__ = ["analyse_run", "build_report"]
-
 
 def build_report(
     run_dirs: Sequence[str | Path] = (),

@@ -17,15 +17,6 @@ from torch import Tensor
 from vqtok.quantizers.base import Quantizer
 from vqtok.quantizers.functional import nearest_code
 
-__all__ = [
-    "DUPLICATE_REL_TOL",
-    "NN_MAX_QUERIES",
-    "codebook_vectors",
-    "duplicate_count",
-    "nearest_other_distances",
-    "pca_2d",
-]
-
 NN_MAX_QUERIES = 16384
 """Above this many codes the nearest-neighbour distances are measured for a random subset
 of this many codes (each against all K), which keeps the cost at 16,384 K D."""

@@ -16,8 +16,6 @@ import numpy as np
 
 from vqtok.formats import history as history_format
 
-__all__ = ["TOKENIZER_SUBDIR", "RunHistory", "load_run", "run_name"]
-
 TOKENIZER_SUBDIR = "tokenizer"
 """Where ``vqtok fit`` exports the tokenizer inside the run directory."""
 

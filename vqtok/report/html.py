@@ -15,8 +15,6 @@ from typing import Any
 from vqtok.report.analysis import COLLAPSED_BELOW, PARTIAL_BELOW, SKEWED_ENTROPY_BELOW, percent
 from vqtok.report.codebook import DUPLICATE_REL_TOL
 
-__all__ = ["Figure", "render_html"]
-
 Figure = tuple[str, bytes]  # (caption, PNG bytes)
 
 _STYLE = """

@@ -21,9 +21,6 @@ from PIL import Image
 
 from vqtok.report.history import RunHistory
 
-__all__ = ["binned_shares", "codebook_pca", "image_grid", "nn_distances", "sorted_frequencies",
-           "training_curves", "usage_heatmap"]
-
 _DPI = 100
 
 

@@ -34,9 +34,6 @@ from vqtok.tokenizers import ImageTokenizer
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
 from vqtok.training import data as datamodules
 
-__all__ = ["held_out_images", "load_data", "measure_tokenizer", "reconstruct",
-           "to_model_input"]
-
 _SSIM_MIN_SIDE = 11  # torchmetrics' default Gaussian window
 
 

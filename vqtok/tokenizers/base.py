@@ -148,6 +148,3 @@ class Tokenizer:
         self.model.eval()
         with inference_kernels(self.device, self.batch_invariant):
             yield
-
-
-__all__ = ["Tokenizer"]

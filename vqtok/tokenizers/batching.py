@@ -106,7 +106,3 @@ class SizeBuckets(Generic[T]):
         """Every bucket's items, bucket by bucket, emptying them."""
         for key in list(self._buckets):
             yield self._buckets.pop(key)
-
-
-__all__ = ["BATCH_PIXELS", "MAX_FIXED_BATCH", "BatchPlanner", "Size", "SizeBuckets",
-           "check_batch_size"]

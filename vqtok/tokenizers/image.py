@@ -59,7 +59,7 @@ from vqtok.formats.images import (
 from vqtok.formats.tokens import check_ids_in_range, int64_ids
 from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.tokenizers.base import Tokenizer
-from vqtok.tokenizers.batching import BATCH_PIXELS, BatchPlanner, Size, check_batch_size
+from vqtok.tokenizers.batching import BatchPlanner, Size, check_batch_size
 from vqtok.tokenizers.pixels import (
     DEFAULT_NORMALIZATION,
     ImageLike,
@@ -398,6 +398,3 @@ class ImageTokenizer(Tokenizer):
 def _to_cpu_float(x: Tensor) -> Tensor:
     """Model output -> an ordinary float32 CPU tensor (cloned outside inference mode)."""
     return x.to("cpu", torch.float32).clone()
-
-
-__all__ = ["BATCH_PIXELS", "ImageTokenizer"]

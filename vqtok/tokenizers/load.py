@@ -51,6 +51,3 @@ def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "c
     for option in sorted(options.keys() & IMAGE_ONLY.keys()):
         raise ImageOptionError(option, IMAGE_ONLY[option])
     return VideoTokenizer._from_loaded(model, config, device=device, **options)
-
-
-__all__ = ["IMAGE_ONLY", "ImageOptionError", "load_tokenizer"]

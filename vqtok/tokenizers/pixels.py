@@ -22,15 +22,6 @@ from torch.nn import functional as F
 
 from vqtok.formats import tokenizer_dir
 
-__all__ = [
-    "DEFAULT_NORMALIZATION",
-    "ImageLike",
-    "Images",
-    "Normalization",
-    "replicate_pad",
-    "split_images",
-]
-
 
 @dataclass(frozen=True)
 class Normalization:

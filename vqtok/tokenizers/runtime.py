@@ -114,7 +114,3 @@ def compiled_indices(model: nn.Module) -> CompiledCall:
     """``model.encode(x).indices`` (a :class:`~vqtok.models.autoencoder.VQAutoencoder`) as a
     :class:`CompiledCall`."""
     return CompiledCall(lambda x: model.encode(x).indices, "encoder")
-
-
-__all__ = ["MAX_COMPILED_SHAPES", "CompiledCall", "compiled_indices", "cpu_per_sample_kernels",
-           "inference_kernels", "resolve_device"]

@@ -114,7 +114,3 @@ def decode_tiled(grid: Tensor, f: int, size: int, halo: int,
             image = torch.empty((piece.shape[0], h * f, w * f), dtype=piece.dtype)
         image[:, r0 * f:r1 * f, c0 * f:c1 * f] = piece
     return image  # type: ignore[return-value]
-
-
-__all__ = ["DEFAULT_TILE_SIZE", "Span", "decode_tiled", "encode_tiled", "tile_spans", "tiles",
-           "tiling_plan"]

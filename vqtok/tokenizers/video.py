@@ -179,6 +179,3 @@ class VideoTokenizer(Tokenizer):
                            f"a {t} x {h} x {w} token grid decodes to a clip")
         check_ids_in_range(ids, self.codebook_size)
         return ids
-
-
-__all__ = ["DEFAULT_MAX_CLIP_PIXELS", "VideoTokenizer"]

@@ -42,9 +42,6 @@ from vqtok.quantizers import Quantizer
 from vqtok.training import data
 from vqtok.validation import check_positive
 
-__all__ = ["CodebookHistory", "CountsCodes", "ExportsAverage", "RunCheckpoint", "WeightEMA",
-           "rng_states", "set_rng_states"]
-
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` with what a run needs to resume from wherever it

@@ -22,8 +22,6 @@ from vqtok.formats.checkpoint import read_checkpoint
 from vqtok.formats.schema import FormatError
 from vqtok.training.module import TokenizerModule
 
-__all__ = ["RunCheckpointIO", "flat_options", "load_tokenizer_module", "read_run_checkpoint"]
-
 _RECONSTRUCTION_OPTIONS = {"recon_loss": "pixel_loss", "lpips_weights": "lpips_weights",
                            "perceptual_weight": "perceptual_weight"}
 _ADVERSARIAL_OPTIONS = {"gan_loss": "gan_loss", "disc_weight": "weight", "disc_start": "start",
@@ -166,4 +164,3 @@ def _from_flat_options(hparams: dict[str, Any],
         moved.update({f"model.{k.removeprefix('ema.module.')}": v for k, v in state.items()
                       if k.startswith("ema.module.")})
     return hparams, moved
-

@@ -29,8 +29,6 @@ from vqtok.training.callbacks import CodebookHistory, RunCheckpoint, WeightEMA
 from vqtok.training.checkpoint import RunCheckpointIO, flat_options, read_run_checkpoint
 from vqtok.training.module import TokenizerModule
 
-__all__ = ["VqtokCLI", "run_dir", "run_tokenizer_cli"]
-
 log = logging.getLogger("vqtok")
 
 # Lightning warns when a program passes `args` while sys.argv holds its own arguments,

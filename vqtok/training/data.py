@@ -33,16 +33,6 @@ from vqtok.data.fashion_mnist import check_files, default_root
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION
 from vqtok.validation import check_positive
 
-__all__ = [
-    "RESUMABLE_LOADERS",
-    "FashionMNISTDataModule",
-    "ImageFolderDataModule",
-    "MovingFashionMNISTDataModule",
-    "PhotoDataModule",
-    "make_loader",
-    "train_val_split",
-]
-
 RESUMABLE_LOADERS = StatefulDataLoader is not None
 """Whether training loaders can resume mid-epoch (torchdata is installed, as vqtok requires):
 see :func:`make_loader`. Without it a mid-epoch resume is refused
@@ -158,7 +148,6 @@ class PhotoDataModule(_LoaderMixin, pl.LightningDataModule):
                                         seed=self.seed, random_crops=False)
 
 
-
 class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
     """Fashion-MNIST, grey ``(1, 32, 32)``: train on the train split minus ``val_size``
     held-out images (a random choice fixed by ``seed``), validate on those, test on the
@@ -214,7 +203,6 @@ class FashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
             self.test_set = FashionMNIST(self.root, "test", pad_to=self.pad_to)
 
 
-
 class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
     """Any folder of images (see :class:`~vqtok.data.ImageFolder` for the rule), split
     into train and validation at random (fixed by ``seed``).
@@ -259,7 +247,6 @@ class ImageFolderDataModule(_LoaderMixin, pl.LightningDataModule):
             )
         train_idx, val_idx = train_val_split(len(full), n_val, self.seed)
         self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
-
 
 
 class MovingFashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):

@@ -31,8 +31,6 @@ from vqtok.models.adversarial import (
 from vqtok.models.lpips import LPIPS
 from vqtok.tokenizers.pixels import Normalization
 
-__all__ = ["PIXEL_LOSSES", "Adversarial", "Reconstruction", "build_spec", "spec_of"]
-
 PIXEL_LOSSES = ("l1", "mse")
 
 

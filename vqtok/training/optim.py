@@ -16,8 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["adamw_warmup_cosine", "warmup_cosine"]
-
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     """Learning-rate factor: linear warm-up over ``warmup`` steps, then half a cosine from 1
