@@ -6,9 +6,10 @@ The architecture is VQ-16 (``ch_mult`` [1, 1, 2, 2, 4]) or VQ-8 ([1, 2, 2, 4]): 
 2 residual blocks, ``z_channels`` 256, self-attention after each residual block of the
 lowest-resolution level and in the middle, GroupNorm of 32 groups; a codebook (16,384 x 8
 in the published files) behind ``quant_conv``, searched with l2-normalised inputs and codes
-(VectorQuantizer's ``cosine``). Which one, and the codebook's size, is read from the
-weights' shapes, or given (``arch``). The usage buffer ``quantize.codebook_used`` is
-ignored.
+(VectorQuantizer's ``cosine``). Which one is read from the number of levels, or given
+(``arch``); the widths, the residual blocks per level and the codebook's size are read
+from the shapes (any file of this layout converts, the published sizes included). The
+usage buffer ``quantize.codebook_used`` is ignored.
 """
 
 from __future__ import annotations
@@ -76,13 +77,23 @@ def load_llamagen(path: str | os.PathLike[str], arch: str | None = None) -> Conv
                                   f"VQ-8 has 4 and VQ-16 has 5 (give --arch to say which)")
         arch = found[0]
     mult = ARCHS[parse_arch(arch)]
-    last = len(mult) - 1
+    # ch (128), z_channels (256) and the residual blocks per level (2) are LlamaGen's
+    # defaults; read from the shapes so that any file of this layout converts.
+    ch = _shape(state, "encoder.conv_in.weight", path)[0]
     model_arch = VQGANArch(
-        channels=128, widths=tuple(128 * m for m in mult), num_res_blocks=2,
-        encoder_attention=(last,), decoder_attention=(last,), mid_attention=True,
-        z_channels=256, dim=int(codebook.shape[1]), codebook_size=int(codebook.shape[0]),
-        cosine=True)
+        channels=ch, widths=tuple(ch * m for m in mult),
+        num_res_blocks=level_count_from(state, r"encoder\.conv_blocks\.0\.res\.(\d+)\."),
+        encoder_attention=(len(mult) - 1,), decoder_attention=(len(mult) - 1,),
+        mid_attention=True, z_channels=_shape(state, "encoder.conv_out.weight", path)[0],
+        dim=int(codebook.shape[1]), codebook_size=int(codebook.shape[0]), cosine=True)
     model = load_mapped(model_arch.build(), state, STYLE, path, ignore=IGNORED.__contains__)
     notes = [f"{key} (a training-time usage buffer)" for key in IGNORED if key in state]
     notes += [f"file entry {key!r}" for key in sorted(ckpt) if key != "model"]
     return Converted(model, "llamagen", os.fspath(path), notes)
+
+
+def _shape(state: dict, key: str, path: Path) -> tuple[int, ...]:
+    value = state.get(key)
+    if not isinstance(value, Tensor):
+        raise ConversionError(f"{path}: the source has no tensor {key}")
+    return tuple(value.shape)
