@@ -14,6 +14,7 @@ usage buffer ``quantize.codebook_used`` is ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -22,26 +23,23 @@ from torch import Tensor
 from vqtok.interop.common import (
     ConversionError,
     Converted,
-    KeyStyle,
     VQGANArch,
     level_count_from,
     load_mapped,
 )
 from vqtok.interop.pickles import read_pickle
+from vqtok.interop.taming import STYLE as TAMING_STYLE
 
 __all__ = ["ARCHS", "STYLE", "load_llamagen"]
 
 ARCHS = {"VQ-8": (1, 2, 2, 4), "VQ-16": (1, 1, 2, 2, 4)}
 """LlamaGen's two published encoder/decoder layouts, by name: each level's ``ch_mult``."""
 
-STYLE = KeyStyle(
+STYLE = dataclasses.replace(
+    TAMING_STYLE,  # LlamaGen's modules follow taming's; its levels and middle are named anew
     down=lambda level, levels: f"conv_blocks.{level}",
     up=lambda level, levels: f"conv_blocks.{levels - 1 - level}",
-    block="res", attn="attn", downsample="downsample", upsample="upsample",
-    mid={"block_1": "mid.0", "attn_1": "mid.1", "block_2": "mid.2"},
-    norm_out="norm_out",
-    resblock={"skip": "nin_shortcut"},
-    attention={"norm": ("norm",), "qkv": ("q", "k", "v"), "proj": ("proj_out",)},
+    block="res", mid={"block_1": "mid.0", "attn_1": "mid.1", "block_2": "mid.2"},
 )
 """LlamaGen's key names (``tokenizer/tokenizer_image/vq_model.py``)."""
 
