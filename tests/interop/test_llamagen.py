@@ -4,7 +4,8 @@ package LlamaGen's modules follow, layer for layer) laid out as LlamaGen's VQ-8 
 (attention in the lowest-resolution level and the middle), with an l2-normalised nearest
 code search written here, saved under LlamaGen's published key names as
 ``{"model": state_dict}`` with its ``quantize.codebook_used`` buffer. A one-off run
-against LlamaGen's own ``vq_model.py`` is recorded in benchmarks/RESULTS_interop.md."""
+against LlamaGen's own ``vq_model.py`` is recorded in
+benchmarks/RESULTS_llamagen_parity.md."""
 
 from __future__ import annotations
 
