@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.interop.references import taming_ids_and_pixels, taming_vqgan, write_taming_logdir
+from tests.interop.references import (
+    taming_ids_and_pixels,
+    taming_module,
+    taming_vqgan,
+    write_taming_logdir,
+)
 from vqtok.cli import main
 from vqtok.interop import ConversionError
 from vqtok.interop.taming import load_taming
+from vqtok.quantizers import VectorQuantizer
 from vqtok.tokenizers import load_tokenizer
 
 PIXEL_TOLERANCE = 1e-4
@@ -88,3 +94,25 @@ def test_other_model_classes_are_refused(tmp_path: Path) -> None:
                                                  "taming.models.vqgan.GumbelVQ"))
     with pytest.raises(ConversionError, match="only taming.models.vqgan.VQModel converts"):
         load_taming(logdir)
+
+
+def test_exact_ties_go_to_the_lowest_index_as_in_taming() -> None:
+    """Codes 2, 5 and 6 are equal, and one latent is exactly as far from them as from code
+    7; all values are small multiples of 1/2, so every product and sum is exact in float32
+    and the rule alone decides: taming's argmin and vqtok's search both take the lowest
+    index."""
+    quantize_py = taming_module("taming/modules/vqvae/quantize.py")
+    codebook = torch.tensor([[4.0, 0.0], [0.0, 4.0], [1.0, 1.0], [-4.0, 0.0], [0.0, -4.0],
+                             [1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
+    reference = quantize_py.VectorQuantizer(len(codebook), 2, beta=0.25)
+    reference.embedding.weight.data.copy_(codebook)
+    ours = VectorQuantizer(len(codebook), 2, init="normal").eval()
+    ours.codebook.data.copy_(codebook)
+    ours.initialized.fill_(True)
+    # (B, D, h, w): latents on the tied code, between the tied code and code 7 (exactly
+    # equidistant: 1.5, 1.5 is at distance 0.5^2 * 2 of both), and elsewhere
+    z = torch.tensor([[[[1.0, 1.5, 3.0, 0.0]], [[1.0, 1.5, 0.0, 3.0]]]])
+    with torch.no_grad():
+        _, _, (_, _, ids) = reference(z)
+    assert ids.flatten().tolist() == [2, 2, 0, 1]
+    assert ours(z).indices.flatten().tolist() == [2, 2, 0, 1]
