@@ -112,3 +112,19 @@ def test_a_hub_repo_that_is_not_a_vqmodel(tmp_path: Path, cache: Path, capsys) -
     err = refused(["convert", "--from", "diffusers", "org/kl", "--subfolder", "vae", str(out)],
                   capsys, out)
     assert "not a diffusers VQModel (_class_name is 'AutoencoderKL')" in err
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    diffusers_vqmodel(4, False, 64, seed=1).save_pretrained(tmp_path / "vq")
+    argv = ["convert", "--from", "diffusers", str(tmp_path / "vq"), str(tmp_path / "tok")]
+    assert main(argv) == 0
+    written = (tmp_path / "tok" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "tok" / "model.safetensors").read_bytes() == written
+    # the source itself is never an output, --overwrite or not
+    assert main(["convert", "--from", "diffusers", str(tmp_path / "vq"), str(tmp_path / "vq"),
+                 "--overwrite"]) == 2
+    assert (tmp_path / "vq" / "diffusion_pytorch_model.safetensors").is_file()
