@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.interop.test_diffusers import diffusers_vqmodel
+from tests.interop.test_diffusers import diffusers_reference, diffusers_vqmodel
 from tests.test_onnx import check_parity
 from vqtok.cli import main
 from vqtok.formats.tokens import read_tokens
@@ -52,6 +52,19 @@ def test_onnx_export_matches(converted: Path, tmp_path: Path) -> None:
     assert main(["export", "--onnx", str(converted), str(tmp_path / "onnx")]) == 0
     check_parity(ImageTokenizer.from_pretrained(converted), tmp_path / "onnx",
                  [(1, 32, 32), (2, 48, 64)])
+
+
+def test_a_diffusers_folder_is_a_tokenizer_everywhere(tmp_path: Path) -> None:
+    """``load_tokenizer`` (what ``vqtok encode --tokenizer`` reads) takes the folder as is."""
+    reference = diffusers_vqmodel(4, False, 64, seed=12)
+    reference.save_pretrained(tmp_path / "vq")
+    pixels = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert main(["encode", str(tmp_path / "a.png"), "--tokenizer", str(tmp_path / "vq"),
+                 "--out", str(tmp_path / "ids.npz"), "--quiet"]) == 0
+    x = (torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5  # [-1, 1]
+    want, _ = diffusers_reference(reference, x)
+    assert np.array_equal(read_tokens(tmp_path / "ids.npz").ids[0], want[0].numpy())
 
 
 def test_tiles_are_refused(converted: Path) -> None:
