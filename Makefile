@@ -18,8 +18,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# taming-transformers is the reference of the conversion tests (docs/interop.md): its model
+# code only, with --no-deps, as its declared requirements would pull an old Lightning.
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) --no-deps "taming-transformers==0.0.1"
 	touch $@
 
 $(BENCH_STAMP): $(STAMP)

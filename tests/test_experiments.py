@@ -59,6 +59,12 @@ def test_config_trains_two_steps_and_exports(config: Path, tmp_path: Path) -> No
         data_args = [*data_args, "--model.adversarial.init_args.start=1"]
     if "FashionMNIST" in text and not has_fashion_mnist():
         pytest.skip(needs_fashion_mnist.kwargs["reason"])
+    if "init_from:" in text:  # fine-tunes a converted tokenizer (docs/interop.md)
+        from tests.interop.test_finetune import converted_tokenizer
+
+        data_args = [*data_args, f"--model.init_from={converted_tokenizer(tmp_path / 'start')}",
+                     "--data.init_args.patch_size=32",
+                     "--model.adversarial.init_args.discriminator.init_args.n_layers=2"]
     export = tmp_path / "tokenizer"
     cli = run_tokenizer_cli(
         [

@@ -3,8 +3,8 @@
 ``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok lm
 fit|validate|test`` (the language model; ``vqtok decoder ...`` is the same command) are
 LightningCLIs (:mod:`vqtok.training.cli`, :mod:`vqtok.lm.cli`); the plain subcommands
-(``encode``, ``decode``, ``export``, ``generate``, ``report``, ``data``, ``demo``,
-``lpips convert``) parse their arguments here and call the library. Each imports what it
+(``encode``, ``decode``, ``export``, ``convert``, ``generate``, ``report``, ``data``,
+``demo``, ``lpips convert``) parse their arguments here and call the library. Each imports what it
 needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
 one line on stderr and exit status 2.
 """
@@ -200,6 +200,18 @@ def cmd_lpips_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vqtok.interop import convert
+
+    out, converted = convert(args.source_kind, args.source, args.out, arch=args.arch,
+                             subfolder=args.subfolder, revision=args.revision,
+                             overwrite=args.overwrite)
+    print(f"converted {args.source_kind} {args.source} -> {out}")
+    for note in converted.ignored:
+        print(f"  ignored: {note}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
 
@@ -357,6 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                    help="replace an existing --out")
     p.set_defaults(func=cmd_lpips_convert)
+
+    p = sub.add_parser("convert", help="convert a diffusers VQModel, a taming VQGAN or a "
+                       "LlamaGen tokenizer into a tokenizer directory (docs/interop.md)",
+                       description="Read another project's tokenizer without running anything "
+                                   "it holds and write it as a vqtok tokenizer directory, "
+                                   "exactly the same model (docs/interop.md).")
+    p.add_argument("--from", dest="source_kind", required=True,
+                   choices=["diffusers", "taming", "llamagen"], help="the source's project")
+    p.add_argument("source", help="diffusers: a VQModel folder or Hub repo id; taming: a log "
+                   "folder (configs/model.yaml, ckpts/last.ckpt); llamagen: the .pt file")
+    p.add_argument("out", help="tokenizer directory to write (atomically)")
+    p.add_argument("--arch", default=None, help="llamagen: VQ-8 or VQ-16 (default: from the "
+                   "weights' shapes)")
+    p.add_argument("--subfolder", default=None,
+                   help="diffusers: the folder of the VQModel in SOURCE (e.g. vqvae)")
+    p.add_argument("--revision", default=None, help="diffusers Hub repo: branch, tag or commit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
                        "the platform cache directory)",

@@ -41,19 +41,20 @@ COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
 
 
 def put_in_cache(cache: Path, repo_id: str, folder: Path, commit: str,
-                 ref: str | None = "main") -> Path:
+                 ref: str | None = "main", subfolder: str | None = None) -> Path:
     """Lay ``folder``'s files out as the Hub cache holds a downloaded snapshot: content
-    in ``blobs/<sha256>``, symlinks to it in ``snapshots/<commit>/``, and ``refs/<ref>``
-    naming the commit. Returns the snapshot folder."""
+    in ``blobs/<sha256>``, symlinks to it in ``snapshots/<commit>/`` (or in its
+    ``subfolder``), and ``refs/<ref>`` naming the commit. Returns the snapshot folder."""
     org, name = repo_id.split("/")
     storage = cache / f"models--{org}--{name}"
     snapshot = storage / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
+    target = snapshot if subfolder is None else snapshot / subfolder
+    target.mkdir(parents=True, exist_ok=True)
     (storage / "blobs").mkdir(exist_ok=True)
     for file in folder.iterdir():
         blob = storage / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
         shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+        (target / file.name).symlink_to(os.path.relpath(blob, target))
     if ref is not None:
         (storage / "refs").mkdir(exist_ok=True)
         (storage / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes

@@ -36,11 +36,15 @@ def looks_like_repo_id(name: str) -> bool:
 
 
 def resolve_model_dir(name: str | os.PathLike[str], what: str, error: type[Exception],
-                      revision: str | None = None) -> Path:
+                      revision: str | None = None, *, subfolder: str | None = None,
+                      files: tuple[str, ...] | list[str] = tuple(_FILES)) -> Path:
     """The local directory for ``name``: ``name`` itself when it exists here, is a
     ``Path`` (not text) or is not shaped like a repo id, else the snapshot of the Hub repo ``name`` at ``revision``
     (a branch, tag or commit; default ``main``) in the Hub cache, downloaded unless
-    ``HF_HUB_OFFLINE=1``. Only ``config.json`` and ``model.safetensors`` are fetched.
+    ``HF_HUB_OFFLINE=1``. Only ``files`` are fetched (``config.json`` and
+    ``model.safetensors`` by default). ``subfolder``: the model lies in that folder of the
+    directory or repo (diffusers' ``subfolder="vqvae"``, docs/interop.md); its path is
+    returned.
 
     Raises ``error`` (a ValueError subclass) in one line when a repo id cannot be
     resolved: not a valid id, ``huggingface_hub`` missing (naming ``pip install
@@ -54,23 +58,28 @@ def resolve_model_dir(name: str | os.PathLike[str], what: str, error: type[Excep
         exists = local.exists()
     except (OSError, ValueError):  # a path too long, a NUL byte: the loader says so
         exists = False
+    if subfolder is not None and (not isinstance(subfolder, str) or not all(
+            _REPO_NAME.fullmatch(part) for part in subfolder.split("/"))):
+        raise error(f"{text}: subfolder must be a relative folder name such as 'vqvae', got "
+                    f"{subfolder!r}")
     if exists or not isinstance(name, str) or not looks_like_repo_id(text):
         if revision is not None:
             raise error(f"{text}: revision {revision!r} applies to a Hub repo id ('org/name'), "
                         f"not to a local path")
-        return local
+        return local if subfolder is None else local / subfolder
     try:
         (hub,) = require_extra("hub", f"loading the Hub repo {text}", "huggingface_hub")
     except ImportError as err:
         raise error(f"{text}: no such local {what} directory; to load it as a Hugging Face "
                     f"Hub repo id install the hub extra: {HUB_HINT}") from err
     try:
-        folder = hub.snapshot_download(text, revision=revision, allow_patterns=_FILES)
+        patterns = [f if subfolder is None else f"{subfolder}/{f}" for f in files]
+        folder = hub.snapshot_download(text, revision=revision, allow_patterns=patterns)
     except Exception as err:  # any Hub failure is one line for the user
         raise error(f"{text}: no such local {what} directory, and the Hub repo could not be "
                     f"loaded{'' if revision is None else f' at revision {revision!r}'}: "
                     f"{_first_line(err)}") from err
-    return Path(folder)
+    return Path(folder) if subfolder is None else Path(folder) / subfolder
 
 
 def push_model_dir(folder: str | os.PathLike[str], repo_id: str, *, private: bool | None = None,

@@ -1,10 +1,12 @@
-"""Conv encoder/decoder, their causal video forms, and the ``VQAutoencoder`` that joins
-either pair to a quantizer; the patch discriminator of adversarial training."""
+"""Conv encoder/decoder, their causal video forms, the published VQGAN encoder and decoder
+(``vqgan.py``, for converted weights, docs/interop.md), the ``VQAutoencoder`` that joins a
+pair to a quantizer; the patch discriminator of adversarial training."""
 
 from vqtok.models.autoencoder import AutoencoderOutput, VQAutoencoder
 from vqtok.models.convnet import Decoder, Encoder
 from vqtok.models.discriminator import PatchDiscriminator
 from vqtok.models.video import VideoDecoder, VideoEncoder
+from vqtok.models.vqgan import VQGANDecoder, VQGANEncoder
 
 __all__ = ["AutoencoderOutput", "Decoder", "Encoder", "PatchDiscriminator", "VQAutoencoder",
-           "VideoDecoder", "VideoEncoder"]
+           "VQGANDecoder", "VQGANEncoder", "VideoDecoder", "VideoEncoder"]

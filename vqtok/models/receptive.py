@@ -60,6 +60,9 @@ def _walk(module: nn.Module, spacing: float) -> tuple[float, float]:
                                "span the whole image")
     if isinstance(module, SelfAttention):
         raise NotTileableError("it has a self-attention block, which mixes all positions")
+    for inner in module.modules():  # a composite this walk does not know (VQGAN's)
+        if isinstance(inner, (nn.GroupNorm, SelfAttention)):
+            return _walk(inner, spacing)
     raise NotTileableError(f"its layer {type(module).__name__} has no known receptive field")
 
 

@@ -12,8 +12,15 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from vqtok.formats.hub import check_push, push_model_dir
-from vqtok.formats.tokenizer_dir import is_video_model, load_tokenizer_dir, save_tokenizer_dir
+from vqtok.formats.hub import check_push, push_model_dir, resolve_model_dir
+from vqtok.formats.tokenizer_dir import (
+    TokenizerFormatError,
+    is_video_model,
+    load_tokenizer_dir,
+    save_tokenizer_dir,
+)
+from vqtok.interop.common import SOURCE_NORMALIZATION
+from vqtok.interop.diffusers import is_diffusers_dir, load_diffusers
 from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.tokenizers.pixels import Normalization
 from vqtok.tokenizers.runtime import inference_kernels, resolve_device
@@ -54,16 +61,30 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls: type[T], path: str | os.PathLike[str],  # noqa: PYI019
                         device: str | torch.device = "cpu", *, revision: str | None = None,
-                        **options: Any) -> T:
+                        subfolder: str | None = None, **options: Any) -> T:
         """Load a tokenizer directory (config.json + model.safetensors, no pickle; see
         :mod:`vqtok.formats.tokenizer_dir`): a local path, or a Hugging Face Hub repo id
         ``"org/name"`` at ``revision`` (branch, tag or commit; needs the ``hub`` extra;
-        docs/formats.md#hugging-face-hub). ``options`` are those of the class's
-        constructor. Raises :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a
-        ValueError) for a bad directory, a repo id that cannot be resolved, or a tokenizer
-        of the other kind (naming the class to use)."""
+        docs/formats.md#hugging-face-hub). A diffusers ``VQModel`` folder or repo (its
+        ``subfolder``, such as ``"vqvae"``) is converted as it loads
+        (:func:`vqtok.interop.diffusers.load_diffusers`, docs/interop.md). ``options`` are
+        those of the class's constructor. Raises
+        :class:`~vqtok.formats.tokenizer_dir.TokenizerFormatError` (a ValueError) for a bad
+        directory, a repo id that cannot be resolved, or a tokenizer of the other kind
+        (naming the class to use), and a
+        :class:`~vqtok.interop.ConversionError` (a ValueError) for a diffusers folder that
+        cannot be converted."""
         device = resolve_device(device)  # before reading anything
-        model, config = load_tokenizer_dir(path, revision=revision, video=cls.video)
+        root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision,
+                                 subfolder=subfolder)
+        if subfolder is not None or is_diffusers_dir(root):
+            if cls.video:
+                raise TokenizerFormatError(f"{path}: a diffusers VQModel encodes images; load "
+                                           f"it with vqtok.ImageTokenizer.from_pretrained")
+            converted = load_diffusers(path, subfolder=subfolder, revision=revision)
+            return cls(converted.model, device=device,
+                       normalization=Normalization(**SOURCE_NORMALIZATION), **options)
+        model, config = load_tokenizer_dir(root, video=cls.video)
         return cls._from_loaded(model, config, device=device, **options)
 
     @classmethod

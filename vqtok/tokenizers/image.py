@@ -229,6 +229,8 @@ class ImageTokenizer(Tokenizer):
             batch = torch.stack([replicate_pad(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
             fixed = self.planner.fixed_batch(hp, wp)
             if fixed is None:
+                if not self.batch_invariant:  # oneDNN without a layout change per conv
+                    batch = batch.contiguous(memory_format=torch.channels_last)
                 with self._kernels():
                     ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
             else:

@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-from vqtok.formats.tokenizer_dir import is_video_model, load_tokenizer_dir
+from vqtok.formats.hub import resolve_model_dir
+from vqtok.formats.tokenizer_dir import TokenizerFormatError, is_video_model, load_tokenizer_dir
+from vqtok.interop.diffusers import is_diffusers_dir
 from vqtok.tokenizers.image import ImageTokenizer
 from vqtok.tokenizers.runtime import resolve_device
 from vqtok.tokenizers.video import VideoTokenizer
@@ -38,6 +40,7 @@ def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "c
     """The tokenizer of a tokenizer directory or Hub repo id (at ``revision``): a
     :class:`~vqtok.tokenizers.video.VideoTokenizer` for a video model, else an
     :class:`~vqtok.tokenizers.image.ImageTokenizer`, from one read of its ``config.json``.
+    A diffusers ``VQModel`` folder is converted as it loads (docs/interop.md#diffusers).
 
     ``options`` go to the tokenizer's constructor (``max_pixels`` to either kind; ``"auto"``
     is each kind's default budget). An option only the image tokenizer takes
@@ -45,7 +48,10 @@ def load_tokenizer(path: str | os.PathLike[str], device: str | torch.device = "c
     ValueError naming it).
     """
     device = resolve_device(device)  # before reading anything
-    model, config = load_tokenizer_dir(path, revision=revision)
+    root = resolve_model_dir(path, "tokenizer", TokenizerFormatError, revision)
+    if is_diffusers_dir(root):  # a diffusers VQModel folder, converted as it loads
+        return ImageTokenizer.from_pretrained(path, device=device, revision=revision, **options)
+    model, config = load_tokenizer_dir(root)
     if not is_video_model(model):
         return ImageTokenizer._from_loaded(model, config, device=device, **options)
     for option in sorted(options.keys() & IMAGE_ONLY.keys()):

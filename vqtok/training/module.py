@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok import registry
-from vqtok.formats.tokenizer_dir import save_tokenizer_dir
+from vqtok.formats.tokenizer_dir import load_tokenizer_dir, save_tokenizer_dir
 from vqtok.metrics import CodebookUsage
 from vqtok.models import AutoencoderOutput, VQAutoencoder
 from vqtok.quantizers import Quantizer
@@ -73,6 +73,12 @@ class TokenizerModule(pl.LightningModule):
         normalization: ``{"mean", "std"}`` of the pixels the model sees; by default the
             DataModule's (every vqtok DataModule has one), recorded in checkpoints and
             written into the exported tokenizer.
+        init_from: a tokenizer directory (or Hub repo id) to start from, such as one
+            written by ``vqtok convert`` (docs/interop.md#fine-tuning): its modules are
+            used where ``encoder``, ``quantizer`` or ``decoder`` is not given, and all its
+            weights are loaded, the codebook included; its normalisation is used unless
+            ``normalization`` is given. The optimizers, the discriminator and the
+            learning-rate schedule start afresh.
 
     Every module argument (networks and objectives) may also be given as a
     ``{"class_path", "init_args"}`` dict (what checkpoints store), rebuilt from
@@ -81,9 +87,9 @@ class TokenizerModule(pl.LightningModule):
 
     def __init__(
         self,
-        encoder: nn.Module,
-        quantizer: Quantizer,
-        decoder: nn.Module,
+        encoder: nn.Module | None = None,
+        quantizer: Quantizer | None = None,
+        decoder: nn.Module | None = None,
         reconstruction: Reconstruction | None = None,
         adversarial: Adversarial | None = None,
         loss_weights: dict[str, float] | None = None,
@@ -93,9 +99,20 @@ class TokenizerModule(pl.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 1.0,
         normalization: dict[str, float] | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         encoder, quantizer, decoder = (build_spec(m) for m in (encoder, quantizer, decoder))
+        start = None
+        if init_from is not None:  # docs/interop.md#fine-tuning
+            start, start_normalization = _tokenizer_start(init_from)
+            encoder, quantizer, decoder = (
+                given if given is not None else getattr(start, role) for given, role in
+                ((encoder, "encoder"), (quantizer, "quantizer"), (decoder, "decoder")))
+            normalization = start_normalization if normalization is None else normalization
+        if encoder is None or quantizer is None or decoder is None:
+            raise ValueError("give encoder, quantizer and decoder, or init_from (a tokenizer "
+                             "directory to start from)")
         reconstruction = Reconstruction() if reconstruction is None else build_spec(
             reconstruction)
         adversarial = build_spec(adversarial)
@@ -110,6 +127,11 @@ class TokenizerModule(pl.LightningModule):
             self.hparams[name] = registry.spec_of(part)
         self.hparams["adversarial"] = None if adversarial is None else spec_of(adversarial)
         self.model = VQAutoencoder(encoder, quantizer, decoder)
+        if start is not None:
+            _load_start(self.model, start, init_from)
+            # The modules' specs above now describe the model: a checkpoint of this run
+            # rebuilds from them and its own weights, without the directory.
+            self.hparams["init_from"] = None
         self.reconstruction = reconstruction
         # Beside the autoencoder, never inside it: export writes self.model (or the average
         # handed to use_for_export) alone, so no discriminator weight reaches a tokenizer.
@@ -356,6 +378,28 @@ class TokenizerModule(pl.LightningModule):
             return autoencoder
         disc = self.adversarial.optimizer(default_lr=hp.lr)
         return [autoencoder["optimizer"], disc], [autoencoder["lr_scheduler"]]
+
+
+def _tokenizer_start(path: str) -> tuple[VQAutoencoder, dict[str, float]]:
+    """The model and normalisation of the tokenizer directory (or Hub repo id) ``path``."""
+    model, config = load_tokenizer_dir(path)
+    if "video" in config:
+        raise ValueError(f"init_from {path}: a video tokenizer; TokenizerModule starts from "
+                         f"image tokenizers")
+    return model.train(), dict(config["normalization"])
+
+
+def _load_start(model: VQAutoencoder, start: VQAutoencoder, path: str) -> None:
+    """Copy the weights of ``start`` into ``model`` (whose modules the config may have
+    given anew, with other training options), every tensor by name and shape."""
+    if model.encoder is start.encoder and model.decoder is start.decoder and (
+            model.quantizer is start.quantizer):
+        return
+    try:
+        model.load_state_dict(start.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"init_from {path}: its weights do not fit the modules the config "
+                         f"gives: {' '.join(str(err).split())[:300]}") from err
 
 
 def _no_closure() -> None:
