@@ -28,9 +28,6 @@ from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.models.vqgan import VQGANDecoder, VQGANEncoder
 from vqtok.quantizers.vq import VectorQuantizer
 
-__all__ = ["SOURCE_NORMALIZATION", "ConversionError", "Converted", "VQGANArch", "load_mapped",
-           "read_safetensors", "write_converted"]
-
 SOURCE_NORMALIZATION = dict(DEFAULT_NORMALIZATION)
 """taming, diffusers and LlamaGen all train on pixels mapped to [-1, 1]: mean = std = 0.5."""
 
@@ -267,4 +264,3 @@ def write_converted(converted: Converted, out: str | os.PathLike[str], *,
     # normalization None records DEFAULT_NORMALIZATION, the sources' [-1, 1]
     return save_tokenizer_dir(converted.model, out, normalization=None,
                               extra=converted.extra())
-

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from vqtok.interop.common import ConversionError, Converted, write_converted
 
-__all__ = ["SOURCES", "convert", "load_source"]
-
 SOURCES = ("diffusers", "taming", "llamagen")
 
 

@@ -28,8 +28,6 @@ from vqtok.interop.common import (
     read_safetensors,
 )
 
-__all__ = ["DIFFUSERS_FILES", "STYLE", "is_diffusers_dir", "load_diffusers"]
-
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_FILES = (CONFIG, WEIGHTS)

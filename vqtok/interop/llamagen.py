@@ -30,8 +30,6 @@ from vqtok.interop.common import (
 from vqtok.interop.pickles import read_pickle
 from vqtok.interop.taming import STYLE as TAMING_STYLE
 
-__all__ = ["ARCHS", "STYLE", "load_llamagen"]
-
 ARCHS = {"VQ-8": (1, 2, 2, 4), "VQ-16": (1, 1, 2, 2, 4)}
 """LlamaGen's two published encoder/decoder layouts, by name: each level's ``ch_mult``."""
 

@@ -21,8 +21,6 @@ import torch
 
 from vqtok.interop.common import ConversionError
 
-__all__ = ["ALLOWED", "read_pickle"]
-
 
 class LightningCallbackKey:
     """Stands for a Lightning callback class that an old Lightning checkpoint uses as the

@@ -29,8 +29,6 @@ from vqtok.interop.common import (
 )
 from vqtok.interop.pickles import read_pickle
 
-__all__ = ["STYLE", "load_taming"]
-
 CONFIG = Path("configs") / "model.yaml"
 CHECKPOINT = Path("ckpts") / "last.ckpt"
 MODEL_CLASS = "taming.models.vqgan.VQModel"

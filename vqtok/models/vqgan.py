@@ -41,8 +41,6 @@ from vqtok.models.blocks import (
 from vqtok.registry import register
 from vqtok.validation import check_positive
 
-__all__ = ["VQGANDecoder", "VQGANEncoder"]
-
 
 class CornerPadDownsample(nn.Module):
     """Halve height and width: one zero row at the bottom and one zero column at the
