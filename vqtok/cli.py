@@ -203,6 +203,15 @@ def cmd_lpips_convert(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
 
+    if args.dataset == "inception":
+        from vqtok.data.weights import fetch_inception
+
+        if args.root is not None:
+            raise ValueError("--root is for data sets; the Inception weights go into the "
+                             "cache, or give any copy to `vqtok eval --inception FILE`")
+        path = fetch_inception(source=args.source, progress=not args.quiet)
+        print(f"the FID Inception weights are in {path} (SHA-256 prefix and tensors checked)")
+        return 0
     if args.source is not None:
         root, notes = copy_fashion_mnist(args.source, args.root, progress=not args.quiet)
         print(f"copied Fashion-MNIST from {args.source} to {root}")
@@ -362,10 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "the platform cache directory)",
                        description="Put a data set where vqtok's configs look for it. "
                                    "Nothing else in vqtok downloads data.")
-    p.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+    p.add_argument("dataset", choices=["fashion-mnist", "inception"],
+                   help="the data set, or `inception`: the FID Inception weights that "
+                        "`vqtok eval` measures rFID with (docs/eval.md)")
     p.add_argument("--from", dest="source", default=None, metavar="DIR",
                    help="copy the four IDX files (gzipped or not) from this folder instead of "
-                        "downloading them")
+                        "downloading them; for inception: the weights file")
     p.add_argument("--root", default=None,
                    help="where to put them (default: the cache's fashion-mnist/ folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
