@@ -24,7 +24,8 @@ from vqtok.formats.inception_weights import (
 )
 from vqtok.formats.inputs import check_regular_file
 
-__all__ = ["cached_inception", "fetch_inception", "inception_cache_path"]
+__all__ = ["cached_inception", "cached_lpips", "fetch_inception", "inception_cache_path",
+           "lpips_cache_path"]
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +93,19 @@ def fetch_inception(url: str = INCEPTION_URL, source: str | os.PathLike[str] | N
         ) from err
     return target
 
+
+
+LPIPS_FILE = "lpips-vgg16.safetensors"
+"""The name the LPIPS weights file has in the cache (made by ``vqtok lpips convert``)."""
+
+
+def lpips_cache_path() -> Path:
+    """Where ``vqtok eval`` looks for the LPIPS weights when none is given: write it there
+    with ``vqtok lpips convert --out`` this path (docs/training.md#lpips)."""
+    return dataset_dir(WEIGHTS_DIR) / LPIPS_FILE
+
+
+def cached_lpips() -> Path | None:
+    """The cached LPIPS weights file, or None."""
+    path = lpips_cache_path()
+    return path if path.is_file() else None

@@ -35,8 +35,8 @@ INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  + INCEPTION_FILE)
 """Where torch-fidelity publishes the file."""
-FETCH_HINT = ("fetch it with `vqtok data inception` (into the data cache) or give the file "
-              "with --inception FILE (docs/eval.md#the-inception-network)")
+FETCH_HINT = ("fetch them into the data cache with `vqtok data inception`, or give the file "
+              "with --inception FILE; docs/eval.md#the-inception-network")
 
 
 def read_inception_weights(path: str | os.PathLike[str],
