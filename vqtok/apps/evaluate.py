@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,6 @@ from vqtok.formats.outputs import check_new_output
 from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.metrics.frechet import FrechetDistance
 from vqtok.metrics.per_image import PerImage, psnr_per_image
-from vqtok.models.inception import INCEPTION_FEATURES, FIDInception
 from vqtok.models.lpips import LPIPS
 from vqtok.tokenizers import ImageTokenizer, load_tokenizer
 from vqtok.validation import check_positive
@@ -146,12 +146,13 @@ def _resolve_weights(options: EvalOptions) -> tuple[Path | None, Path | None, li
     return inception, lpips, notes
 
 
-def evaluate(options: EvalOptions, *, inception: FIDInception | None = None,
+def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
              lpips: LPIPS | None = None) -> EvalResult | None:
     """Measure ``options.tokenizer`` on ``options.data`` (module doc) and write the JSON.
 
     ``inception`` and ``lpips``: networks to use instead of the weights files (tests give
-    random ones). Returns the result on the process of global rank 0 and None on the
+    random ones; ``inception`` may be any module from uint8 images ``(B, 3, H, W)`` to
+    features ``(B, D)`` with an attribute ``num_features = D``). Returns the result on the process of global rank 0 and None on the
     others. Everything a user can get wrong (the tokenizer, the data, the weights and
     statistics files, the output) is checked before any image is measured."""
     check_positive(size=options.size, batch_size=options.batch_size, worst=options.worst,
@@ -181,7 +182,7 @@ def evaluate(options: EvalOptions, *, inception: FIDInception | None = None,
         if inception is None:
             raise ValueError("--reference-stats needs the FID Inception weights; "
                              + FETCH_HINT)
-        reference = read_fid_stats(options.reference_stats, INCEPTION_FEATURES)
+        reference = read_fid_stats(options.reference_stats, inception.num_features)
     if options.save_stats is not None and (inception is None or reference is not None):
         raise ValueError("--save-stats writes the originals' Inception statistics: it needs "
                          "the Inception weights and no --reference-stats")
@@ -266,7 +267,7 @@ class EvalModule(pl.LightningModule):
     torchmetrics states (module doc)."""
 
     def __init__(self, tokenizer: ImageTokenizer, source: str, dataset: Dataset, *,
-                 inception: FIDInception | None, lpips: LPIPS | None,
+                 inception: torch.nn.Module | None, lpips: LPIPS | None,
                  reference: tuple[np.ndarray, np.ndarray] | None, batch_size: int,
                  workers: int) -> None:
         super().__init__()
@@ -279,7 +280,7 @@ class EvalModule(pl.LightningModule):
         self.lpips_mean = MeanMetric().set_dtype(torch.float64)
         self.per_image = PerImage()
         self.fid = None if inception is None else FrechetDistance(
-            INCEPTION_FEATURES, reference=None if reference is None else tuple(
+            inception.num_features, reference=None if reference is None else tuple(
                 torch.from_numpy(a) for a in reference))
         self.failed: list[tuple[int, str]] = []
         self.measured: _Measured | None = None
@@ -330,7 +331,9 @@ class EvalModule(pl.LightningModule):
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, self.failed)
             failed = sorted(item for part in gathered for item in part)
-        index, values = self.per_image.compute()  # gathered from every process
+        with warnings.catch_warnings():  # a rank without images has nothing to add: fine
+            warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+            index, values = self.per_image.compute()  # gathered from every process
         images = int(index.numel())
         with self.usage.sync_context():  # the counts summed over processes, for this block
             counts = self.usage.counts.clone()

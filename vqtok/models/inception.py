@@ -206,6 +206,8 @@ class FIDInception(nn.Module):
             which also verifies its checksum.
     """
 
+    num_features = INCEPTION_FEATURES
+
     def __init__(self, weights: Mapping[str, Tensor]) -> None:
         super().__init__()
         self._layout()
