@@ -277,3 +277,21 @@ def test_the_real_inception_architecture_through_eval(tokenizer_dir: Path, squar
     expected = scipy_frechet(net(x).double().numpy(), net(r).double().numpy())
     assert doc["rfid"] == pytest.approx(expected, rel=1e-4)
     json.dumps(doc)
+
+
+def test_report_shows_an_eval_beside_the_history(tokenizer_dir: Path, squares: Path,
+                                                 tmp_path: Path) -> None:
+    from tests.report.synthetic import uniform_counts, write_history
+    from vqtok.formats.report import validate_report
+    from vqtok.report import build_report
+
+    run_dir = write_history(tmp_path / "run" / "version_0", uniform_counts(k=64, per_code=3))
+    doc = run(tokenizer_dir, squares, run_dir / "eval.json", inception=TinyFeatures())
+    html, js = build_report([run_dir], tmp_path / "r.html")
+    report = json.loads(js.read_text())
+    validate_report(report)
+    shown = report["runs"][0]["eval"]
+    assert shown["rfid"] == doc["rfid"] and shown["psnr"] == doc["psnr"]
+    assert shown["images"] == 7 and shown["size"] == SIZE and shown["lpips"] is None
+    page = html.read_text()
+    assert "vqtok eval on" in page and f"{doc['rfid']:.3f}" in page
