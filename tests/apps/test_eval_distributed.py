@@ -28,7 +28,7 @@ tokenizer, data, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.a
 evaluate(EvalOptions(tokenizer=tokenizer, data=data, size=32, out=out, batch_size=3,
                      devices=devices, strategy="ddp" if devices > 1 else "auto",
                      progress=False),
-         inception=TinyFeatures(), lpips=LPIPS.random(seed=4))
+         inception=TinyFeatures(), lpips=LPIPS.random(seed=4), lite0=TinyFeatures(seed=1))
 """
 
 
@@ -61,6 +61,7 @@ def test_two_processes_give_the_one_process_numbers(tmp_path: Path) -> None:
         assert one[key] == two[key], key
     assert one["images"] == 9 and len(one["failed"]) == 2
     assert two["rfid"] == pytest.approx(one["rfid"], rel=1e-6)
+    assert two["fd_lite0"] == pytest.approx(one["fd_lite0"], rel=1e-6)
     for key in ("psnr", "psnr_per_image_mean", "ssim"):  # float64 sums of uint8 differences
         assert two[key] == pytest.approx(one[key], rel=1e-9), key
     # LPIPS runs VGG16 in float32 and an image's place in its fixed batch differs between

@@ -8,6 +8,9 @@ original:
 * rFID: the Fréchet distance (:mod:`vqtok.metrics.frechet`) between the FID Inception
   features (:mod:`vqtok.models.inception`) of the originals (or a given statistics file)
   and of the reconstructions; null without the Inception weights.
+* ``fd_lite0``: the same Fréchet distance in EfficientNet-Lite0's feature space
+  (:mod:`vqtok.models.efficientnet_lite`), a number for comparing tokenizers where the
+  Inception weights cannot be had, NOT comparable with rFID; null without its weights.
 * LPIPS (VGG16, :mod:`vqtok.models.lpips`): the mean over images; null without its
   weights.
 * PSNR and SSIM as the training module and ``vqtok report`` measure them (torchmetrics,
@@ -49,6 +52,7 @@ from vqtok.data.weights import cached_inception, cached_lpips, lpips_cache_path
 from vqtok.formats.eval_result import FORMAT, FORMAT_VERSION, write_eval
 from vqtok.formats.fid_stats import read_fid_stats, write_fid_stats
 from vqtok.formats.inception_weights import FETCH_HINT, INCEPTION_FILE, load_inception
+from vqtok.formats.lite0_weights import LITE0_HINT, installed_lite0, load_lite0
 from vqtok.formats.outputs import check_new_output
 from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.metrics.frechet import FrechetDistance
@@ -86,6 +90,8 @@ class EvalOptions:
     """The FID Inception weights file; None: the cached one, if fetched."""
     lpips: str | None = None
     """The LPIPS weights file (``vqtok lpips convert``); None: the cached one, if any."""
+    lite0: str | None = None
+    """The EfficientNet-Lite0 weights file; None: the installed ``lite0`` extra's, if any."""
     reference_stats: str | None = None
     """An ``.npz`` with ``mu`` and ``sigma`` of the reference set; None: the statistics of
     the same preprocessed originals."""
@@ -132,8 +138,10 @@ def list_images(data: str | Sequence[str]) -> list[tuple[Path, str]]:
     return find_images(given)
 
 
-def _resolve_weights(options: EvalOptions) -> tuple[Path | None, Path | None, list[str]]:
-    """The Inception and LPIPS weights files to use, and the notes for those missing."""
+def _resolve_weights(options: EvalOptions
+                     ) -> tuple[Path | None, Path | None, Path | None, list[str]]:
+    """The Inception, LPIPS and EfficientNet-Lite0 weights files to use, and the notes for
+    those missing."""
     notes = []
     inception = Path(options.inception) if options.inception else cached_inception()
     if inception is None:
@@ -143,16 +151,20 @@ def _resolve_weights(options: EvalOptions) -> tuple[Path | None, Path | None, li
         notes.append(f"lpips is null: no LPIPS weights (make the file with `vqtok lpips "
                      f"convert --out {lpips_cache_path()}`, or give --lpips FILE; "
                      f"docs/training.md#lpips)")
-    return inception, lpips, notes
+    lite0 = Path(options.lite0) if options.lite0 else installed_lite0()
+    if lite0 is None:
+        notes.append(f"fd_lite0 is null: no EfficientNet-Lite0 weights ({LITE0_HINT})")
+    return inception, lpips, lite0, notes
 
 
 def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
-             lpips: LPIPS | None = None) -> EvalResult | None:
+             lpips: LPIPS | None = None, lite0: torch.nn.Module | None = None
+             ) -> EvalResult | None:
     """Measure ``options.tokenizer`` on ``options.data`` (module doc) and write the JSON.
 
-    ``inception`` and ``lpips``: networks to use instead of the weights files (tests give
-    random ones; ``inception`` may be any module from uint8 images ``(B, 3, H, W)`` to
-    features ``(B, D)`` with an attribute ``num_features = D``). Returns the result on the process of global rank 0 and None on the
+    ``inception``, ``lpips`` and ``lite0``: networks to use instead of the weights files
+    (tests give random ones; a feature network may be any module from uint8 images
+    ``(B, 3, H, W)`` to features ``(B, D)`` with an attribute ``num_features = D``). Returns the result on the process of global rank 0 and None on the
     others. Everything a user can get wrong (the tokenizer, the data, the weights and
     statistics files, the output) is checked before any image is measured."""
     check_positive(size=options.size, batch_size=options.batch_size, worst=options.worst,
@@ -168,7 +180,7 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
     for out in outputs:
         check_new_output(out, inputs=[*data_inputs, Path(options.tokenizer)],
                          overwrite=options.overwrite)
-    inception_file, lpips_file, notes = _resolve_weights(options)
+    inception_file, lpips_file, lite0_file, notes = _resolve_weights(options)
     if inception is None and inception_file is not None:
         inception = load_inception(inception_file)
     elif inception is not None:
@@ -177,6 +189,10 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
         lpips = LPIPS.from_file(lpips_file)
     elif lpips is not None:
         lpips_file, notes = None, [n for n in notes if not n.startswith("lpips")]
+    if lite0 is None and lite0_file is not None:
+        lite0 = load_lite0(lite0_file)
+    elif lite0 is not None:
+        lite0_file, notes = None, [n for n in notes if not n.startswith("fd_lite0")]
     reference = None
     if options.reference_stats is not None:
         if inception is None:
@@ -189,7 +205,7 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
 
     dataset = EvalImages([path for path, _ in files], options.size, tokenizer.channels)
     module = EvalModule(tokenizer, options.tokenizer, dataset, inception=inception,
-                        lpips=lpips, reference=reference, batch_size=options.batch_size,
+                        lpips=lpips, lite0=lite0, reference=reference, batch_size=options.batch_size,
                         workers=options.workers)
     trainer = pl.Trainer(accelerator=options.accelerator, devices=options.devices,
                          strategy=options.strategy, logger=False, enable_checkpointing=False,
@@ -203,8 +219,8 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
     if measured.images == 0:
         raise ValueError(f"no image could be measured: all {len(files)} failed (first: "
                          f"{failed[0]['path']}: {failed[0]['reason']})")
-    if measured.rfid is None and inception is not None:
-        notes.append("rfid is null: a covariance needs at least 2 images")
+    if measured.images < 2 and (inception is not None or lite0 is not None):
+        notes.append("rfid and fd_lite0 are null: a covariance needs at least 2 images")
     worst = [{"name": files[i][1], "psnr": _finite(v)} for i, v in measured.worst[:options.worst]]
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vqtok_version": vqtok_version(),
@@ -221,11 +237,13 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
                           if reference is not None else "the same preprocessed originals"),
             "lpips": None if lpips is None else ("vgg16 v0.1" if lpips_file is not None
                                                  else "given network"),
+            "lite0": (None if lite0 is None else "efficientnet-lite0-57934424.pth"
+                      if lite0_file is not None else "given network"),
             "processes": trainer.world_size,
         },
         "images": measured.images,
         "failed": failed,
-        "rfid": measured.rfid, "lpips": measured.lpips,
+        "rfid": measured.rfid, "fd_lite0": measured.fd_lite0, "lpips": measured.lpips,
         "psnr": measured.psnr, "psnr_per_image_mean": measured.psnr_mean,
         "ssim": measured.ssim,
         **measured.usage,
@@ -251,6 +269,7 @@ class _Measured:
     images: int
     failed: list[tuple[int, str]]
     rfid: float | None
+    fd_lite0: float | None
     lpips: float | None
     psnr: float | None
     psnr_mean: float | None
@@ -268,20 +287,25 @@ class EvalModule(pl.LightningModule):
 
     def __init__(self, tokenizer: ImageTokenizer, source: str, dataset: Dataset, *,
                  inception: torch.nn.Module | None, lpips: LPIPS | None,
+                 lite0: torch.nn.Module | None,
                  reference: tuple[np.ndarray, np.ndarray] | None, batch_size: int,
                  workers: int) -> None:
         super().__init__()
         self.tokenizer, self.source = tokenizer, source
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
-        self.inception, self.lpips_net = inception, lpips
+        self.lpips_net = lpips
+        # A Fréchet distance per feature space: "rfid" (Inception), "fd_lite0".
+        self.feature_nets = torch.nn.ModuleDict(
+            {k: v for k, v in (("rfid", inception), ("fd_lite0", lite0)) if v is not None})
         self.usage = CodebookUsage(tokenizer.codebook_size, tokenizer.num_stages)
         self.psnr = PeakSignalNoiseRatio(data_range=2.0).set_dtype(torch.float64)
         self.ssim = StructuralSimilarityIndexMeasure(data_range=2.0).set_dtype(torch.float64)
         self.lpips_mean = MeanMetric().set_dtype(torch.float64)
         self.per_image = PerImage()
-        self.fid = None if inception is None else FrechetDistance(
-            inception.num_features, reference=None if reference is None else tuple(
-                torch.from_numpy(a) for a in reference))
+        self.frechet = torch.nn.ModuleDict({
+            name: FrechetDistance(net.num_features, reference=None if (
+                reference is None or name != "rfid") else tuple(map(torch.from_numpy, reference)))
+            for name, net in self.feature_nets.items()})
         self.failed: list[tuple[int, str]] = []
         self.measured: _Measured | None = None
 
@@ -316,10 +340,11 @@ class EvalModule(pl.LightningModule):
         self.ssim.update(rf, xf)
         self.per_image.update(index, psnr_per_image(x, r))
         x3, r3 = _rgb(x), _rgb(r)
-        if self.fid is not None:
-            if self.fid.reference is None:
-                self.fid.update(_fixed_batches(self.inception, x3), real=True)
-            self.fid.update(_fixed_batches(self.inception, r3), real=False)
+        for name, net in self.feature_nets.items():
+            metric = self.frechet[name]
+            if metric.reference is None:
+                metric.update(_fixed_batches(net, x3), real=True)
+            metric.update(_fixed_batches(net, r3), real=False)
         if self.lpips_net is not None:
             distances = _fixed_batches(lambda a, b: self.lpips_net(a, b),
                                        _unit(x3).float(), _unit(r3).float())
@@ -338,20 +363,22 @@ class EvalModule(pl.LightningModule):
         with self.usage.sync_context():  # the counts summed over processes, for this block
             counts = self.usage.counts.clone()
         if images == 0:  # every rank agrees: index is gathered
-            self.measured = _Measured(0, failed, None, None, None, None, None, {}, None, 0, [],
-                                      None)
+            self.measured = _Measured(0, failed, None, None, None, None, None, None, {}, None,
+                                      0, [], None)
             return
         usage = _usage(counts)
         stages = None if self.tokenizer.num_stages is None else [
             _usage(row) for row in counts.view(-1, self.tokenizer.codebook_size)]
-        rfid = moments = None
-        if self.fid is not None and images >= 2:
-            rfid = float(self.fid.compute())
-            mu, sigma = self.fid.reference_moments()
+        distances = {name: float(metric.compute()) if images >= 2 else None
+                     for name, metric in self.frechet.items()}
+        moments = None
+        if "rfid" in self.frechet and images >= 2:
+            mu, sigma = self.frechet["rfid"].reference_moments()
             moments = (mu.cpu().numpy(), sigma.cpu().numpy())
         order = torch.argsort(values, stable=True)
         self.measured = _Measured(
-            images=images, failed=failed, rfid=rfid,
+            images=images, failed=failed, rfid=distances.get("rfid"),
+            fd_lite0=distances.get("fd_lite0"),
             lpips=float(self.lpips_mean.compute()) if self.lpips_net is not None else None,
             psnr=_finite(float(self.psnr.compute())),
             psnr_mean=_finite(float(values.mean())),
@@ -410,6 +437,7 @@ def format_table(result: EvalResult) -> str:
              f"{p['size']}, {p['processes']} process{'es' if p['processes'] > 1 else ''}")]
     rows = [
         ("rFID (Inception)", num(d["rfid"], ".3f")),
+        ("FD (EffNet-Lite0)", f"{num(d['fd_lite0'], '.3f')} (not comparable with rFID)"),
         ("LPIPS (VGG16)", num(d["lpips"], ".4f")),
         ("PSNR", (f"{num(d['psnr'], '.2f', ' dB')} (per-image mean "
                  f"{num(d['psnr_per_image_mean'], '.2f', ' dB')})")),

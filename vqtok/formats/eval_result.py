@@ -17,11 +17,14 @@ were missing, a PSNR of identical images). Floats are finite.
         "inception": str | null,        # the weights file's name; null: no rFID
         "reference": str,               # "the same preprocessed originals" or the .npz
         "lpips": str | null,            # "vgg16 v0.1"; null: no LPIPS
+        "lite0": str | null,            # the EfficientNet-Lite0 weights; null: no fd_lite0
         "processes": int
       },
       "images": int,                    # images measured
       "failed": [{"path": str, "reason": str}],   # skipped: unreadable, smaller than the crop
       "rfid": float | null,             # Fréchet Inception distance, >= 0 up to rounding
+      "fd_lite0": float | null,         # Fréchet distance of EfficientNet-Lite0 features:
+                                        #   NOT comparable with rFID (docs/eval.md)
       "lpips": float | null,            # mean over images
       "psnr": float | null,             # dB, of the MSE over all pixels (data range 2)
       "psnr_per_image_mean": float | null,
@@ -68,10 +71,11 @@ SPEC = Obj({
     "tokenizer": Str(), "data": Str(),
     "protocol": Obj({"size": Int(min=1), "preprocessing": Str(), "reconstruction": Str(),
                      "inception": Nullable(Str()), "reference": Str(),
-                     "lpips": Nullable(Str()), "processes": Int(min=1)}),
+                     "lpips": Nullable(Str()), "lite0": Nullable(Str()),
+                     "processes": Int(min=1)}),
     "images": Int(min=1),
     "failed": ListOf(Obj({"path": Str(), "reason": Str()})),
-    "rfid": Nullable(Float()), "lpips": Nullable(Float()),
+    "rfid": Nullable(Float()), "fd_lite0": Nullable(Float()), "lpips": Nullable(Float()),
     "psnr": Nullable(Float()), "psnr_per_image_mean": Nullable(Float()), "ssim": Float(),
     **_USAGE,
     "codebook_size": Int(min=1),

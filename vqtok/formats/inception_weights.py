@@ -23,7 +23,8 @@ from torch import Tensor
 
 from vqtok.formats.lpips_weights import read_state_dict
 from vqtok.formats.model_dir import file_sha256
-from vqtok.models.inception import IGNORED_KEYS, FIDInception, check_inception_weights
+from vqtok.models.frozen import without_ignored
+from vqtok.models.inception import FIDInception, check_inception_weights
 
 __all__ = ["FETCH_HINT", "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL",
            "load_inception", "read_inception_weights"]
@@ -47,7 +48,7 @@ def read_inception_weights(path: str | os.PathLike[str],
     else a one-line ValueError naming the file and what is wrong."""
     path = Path(path)
     tensors = read_state_dict(path, "FID Inception weights file")
-    tensors = {k: v for k, v in tensors.items() if k.rpartition(".")[2] not in IGNORED_KEYS}
+    tensors = without_ignored(tensors)
     try:
         check_inception_weights(tensors, str(path))
     except ValueError as err:

@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtok.models.lpips import key_mismatch
+from vqtok.models.frozen import (
+    Buffers,
+    batch_norm_buffers,
+    check_weights,
+    frozen_batch_norm,
+    without_ignored,
+)
 
 __all__ = [
     "INCEPTION_FEATURES",
@@ -45,8 +51,6 @@ INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 """Features per image: the global average pool after the last mixed block."""
 BN_EPS = 1e-3
-IGNORED_KEYS = ("num_batches_tracked",)
-"""Training bookkeeping some state dicts carry; not weights."""
 
 
 def resize_bilinear_tf1(x: Tensor, size: int) -> Tensor:
@@ -87,25 +91,12 @@ class ConvBN(nn.Module):
         super().__init__()
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.stride, self.padding = stride, padding
-        self.conv = _Buffers(weight=(c_out, c_in, kh, kw))
-        self.bn = _Buffers(weight=(c_out,), bias=(c_out,), running_mean=(c_out,),
-                           running_var=(c_out,))
+        self.conv = Buffers(weight=(c_out, c_in, kh, kw))
+        self.bn = batch_norm_buffers(c_out)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.conv2d(x, self.conv.weight, stride=self.stride, padding=self.padding)
-        bn = self.bn
-        x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                         training=False, eps=BN_EPS)
-        return F.relu(x)
-
-
-class _Buffers(nn.Module):
-    """Named fixed tensors of the given shapes (non-trainable, in the state dict)."""
-
-    def __init__(self, **shapes: tuple[int, ...]) -> None:
-        super().__init__()
-        for name, shape in shapes.items():
-            self.register_buffer(name, torch.zeros(shape))
+        return F.relu(frozen_batch_norm(x, self.bn, BN_EPS))
 
 
 # A mixed block is a list of towers whose outputs are concatenated along channels. A tower
@@ -211,7 +202,7 @@ class FIDInception(nn.Module):
     def __init__(self, weights: Mapping[str, Tensor]) -> None:
         super().__init__()
         self._layout()
-        weights = {k: v for k, v in weights.items() if k.rpartition(".")[2] not in IGNORED_KEYS}
+        weights = without_ignored(weights)
         check_inception_weights(weights, "FID Inception weights")
         self.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
         super().train(False)
@@ -234,7 +225,7 @@ class FIDInception(nn.Module):
         self.Mixed_7a = Mixed(_block_d())  # (B, 1280, 8, 8)
         self.Mixed_7b = Mixed(_block_e(1280, "avg"))  # 2048
         self.Mixed_7c = Mixed(_block_e(2048, "max"))  # 2048: TF's graph max-pools here
-        self.fc = _Buffers(weight=(1008, INCEPTION_FEATURES), bias=(1008,))  # unused logits
+        self.fc = Buffers(weight=(1008, INCEPTION_FEATURES), bias=(1008,))  # unused logits
 
     @classmethod
     def random(cls, seed: int = 0) -> FIDInception:
@@ -280,22 +271,9 @@ _SHAPES: dict[str, tuple[int, ...]] = {}
 
 def check_inception_weights(tensors: Mapping[str, Tensor], where: str) -> None:
     """Raise a one-line ValueError, naming ``where``, unless ``tensors`` holds exactly the
-    FID Inception tensors with their shapes and finite floating-point values (positive
-    running variances)."""
-    expected = inception_shapes()
-    mismatch = key_mismatch(expected, tensors)
-    if mismatch:
-        raise ValueError(f"{where}: not the FID Inception weights: {mismatch}")
-    for name, shape in expected.items():
-        value = tensors[name]
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise ValueError(f"{where}: {name} is not a floating-point tensor")
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}, expected {shape}")
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{where}: {name} holds NaN or infinite values")
-        if name.endswith("running_var") and bool((value < 0).any()):
-            raise ValueError(f"{where}: {name} has negative variances")
+    FID Inception tensors with their shapes and finite values
+    (:func:`vqtok.models.frozen.check_weights`)."""
+    check_weights(inception_shapes(), tensors, where, "FID Inception")
 
 
 def random_inception_weights(seed: int = 0) -> dict[str, Tensor]:
