@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 from vqtok.models.frozen import (
     Buffers,
+    FixedNetwork,
     batch_norm_buffers,
     check_weights,
     frozen_batch_norm,
-    without_ignored,
 )
 
 __all__ = ["LITE0_FEATURES", "LITE0_SIZE", "EfficientNetLite0", "check_lite0_weights",
@@ -88,7 +88,7 @@ class MBConv(nn.Module):
         return h + x if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(FixedNetwork):
     """uint8 images ``(B, 3, H, W)`` -> float32 features ``(B, 1280)`` (module doc).
 
     Args:
@@ -97,14 +97,7 @@ class EfficientNetLite0(nn.Module):
     """
 
     num_features = LITE0_FEATURES
-
-    def __init__(self, weights: Mapping[str, Tensor]) -> None:
-        super().__init__()
-        self._layout()
-        weights = without_ignored(weights)
-        check_lite0_weights(weights, "EfficientNet-Lite0 weights")
-        self.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
-        super().train(False)
+    what = "EfficientNet-Lite0"
 
     def _layout(self) -> None:
         self._conv_stem = Buffers(weight=(32, 3, 3, 3))
@@ -118,10 +111,6 @@ class EfficientNetLite0(nn.Module):
         self._conv_head = Buffers(weight=(LITE0_FEATURES, 320, 1, 1))
         self._bn1 = batch_norm_buffers(LITE0_FEATURES)
         self._fc = Buffers(weight=(1000, LITE0_FEATURES), bias=(1000,))  # unused logits
-
-    def train(self, mode: bool = True) -> EfficientNetLite0:
-        """Always eval: the network is a fixed function."""
-        return super().train(False)
 
     def features(self, x: Tensor) -> Tensor:
         """Float input already at the network's scale ``(x - 127) / 128`` -> ``(B, 1280)``."""
@@ -146,21 +135,13 @@ class EfficientNetLite0(nn.Module):
 
 def lite0_shapes() -> dict[str, tuple[int, ...]]:
     """Every tensor of the weights file, by name, with its shape."""
-    if not _SHAPES:
-        bare = EfficientNetLite0.__new__(EfficientNetLite0)
-        nn.Module.__init__(bare)
-        bare._layout()
-        _SHAPES.update({name: tuple(t.shape) for name, t in bare.state_dict().items()})
-    return dict(_SHAPES)
-
-
-_SHAPES: dict[str, tuple[int, ...]] = {}
+    return EfficientNetLite0.shapes()
 
 
 def check_lite0_weights(tensors: Mapping[str, Tensor], where: str) -> None:
     """A one-line ValueError, naming ``where``, unless ``tensors`` are the EfficientNet-Lite0
     weights by names, shapes and finite values."""
-    check_weights(lite0_shapes(), tensors, where, "EfficientNet-Lite0")
+    check_weights(EfficientNetLite0.shapes(), tensors, where, "EfficientNet-Lite0")
 
 
 def random_lite0_weights(seed: int = 0) -> dict[str, Tensor]:

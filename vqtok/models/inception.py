@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from vqtok.models.frozen import (
     Buffers,
+    FixedNetwork,
     batch_norm_buffers,
     check_weights,
     frozen_batch_norm,
-    without_ignored,
 )
 
 __all__ = [
@@ -187,7 +187,7 @@ class Mixed(nn.Module):
         return torch.cat(outputs, dim=1)
 
 
-class FIDInception(nn.Module):
+class FIDInception(FixedNetwork):
     """uint8 images ``(B, 3, H, W)`` -> float32 features ``(B, 2048)`` (module doc).
 
     Args:
@@ -198,14 +198,7 @@ class FIDInception(nn.Module):
     """
 
     num_features = INCEPTION_FEATURES
-
-    def __init__(self, weights: Mapping[str, Tensor]) -> None:
-        super().__init__()
-        self._layout()
-        weights = without_ignored(weights)
-        check_inception_weights(weights, "FID Inception weights")
-        self.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()})
-        super().train(False)
+    what = "FID Inception"
 
     def _layout(self) -> None:
         """The modules, with zero weights."""
@@ -233,10 +226,6 @@ class FIDInception(nn.Module):
         near the identity): for tests only; its features measure nothing."""
         return cls(random_inception_weights(seed))
 
-    def train(self, mode: bool = True) -> FIDInception:
-        """Always eval: the network is a fixed function."""
-        return super().train(False)
-
     @torch.inference_mode()
     def forward(self, images: Tensor) -> Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -258,22 +247,14 @@ class FIDInception(nn.Module):
 def inception_shapes() -> dict[str, tuple[int, ...]]:
     """Every tensor of the weights file, by name, with its shape (without the
     ``num_batches_tracked`` counters some files carry)."""
-    if not _SHAPES:
-        bare = FIDInception.__new__(FIDInception)
-        nn.Module.__init__(bare)
-        bare._layout()
-        _SHAPES.update({name: tuple(t.shape) for name, t in bare.state_dict().items()})
-    return dict(_SHAPES)
-
-
-_SHAPES: dict[str, tuple[int, ...]] = {}
+    return FIDInception.shapes()
 
 
 def check_inception_weights(tensors: Mapping[str, Tensor], where: str) -> None:
     """Raise a one-line ValueError, naming ``where``, unless ``tensors`` holds exactly the
     FID Inception tensors with their shapes and finite values
     (:func:`vqtok.models.frozen.check_weights`)."""
-    check_weights(inception_shapes(), tensors, where, "FID Inception")
+    check_weights(FIDInception.shapes(), tensors, where, "FID Inception")
 
 
 def random_inception_weights(seed: int = 0) -> dict[str, Tensor]:
