@@ -2,13 +2,15 @@
 available here, on one and on two processes (benchmarks/RESULTS_eval.md).
 
 The photos: the two of ``vqtok/data/photos/test`` and every photo of ``--eval DIR`` (none
-of them a training photo). Each tokenizer is measured once on one process and once on two
-(Lightning DDP, gloo), as the command runs (a new process each), and the JSON of both and
-their wall times go into the table, with the machine's load average.
+of them a training photo). Each shipped tokenizer is measured once on one process and once
+on two (Lightning DDP, gloo), as the command runs (a new process each); each ``--recipe
+DIR`` (the ``out`` folder of ``benchmarks/recipe.py train``, holding ``with/`` and
+``without/``) adds its two variants on one process. The JSON and wall time of each run go
+into the table, with the machine's load average.
 
 Run::
 
-    .venv/bin/python benchmarks/eval_photos.py --eval PHOTO_DIR
+    .venv/bin/python benchmarks/eval_photos.py --eval PHOTO_DIR [--recipe runs/bench_recipe]
 """
 
 from __future__ import annotations
@@ -46,20 +48,45 @@ def num(value: float | None, spec: str) -> str:
     return "null" if value is None else f"{value:{spec}}"
 
 
+def recipe_text(recipe: Path | None) -> str:
+    """What the table says of the recipe variants, and how long they trained."""
+    if recipe is None:
+        return ("The recipe variants of `benchmarks/RESULTS_recipe.md` "
+                "(`experiments/photos_vqgan.yaml` with and without the discriminator) are not "
+                "in this table: their tokenizers are not shipped. `benchmarks/recipe.py "
+                "train` and then this script with `--recipe` add them.")
+    records = {v: json.loads((recipe / v / "steps.json").read_text())
+               for v in ("without", "with")}
+    w = records["with"]
+    return (f"The recipe variants (`{recipe}/without|with/tokenizer`) are "
+            f"`experiments/photos_vqgan.yaml` trained by `benchmarks/recipe.py train` for "
+            f"{w['steps']} steps each (the discriminator from step {w['disc_start']}), the "
+            f"same seed and batches: a much shorter schedule than the 3,000 steps of "
+            f"`benchmarks/RESULTS_recipe.md`, so these rows compare the two variants with "
+            f"each other, not with the shipped tokenizer.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval", required=True, help="folder of held-out photos")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_eval")
+    parser.add_argument("--recipe", type=Path, default=None,
+                        help="benchmarks/recipe.py's out folder: evaluate its two variants")
     args = parser.parse_args()
     data = ["vqtok/data/photos/test", args.eval]
     args.work.mkdir(parents=True, exist_ok=True)
     rows, details, loads = [], [], []
-    for tokenizer in TOKENIZERS:
+    runs = [(t, (1, 2)) for t in TOKENIZERS]
+    if args.recipe is not None:
+        runs += [(str(args.recipe / v / "tokenizer"), (1,)) for v in ("without", "with")]
+    for tokenizer, processes in runs:
         docs = {}
-        for devices in (1, 2):
+        for devices in processes:
             loads.append(os.getloadavg()[0])
-            doc, seconds = run_eval(tokenizer, data, args.work / f"{Path(tokenizer).name}-"
-                                    f"{devices}.json", devices)
+            name = Path(tokenizer).parent.name if Path(tokenizer).name == "tokenizer" else (
+                Path(tokenizer).name)
+            doc, seconds = run_eval(tokenizer, data, args.work / f"{name}-{devices}.json",
+                                    devices)
             loads.append(os.getloadavg()[0])
             docs[devices] = (doc, seconds)
         for devices, (d, seconds) in docs.items():
@@ -69,7 +96,12 @@ def main() -> None:
                 f"{num(d['psnr'], '.3f')} | {num(d['psnr_per_image_mean'], '.3f')} | "
                 f"{num(d['ssim'], '.4f')} | {d['usage']:.1%} | {d['perplexity']:.1f} | "
                 f"{d['normalized_entropy']:.4f} | {d['tokens']:,} | {seconds:.0f} |")
-        one, two = docs[1][0], docs[2][0]
+        one = docs[1][0]
+        details.append(f"- {tokenizer}, worst by PSNR (dB): " + ", ".join(
+            f"{w['name']} {w['psnr']:.2f}" for w in one["worst"]) + ".")
+        if 2 not in docs:
+            continue
+        two = docs[2][0]
         same = {k: one[k] == two[k] for k in ("images", "tokens", "dead_codes", "usage",
                                               "perplexity", "failed")}
         rel = {k: abs(one[k] - two[k]) / abs(one[k]) for k in ("fd_lite0", "psnr", "ssim")
@@ -81,8 +113,6 @@ def main() -> None:
                if not all(same.values()) else "")
             + "; relative differences "
             + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()) + ".")
-        details.append("- worst by PSNR (dB): " + ", ".join(
-            f"{w['name']} {w['psnr']:.2f}" for w in one["worst"]) + ".")
         details += [f"- note: {n}" for n in one["notes"]]
     text = f"""# `vqtok eval` of the shipped photo tokenizers
 
@@ -105,10 +135,7 @@ of the whole command (start-up, Lightning, loading the networks).
 
 {chr(10).join(details)}
 
-The recipe variants of `benchmarks/RESULTS_recipe.md` (`experiments/photos_vqgan.yaml` with
-and without the discriminator) are not in this table: their tokenizers are not shipped,
-and retraining them takes about 45 minutes of two cores each. `benchmarks/recipe.py train`
-then `vqtok eval --tokenizer runs/bench_recipe/VARIANT/tokenizer --data ...` adds them.
+{recipe_text(args.recipe)}
 """
     OUT.write_text(text)
     print(text)

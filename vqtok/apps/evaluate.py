@@ -164,9 +164,10 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
 
     ``inception``, ``lpips`` and ``lite0``: networks to use instead of the weights files
     (tests give random ones; a feature network may be any module from uint8 images
-    ``(B, 3, H, W)`` to features ``(B, D)`` with an attribute ``num_features = D``). Returns the result on the process of global rank 0 and None on the
-    others. Everything a user can get wrong (the tokenizer, the data, the weights and
-    statistics files, the output) is checked before any image is measured."""
+    ``(B, 3, H, W)`` to features ``(B, D)`` with an attribute ``num_features = D``).
+    Returns the result on the process of global rank 0 and None on the others. Everything
+    a user can get wrong (the tokenizer, the data, the weights and statistics files, the
+    output) is checked before any image is measured."""
     check_positive(size=options.size, batch_size=options.batch_size, worst=options.worst,
                    devices=options.devices)
     tokenizer = load_tokenizer(options.tokenizer)
@@ -205,8 +206,8 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
 
     dataset = EvalImages([path for path, _ in files], options.size, tokenizer.channels)
     module = EvalModule(tokenizer, options.tokenizer, dataset, inception=inception,
-                        lpips=lpips, lite0=lite0, reference=reference, batch_size=options.batch_size,
-                        workers=options.workers)
+                        lpips=lpips, lite0=lite0, reference=reference,
+                        batch_size=options.batch_size, workers=options.workers)
     trainer = pl.Trainer(accelerator=options.accelerator, devices=options.devices,
                          strategy=options.strategy, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, use_distributed_sampler=False,
@@ -221,7 +222,8 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
                          f"{failed[0]['path']}: {failed[0]['reason']})")
     if measured.images < 2 and (inception is not None or lite0 is not None):
         notes.append("rfid and fd_lite0 are null: a covariance needs at least 2 images")
-    worst = [{"name": files[i][1], "psnr": _finite(v)} for i, v in measured.worst[:options.worst]]
+    worst = [{"name": files[i][1], "psnr": _finite(v)}
+             for i, v in measured.worst[:options.worst]]
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vqtok_version": vqtok_version(),
         "tokenizer": str(options.tokenizer),
