@@ -113,7 +113,6 @@ def main() -> None:
                if not all(same.values()) else "")
             + "; relative differences "
             + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()) + ".")
-        details += [f"- note: {n}" for n in one["notes"]]
     text = f"""# `vqtok eval` of the shipped photo tokenizers
 
 Written by `benchmarks/eval_photos.py`. The {docs[1][0]['images']} held-out photos: the 2 of
