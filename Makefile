@@ -23,6 +23,13 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e ".[dev]"
 	$(PIP_INSTALL) --no-deps "taming-transformers==0.0.1"
+	# The reference the FID Inception tests compare against (docs/eval.md): torch-fidelity
+	# without its dependencies (it requires torchvision, which cannot install beside the
+	# pinned torch), in a folder of its own off the import path: installed beside
+	# torchmetrics, torchmetrics would import it, and with it torchvision, on every import.
+	# The tests load its one torch-only file by path; likewise efficientnet_lite_pytorch's.
+	$(PIP_INSTALL) --no-deps --upgrade --target $(VENV)/reference "torch-fidelity==0.4.0" \
+		"efficientnet-lite-pytorch==0.1.0"
 	touch $@
 
 $(BENCH_STAMP): $(STAMP)

@@ -8,6 +8,7 @@ CI and tests/apps/test_demo.py run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -47,7 +48,7 @@ COMMAND_TIMEOUT_S = 4 * 3600
 def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 2
     assert {words[1] for words in COMMANDS} >= {"data", "fit", "export", "encode", "decode",
-                                                "generate", "lm", "report"}
+                                                "generate", "lm", "report", "eval"}
     assert {words[0] for words in SHELL} == {"make", ".venv/bin/vqtok"}
 
 
@@ -95,6 +96,7 @@ def run_commands(tmp: Path, short: bool) -> None:
     with Image.open(repo / "bag.gif") as gif:  # `vqtok generate --video --frames 9`
         assert gif.format == "GIF" and gif.n_frames == 9
     assert (repo / "report.html").is_file() and (repo / "measured.json").is_file()
+    assert json.loads((repo / "eval.json").read_text())["images"] == 2  # `vqtok eval`
     assert _git_status() == status_before  # nothing written into the real repository
 
 

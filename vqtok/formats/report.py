@@ -48,7 +48,11 @@ present; ``null`` only where the type says so. Floats are finite.
           "nn_distance_median": float | null
         },
         "samples": {"source": str | null, "count": int},   # reconstructed images
-        "notes": [str]                      # what was skipped, and why
+        "notes": [str],                     # what was skipped, and why
+        "eval": {                           # only when the run directory holds an eval.json
+          "path": str, "data": str, "size": int, "images": int,   # (vqtok eval, eval.md)
+          "rfid": float | null, "lpips": float | null, "psnr": float | null,
+          "ssim": float, "usage": float, "perplexity": float, "tokens": int}
       }],
       "comparison": {
         "runs": int,
@@ -100,7 +104,13 @@ _RUN = Obj({
                      "nn_distance_median": Nullable(Float())}),
     "samples": Obj({"source": Nullable(Str()), "count": Int(min=0)}),
     "notes": ListOf(Str()),
-})
+}, optional={"eval": Obj({
+    "path": Str(), "data": Str(), "size": Int(min=1), "images": Int(min=1),
+    "rfid": Nullable(Float()), "lpips": Nullable(Float()), "psnr": Nullable(Float()),
+    "ssim": Float(), "usage": Float(min=0, max=1), "perplexity": Float(), "tokens": Int(min=1)})})
+EVAL_KEYS = ("path", "data", "size", "images", "rfid", "lpips", "psnr", "ssim", "usage",
+             "perplexity", "tokens")
+"""What a report shows of a run's ``eval.json``."""
 SPEC = Obj({
     "format": Const(FORMAT, "a vqtok report"),
     "format_version": Version(FORMAT_VERSION),

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
+
+from vqtok.models.frozen import check_weights
 
 LPIPS_MARKER = "vqtok.format"  # the safetensors metadata key every vqtok weights file sets
 LPIPS_FORMAT = "lpips-vgg16"
@@ -74,36 +76,11 @@ def lpips_shapes() -> dict[str, tuple[int, ...]]:
 def check_lpips_weights(tensors: Mapping[str, Tensor], where: str) -> None:
     """Raise a one-line ValueError, naming ``where``, unless ``tensors`` holds exactly the
     LPIPS tensors with their shapes, finite floating-point values and non-negative heads."""
-    expected = lpips_shapes()
-    mismatch = key_mismatch(expected, tensors)
-    if mismatch:
-        raise ValueError(f"{where}: not LPIPS (VGG16) weights: {mismatch}")
-    for name, shape in expected.items():
-        value = tensors[name]
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise ValueError(f"{where}: {name} is not a floating-point tensor")
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}, expected {shape}")
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{where}: {name} holds NaN or infinite values")
-        if name.startswith("heads.") and bool((value < 0).any()):
+    check_weights(lpips_shapes(), tensors, where, "LPIPS (VGG16)")
+    for name in lpips_shapes():
+        if name.startswith("heads.") and bool((tensors[name] < 0).any()):
             raise ValueError(f"{where}: {name} has negative weights; LPIPS heads are "
                              f"non-negative")
-
-
-def key_mismatch(expected: Iterable[str], found: Iterable[str]) -> str:
-    """``"missing a, b; unexpected c"`` for the names of ``expected`` not ``found`` and the
-    other way round (the first few of each); empty when the two sets are equal."""
-    expected, found = list(expected), list(found)
-    expected_set, found_set = set(expected), set(found)
-    missing = [k for k in expected if k not in found_set]
-    unexpected = sorted(k for k in found if k not in expected_set)
-
-    def few(names: list[str]) -> str:
-        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-    return "; ".join([f"missing {few(missing)}"] * bool(missing)
-                     + [f"unexpected {few(unexpected)}"] * bool(unexpected))
 
 
 class _Frozen(nn.Module):

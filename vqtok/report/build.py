@@ -20,6 +20,7 @@ import numpy as np
 
 from vqtok.formats import report as report_format
 from vqtok.formats.atomic import atomic_write_bytes
+from vqtok.formats.eval_result import read_eval
 from vqtok.formats.outputs import check_outputs
 from vqtok.report import plots
 from vqtok.report.analysis import (
@@ -185,7 +186,21 @@ def analyse_run(run: RunHistory, *, data: str | Path | None = None, image_size: 
         "final": final, "validations": run.validations, "train": run.train,
         "codebook": book, "samples": sample_info, "notes": notes,
     }
+    evaluation = run.path / EVAL_NAME
+    if run.source == "history" and evaluation.is_file():
+        doc["eval"] = eval_summary(evaluation)
     return doc, figures
+
+
+EVAL_NAME = "eval.json"
+"""A ``vqtok eval`` result in a run directory, shown beside the run's history."""
+
+
+def eval_summary(path: Path) -> dict[str, Any]:
+    """The numbers of the ``eval.json`` at ``path`` that a report shows."""
+    doc = read_eval(path)
+    return {"path": str(path), "data": doc["data"], "size": doc["protocol"]["size"],
+            **{k: doc[k] for k in report_format.EVAL_KEYS if k not in ("path", "data", "size")}}
 
 
 def _stage_verdicts(counts: np.ndarray, run: RunHistory, notes: list[str]) -> Verdict:

@@ -82,6 +82,8 @@ def _run_section(index: int, run: dict[str, Any], figures: Sequence[Figure]) -> 
          f"point(s)</p>"),
         _metrics_table([run], with_name=False),
     ]
+    if "eval" in run:
+        parts.append(_eval_table(run["eval"]))
     book = run["codebook"]
     if book["duplicate_codes"] is not None:
         parts.append(
@@ -92,6 +94,18 @@ def _run_section(index: int, run: dict[str, Any], figures: Sequence[Figure]) -> 
     parts += [f'<p class="note">{_e(n)}</p>' for n in run["notes"]]
     parts += [_img(f) for f in figures]
     return "\n".join(parts)
+
+
+def _eval_table(ev: dict[str, Any]) -> str:
+    """A run's ``vqtok eval`` numbers beside its training history."""
+    head = ["vqtok eval on", "images", "size", "rFID", "LPIPS", "PSNR (dB)", "SSIM", "usage",
+            "perplexity"]
+    cells = [_e(ev["data"]), f"{ev['images']:,}", f"{ev['size']}", _num(ev["rfid"], "{:.3f}"),
+             _num(ev["lpips"], "{:.4f}"), _num(ev["psnr"], "{:.2f}"), _num(ev["ssim"], "{:.3f}"),
+             percent(ev["usage"]), _num(ev["perplexity"], "{:,.1f}")]
+    return ('<table><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr><tr>"
+            + "".join(f"<td>{c}</td>" for c in cells) + "</tr></table>"
+            + f'<p class="small">from {_e(ev["path"])} (docs/eval.md; - : no weights)</p>')
 
 
 def _legend() -> str:

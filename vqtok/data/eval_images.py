@@ -1,0 +1,88 @@
+"""The images ``vqtok eval`` measures a tokenizer on, preprocessed by one pinned rule
+(docs/eval.md#preprocessing).
+
+An image file becomes ``size x size`` pixels as ADM's evaluation data and LlamaGen's
+reconstruction evaluation prepare ImageNet (Dhariwal and Nichol 2021, their
+``center_crop_arr``): while the shorter side is at least twice ``size``, halve both sides
+with a box filter (rounding down); then scale so the shorter side is ``size`` with
+Pillow's bicubic filter (sides rounded to the nearest integer); then cut the central
+``size x size`` square (offsets rounded down). An image whose shorter side is under
+``size`` is refused rather than enlarged: upscaled pixels are not an image of the
+data set. Pixels come from :func:`vqtok.formats.images.to_uint8_pixels` (alpha on white,
+grey repeated to RGB), in the tokenizer's channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vqtok.formats.images import load_image, to_uint8_pixels
+from vqtok.formats.inputs import check_regular_file
+from vqtok.validation import check_positive
+
+
+class ImageTooSmallError(ValueError):
+    """An image whose shorter side is under the evaluation size."""
+
+
+def center_crop_adm(image: Image.Image, size: int) -> Image.Image:
+    """``image`` as a ``size x size`` square by the rule of the module doc (box halvings,
+    bicubic to the shorter side, centre crop). Raises :class:`ImageTooSmallError` for an
+    image with a side under ``size``."""
+    check_positive(size=size)
+    if min(image.size) < size:
+        raise ImageTooSmallError(f"{image.size[0]} x {image.size[1]} pixels, smaller than the "
+                                 f"{size} x {size} crop (images are not enlarged)")
+    while min(image.size) >= 2 * size:
+        image = image.resize((image.size[0] // 2, image.size[1] // 2), Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)),
+                         Image.Resampling.BICUBIC)
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class EvalImages(Dataset):
+    """Image files as ``(index, uint8 pixels (channels, size, size))``, or ``(index,
+    reason)`` for a file that cannot be read or is smaller than the crop (the caller lists
+    it and goes on).
+
+    Args:
+        files: the image paths, in the order the results are reported.
+        size: the side of the square crop (module doc).
+        channels: 3 (RGB) or 1 (grey), the tokenizer's.
+    """
+
+    def __init__(self, files: Sequence[Path], size: int, channels: int) -> None:
+        check_positive(size=size)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        self.files, self.size, self.channels = list(files), size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | str]:
+        path = self.files[index]
+        try:
+            check_regular_file(path)
+            pixels = to_uint8_pixels(load_image(path), self.channels)  # (H, W, C)
+            mode = "L" if self.channels == 1 else "RGB"
+            square = center_crop_adm(Image.fromarray(pixels[..., 0] if self.channels == 1
+                                                     else pixels, mode), self.size)
+        except Exception as err:  # noqa: BLE001 - any failure skips the file only
+            return index, str(err).removeprefix(f"{path}: ") or type(err).__name__
+        array = np.asarray(square, dtype=np.uint8).reshape(self.size, self.size, self.channels)
+        return index, torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def collate_as_list(items: list) -> list:
+    """A batch as the list of its items (failures and pixels side by side)."""
+    return items
