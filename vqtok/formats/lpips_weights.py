@@ -26,12 +26,12 @@ from torch import Tensor
 
 from vqtok.formats.atomic import atomic_write_bytes
 from vqtok.formats.model_dir import file_sha256
+from vqtok.models.frozen import key_mismatch
 from vqtok.models.lpips import (
     LPIPS_FORMAT,
     LPIPS_MARKER,
     TAP_CHANNELS,
     check_lpips_weights,
-    key_mismatch,
     lpips_shapes,
 )
 from vqtok.version import vqtok_version
