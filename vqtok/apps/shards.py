@@ -188,13 +188,16 @@ def encode_shards(
         "tokenizer": tok_record, "inputs": input_record, "shard_size": shard_size,
         "id_dtype": dtype.name, "rows": 0, "tokens": 0, "grids": [], "failed": [], "shards": [],
     }
-    fresh = _check_out(out, manifest, overwrite)  # every rank: the same verdict
     problem = None
-    if rank == 0:
-        problem = _attempt(lambda: _prepare(out, manifest, fresh))
+    if rank == 0:  # judges and prepares the folder; the other ranks wait for its verdict
+        try:
+            _prepare(out, manifest, _check_out(out, manifest, overwrite))
+        except (OSError, ValueError) as err:
+            problem = (isinstance(err, ValueError), str(err) or type(err).__name__)
     problems = [p for p in gather(problem) if p]
     if problems:
-        raise OSError(problems[0])
+        refused, text = problems[0]
+        raise (ValueError if refused else OSError)(text)
 
     done = _done_parts(out, run)
     mine = [s for s in sources if s.index % world == rank and not _source_done(s, done)]
@@ -239,7 +242,7 @@ def _check_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
     if overwrite:
         return True
     if not (out / fmt.MANIFEST_NAME).is_file():
-        if any(out.iterdir()):
+        if any(not p.name.startswith(f".{fmt.MANIFEST_NAME}.tmp-") for p in out.iterdir()):
             raise ValueError(f"{out} holds files but no {fmt.MANIFEST_NAME}: not a vqtok token "
                              f"dataset; choose another --out, or pass --overwrite to replace it")
         return True
@@ -254,14 +257,16 @@ def _check_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> bool:
                          f"{old['tokenizer']['fingerprint'][:12]}, this one "
                          f"{manifest['tokenizer']['fingerprint'][:12]}); choose another --out, "
                          f"or pass --overwrite to replace them")
+    if old["shard_size"] != manifest["shard_size"]:
+        raise ValueError(f"{out} was written with --shard-size {old['shard_size']}; rerun with "
+                         f"it, or pass --overwrite to start again")
     if old["inputs"] != manifest["inputs"]:
         was, now = old["inputs"], manifest["inputs"]
         raise ValueError(f"{out} was written from other inputs ({was['files']:,} files and "
                          f"{was['tars']:,} tars; now {now['files']:,} and {now['tars']:,}, or "
                          f"their names or sizes changed); rerun with the same inputs, or pass "
                          f"--overwrite to start again")
-    raise ValueError(f"{out} was written with --shard-size {old['shard_size']}; rerun with it, "
-                     f"or pass --overwrite to start again")
+    raise ValueError(f"{out} was written by another run; pass --overwrite to start again")
 
 
 def _prepare(out: Path, manifest: dict[str, Any], fresh: bool) -> None:
@@ -271,8 +276,8 @@ def _prepare(out: Path, manifest: dict[str, Any], fresh: bool) -> None:
         return
     if out.is_dir() and any(out.iterdir()):  # --overwrite: replace it
         shutil.rmtree(out)
-    (out / fmt.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    fmt.write_manifest(out, manifest)
+    fmt.write_manifest(out, manifest)  # first: a folder with a manifest is a dataset
+    (out / fmt.SHARDS_DIR).mkdir(exist_ok=True)
 
 
 _SHARD_FILE = re.compile(r"(\d{6})-(\d{5})\.parquet")
@@ -455,12 +460,13 @@ class _Writer:
                 if part.last:
                     break
                 continue
-            yield part
-            for j, sample in enumerate(members):
+            for sample in members:  # the whole part is known before its first result
                 name = sample.image_name or sample.key
                 part.names.append(name)
                 part.sources.append(f"{source.tar}:{name}")
                 part.captions.append(sample.caption)
+            yield part
+            for j, sample in enumerate(members):
                 yield j, _sample_pixels(sample, source.tar, tokenizer)
             yield FLUSH
             part_index, item = part_index + 1, item + len(members)

@@ -49,6 +49,8 @@ class NamedBytes(io.BytesIO):
     def __str__(self) -> str:
         return self.name
 
+    __repr__ = __str__
+
 
 @dataclass
 class TarSample:
@@ -91,7 +93,8 @@ def tar_samples(path: str | os.PathLike[str], errors: list[str]) -> Iterator[Tar
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     def keep_going(err: Exception) -> bool:
-        errors.append(f"{path}: the tar breaks off ({type(err).__name__}: {err.args[0]})")
+        reason = str(err.args[0] if err.args else err).split(" @ ")[0]  # less the stream
+        errors.append(f"{path}: the tar breaks off ({type(err).__name__}: {reason})")
         return False  # stop reading this tar
 
     with open(path, "rb") as stream:
