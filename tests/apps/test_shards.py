@@ -363,3 +363,34 @@ def test_a_full_disk_stops_with_one_line_and_complete_shards(tmp_path: Path) -> 
             image = np.asarray(Image.open(images / name))
             assert np.array_equal(ids, tok.encode(image)[0].numpy())
     assert len(shards) < 30
+
+
+def test_clips_with_captions_into_shards(tmp_path: Path) -> None:
+    from tests.test_video_tokenizer import clip, video_model
+    from vqtok import VideoTokenizer
+    from vqtok.formats.videos import save_gif
+
+    tok_dir = VideoTokenizer(video_model()).save_pretrained(tmp_path / "tok")
+    tok = VideoTokenizer.from_pretrained(tok_dir)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    clips = {f"c{i}.gif": clip(9 if i % 2 else 5, seed=i) for i in range(3)}
+    for name, x in clips.items():
+        save_gif(x, folder / name)
+    (folder / "c1.txt").write_text("a square moving right")
+    (folder / "bad.gif").write_bytes(b"GIF89a broken")
+    out = tmp_path / "tokens"
+    assert main(["encode", str(folder), "--tokenizer", str(tok_dir), "--out", str(out),
+                 "--shard-size", "2", "--quiet"]) == 1  # bad.gif failed, the rest is there
+    dataset = fmt.TokenShards(out)
+    dataset.verify()
+    assert dataset.manifest["tokenizer"]["kind"] == "video"
+    assert [f[0] for f in dataset.manifest["failed"]] == [str(folder / "bad.gif")]
+    rows = {n: (ids, cap, frames) for shard in dataset
+            for n, ids, cap, frames in zip(shard.names, shard.ids, shard.captions, shard.frames)}
+    assert sorted(rows) == sorted(clips)
+    for name, x in clips.items():
+        ids, caption, frames = rows[name]
+        assert frames == len(x) and ids.shape == (1 + (len(x) - 1) // 4, 4, 4)
+        assert np.array_equal(ids, tok.encode(x).numpy())
+        assert caption == ("a square moving right" if name == "c1.gif" else None)
