@@ -243,3 +243,28 @@ def test_thirty_steps_each_from_a_tar(tmp_path: Path, tars: list[Path]) -> None:
     """The acceptance run: 30 steps of `vqtok fit` on the tar, 30 of `vqtok decoder fit`
     on its token dataset."""
     _tar_to_language_model(tmp_path, tars, steps=30)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_datamodule_loader_resumes_mid_epoch(tars: list[Path], workers: int) -> None:
+    """torchdata's StatefulDataLoader saves the stream's state (per worker) and a new
+    loader restored from it serves the batches the first would have served next."""
+    from vqtok.training.data import WebDatasetDataModule
+
+    def loader():
+        data = WebDatasetDataModule([str(t) for t in tars], size=16, batch_size=3,
+                                    train_samples=24, shuffle_buffer=6, num_workers=workers)
+        data.setup("fit")
+        return data.train_dataloader()
+
+    whole = [x for x, _ in loader()]
+    assert len(whole) == 8 and whole[0].shape == (3, 3, 16, 16)
+    first = loader()
+    it = iter(first)
+    head = [next(it)[0] for _ in range(3)]
+    state = first.state_dict()
+    second = loader()
+    second.load_state_dict(state)
+    tail = [x for x, _ in second]
+    assert len(head) + len(tail) == 8
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, whole))
