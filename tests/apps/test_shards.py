@@ -394,3 +394,42 @@ def test_clips_with_captions_into_shards(tmp_path: Path) -> None:
         assert frames == len(x) and ids.shape == (1 + (len(x) - 1) // 4, 4, 4)
         assert np.array_equal(ids, tok.encode(x).numpy())
         assert caption == ("a square moving right" if name == "c1.gif" else None)
+
+
+def test_a_failed_write_stops_the_run_and_a_rerun_finishes_it(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """ENOSPC simulated in the shard writer (the tmpfs test above is the real one), then the
+    same command again: the dataset equals an uninterrupted run's."""
+    import errno
+
+    from vqtok.apps.shards import encode_shards
+
+    tok_dir = tmp_path / "tok"
+    ImageTokenizer(tiny_model()).save_pretrained(tok_dir)
+    tok = ImageTokenizer.from_pretrained(tok_dir)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        Image.fromarray(rgb(i)).save(images / f"{i:03d}.png")
+    whole = tmp_path / "whole"
+    encode_shards([images], tok, tok_dir, whole, 8, progress=False)
+    writes = []
+    real = fmt.atomic_write_bytes
+
+    def full_after_two(path, data):
+        writes.append(path)
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(fmt, "atomic_write_bytes", full_after_two)
+    out = tmp_path / "tokens"
+    with pytest.raises(OSError, match="No space left on device.*rerun the same command"):
+        encode_shards([images], tok, tok_dir, out, 8, progress=False)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "000000-00000.parquet", "000001-00000.parquet"]
+    assert not fmt.read_manifest(out)["complete"]
+    monkeypatch.undo()
+    summary = encode_shards([images], tok, tok_dir, out, 8, progress=False)
+    assert (summary.written, summary.encoded, summary.shards) == (3, 24, 5)
+    assert files_of(out) == files_of(whole)
