@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode images (or clips, with a video tokenizer) to "
                        "token ids (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively); "
-                   "with a video tokenizer: animated GIFs, frame folders, or folders of them")
+                   "with --shard-size also webdataset tars (*.tar); with a video tokenizer: "
+                   "animated GIFs, frame folders, or folders of them")
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read images while the model runs (default: one per "
