@@ -433,3 +433,17 @@ def test_a_failed_write_stops_the_run_and_a_rerun_finishes_it(tmp_path: Path,
     summary = encode_shards([images], tok, tok_dir, out, 8, progress=False)
     assert (summary.written, summary.encoded, summary.shards) == (3, 24, 5)
     assert files_of(out) == files_of(whole)
+
+
+def test_tars_and_processes_need_shard_size(tmp_path: Path, capsys) -> None:
+    tar = write_tar(tmp_path / "a.tar", [("0.png", png_bytes(rgb(0)))])
+    tok_dir = ImageTokenizer(tiny_model()).save_pretrained(tmp_path / "tok")
+    common = ["--tokenizer", str(tok_dir), "--out", str(tmp_path / "t.npz"), "--quiet"]
+    assert main(["encode", str(tar), *common]) == 2
+    assert "add --shard-size N" in capsys.readouterr().err
+    assert main(["encode", str(tok_dir), "--devices", "2", *common]) == 2
+    assert "need --shard-size" in capsys.readouterr().err
+    assert main(["encode", str(tar), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "d"),
+                 "--shard-size", "0", "--quiet"]) == 2
+    assert "shard_size must be a positive int, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "t.npz").exists() and not (tmp_path / "d").exists()
