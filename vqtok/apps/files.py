@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -180,7 +181,7 @@ bucket is encoded."""
 FLUSH = None
 """In the stream given to :func:`encode_pixels`: encode every image still waiting now."""
 
-Pixels = torch.Tensor | str | Callable[[], torch.Tensor]
+Pixels = torch.Tensor | str | Callable[[], Image.Image]
 """An item of :func:`encode_pixels`: uint8 pixels ``(C, H, W)``, the reason the item
 failed, or a function that reads a large image when its turn comes."""
 
@@ -213,7 +214,7 @@ def encode_pixels(tokenizer: ImageTokenizer, items: Iterable[tuple[int, Pixels] 
         i, pixels = item
         if callable(pixels):  # a large image: read it here, now, and encode it alone
             try:
-                pixels = pixels()
+                pixels = tokenizer.pixels(pixels())
             except Exception as err:  # noqa: BLE001 - any failure skips the item only
                 pixels = str(err) or type(err).__name__
             if not isinstance(pixels, str):
@@ -283,16 +284,11 @@ class _FileChunks(Dataset):
                 image = load_image(path, max_pixels=ALONE_PIXELS if alone else budget)
                 chunk.append((i, self.tokenizer.pixels(image)))
             except TooManyPixelsError as err:  # judged from the header, nothing decoded
-                chunk.append((i, functools.partial(_read_alone, self.tokenizer, path))
+                chunk.append((i, functools.partial(load_image, path, max_pixels=budget))
                              if alone else (i, str(err)))
             except Exception as err:  # noqa: BLE001 - any failure skips the file only
                 chunk.append((i, str(err) or type(err).__name__))
         return chunk
-
-
-def _read_alone(tokenizer: ImageTokenizer, path: Path) -> torch.Tensor:
-    """The pixels of a large image, read when its turn comes (within the budget)."""
-    return tokenizer.pixels(load_image(path, max_pixels=tokenizer.max_pixels))
 
 
 def _as_is(chunk: list) -> list:
