@@ -133,9 +133,8 @@ def encode_files(
                            overwrite=overwrite)
     done: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
     failed: dict[int, tuple[str, str]] = {}
-    loader = file_loader(files, tokenizer, workers)
     with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
-        items = (item for chunk in loader for item in chunk)
+        items = (item for chunk in file_chunks(files, tokenizer, workers) for item in chunk)
         for i, result in encode_pixels(tokenizer, items, batch_size):
             if isinstance(result, str):
                 failed[i] = (str(files[i][0]), skip_reason(files[i][0], result))
@@ -243,21 +242,26 @@ def skip_reason(path: object, reason: str) -> str:
     return reason
 
 
-def file_loader(files: list[tuple[Path, str]], tokenizer: ImageTokenizer,
-                workers: int | None, chunks: Sequence[range] | None = None) -> DataLoader:
-    """A loader of ``files`` (``(path, name)``) as lists of :func:`encode_pixels` items, read
-    by ``workers`` processes (default: :func:`default_workers`), :data:`LOAD_CHUNK` files
-    per list, or the index ranges ``chunks``, in order."""
+def file_chunks(files: list[tuple[Path, str]], tokenizer: ImageTokenizer,
+                workers: int | None, chunks: Sequence[range] | None = None
+                ) -> Iterator[list[tuple[int, Pixels]]]:
+    """``files`` (``(path, name)``) as lists of :func:`encode_pixels` items, in order, read by
+    ``workers`` loader processes (default: :func:`default_workers`), :data:`LOAD_CHUNK`
+    files per list, or the index ranges ``chunks``. An image over :data:`ALONE_PIXELS`
+    comes as a function that reads it in this process."""
     if workers is None:
         workers = default_workers(len(files))
-    return DataLoader(_FileChunks(files, tokenizer, chunks), batch_size=None,
-                      num_workers=workers, collate_fn=_as_is,
-                      prefetch_factor=2 if workers else None)
+    loader = DataLoader(_FileChunks(files, tokenizer, chunks), batch_size=None,
+                        num_workers=workers, collate_fn=_as_is,
+                        prefetch_factor=2 if workers else None)
+    for chunk in loader:
+        yield [(i, functools.partial(load_image, files[i][0], max_pixels=tokenizer.max_pixels)
+                if pixels is None else pixels) for i, pixels in chunk]
 
 
 class _FileChunks(Dataset):
     """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
-    a function that reads an image over ALONE_PIXELS), ...]``, read in a loader worker. A
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker. A
     folder entry that is not a regular file (a named pipe would block the read forever)
     fails unopened. The chunks are ``chunks`` (index ranges), else :data:`LOAD_CHUNK`
     files each."""
@@ -272,10 +276,10 @@ class _FileChunks(Dataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, k: int) -> list[tuple[int, Pixels]]:
+    def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str | None]]:
         budget = self.tokenizer.max_pixels
         alone = budget is None or budget > ALONE_PIXELS  # can a file be large but allowed?
-        chunk: list[tuple[int, Pixels]] = []
+        chunk: list[tuple[int, torch.Tensor | str | None]] = []
         for i in self.chunks[k]:
             path, name = self.files[i]
             try:
@@ -284,8 +288,7 @@ class _FileChunks(Dataset):
                 image = load_image(path, max_pixels=ALONE_PIXELS if alone else budget)
                 chunk.append((i, self.tokenizer.pixels(image)))
             except TooManyPixelsError as err:  # judged from the header, nothing decoded
-                chunk.append((i, functools.partial(load_image, path, max_pixels=budget))
-                             if alone else (i, str(err)))
+                chunk.append((i, None) if alone else (i, str(err)))  # None: read it alone
             except Exception as err:  # noqa: BLE001 - any failure skips the file only
                 chunk.append((i, str(err) or type(err).__name__))
         return chunk

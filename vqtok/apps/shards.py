@@ -38,7 +38,7 @@ from vqtok.apps.files import (
     LOAD_CHUNK,
     Pixels,
     encode_pixels,
-    file_loader,
+    file_chunks,
     find_images,
     skip_reason,
 )
@@ -421,7 +421,7 @@ class _Writer:
                 owners.append((source, offset))
             offset += len(source.files)
         part: _Part | None = None
-        for k, chunk in enumerate(file_loader(files, tokenizer, workers, chunks)):
+        for k, chunk in enumerate(file_chunks(files, tokenizer, workers, chunks)):
             source, first = owners[k]
             if part is None or part.source != source.index:
                 part = _Part(source.index, 0, 0, last=True)
