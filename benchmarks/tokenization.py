@@ -223,7 +223,9 @@ def main() -> None:
         {name: args.images / statistics.median(e2e[name]) for name in list(e2e)[:2]},
         enc_flops / BATCH)
     text = "\n".join(lines) + "\n"
-    args.out.write_text(text)
+    # benchmarks/tokenize_shards.py writes its own section: keep it
+    kept = args.out.read_text().partition("\n## Into shards\n") if args.out.exists() else ()
+    args.out.write_text(text + ("\n## Into shards\n" + kept[2] if kept and kept[1] else ""))
     print(text)
 
 

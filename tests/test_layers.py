@@ -11,7 +11,8 @@ STEPS = {
     **{f"import {m}": f"import {m}" for m in (
         "vqtok", "vqtok.tokenizers", "vqtok.lm", "vqtok.lm.command",
         "vqtok.formats.tokenizer_dir", "vqtok.lm.lm_dir", "vqtok.formats.hub", "vqtok.onnx_export",
-        "vqtok.data", "vqtok.apps.files", "vqtok.apps.videos", "vqtok.cli")},
+        "vqtok.data", "vqtok.apps.files", "vqtok.apps.videos", "vqtok.cli",
+        "vqtok.apps.shards", "vqtok.formats.token_shards", "vqtok.data.webdata")},
     **{f"vqtok {c} --help": f"from vqtok.cli import main\ntry:\n    main([{c!r}, '--help'])\n"
                            f"except SystemExit:\n    pass"
        for c in ("encode", "decode", "generate", "export", "data")},

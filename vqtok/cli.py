@@ -119,10 +119,40 @@ def _load_tokenizer(args: argparse.Namespace) -> Any:
         raise ValueError(f"--{err.option.replace('_', '-')}: {err.reason}") from None
 
 
+def _encode_shards(args: argparse.Namespace) -> int:
+    """``vqtok encode ... --shard-size N``: a sharded token dataset, by one process or, with
+    ``--devices``/``--num-nodes``/``--strategy``, by several (Lightning Fabric)."""
+    from vqtok.apps.shards import encode_shards, launch
+
+    rank, world, gather = 0, 1, None
+    if (args.devices, args.num_nodes, args.strategy) != (None, 1, None):
+        rank, world, gather, device = launch(args.devices or 1, args.num_nodes,
+                                             args.strategy or "auto", args.accelerator)
+        args.device = device
+    tokenizer = _load_tokenizer(args)
+    summary = encode_shards(args.images, tokenizer, args.tokenizer, args.out, args.shard_size,
+                            batch_size=args.batch_size, workers=args.workers,
+                            progress=not args.quiet, overwrite=args.overwrite, rank=rank,
+                            world=world, **({"gather": gather} if gather else {}))
+    if rank == 0:
+        print(summary)
+    return 1 if summary.failed else 0
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from vqtok.apps.files import encode_files
     from vqtok.tokenizers import VideoTokenizer
 
+    if args.shard_size is not None:
+        return _encode_shards(args)
+    from vqtok.formats.tars import is_tar
+
+    if (args.devices, args.num_nodes, args.strategy) != (None, 1, None):
+        raise ValueError("--devices, --num-nodes and --strategy need --shard-size (a sharded "
+                         "token dataset)")
+    if any(is_tar(path) for path in args.images):
+        raise ValueError("webdataset tars are encoded into a sharded token dataset: add "
+                         "--shard-size N")
     tokenizer = _load_tokenizer(args)
     if isinstance(tokenizer, VideoTokenizer):
         from vqtok.apps.videos import encode_clips
@@ -296,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode images (or clips, with a video tokenizer) to "
                        "token ids (.npz)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively); "
-                   "with a video tokenizer: animated GIFs, frame folders, or folders of them")
+                   "with --shard-size also webdataset tars (*.tar); with a video tokenizer: "
+                   "animated GIFs, frame folders, or folders of them")
     _tokenizer_io(p, "an exported tokenizer directory", "output .npz")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that read images while the model runs (default: one per "
@@ -307,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster on the CPU after a few seconds of compiling per image size, "
                         "so for thousands of images (needs a C++ compiler; without one it "
                         "warns and runs as usual)")
+    _shard_options(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decode token ids (.npz from `vqtok encode`) to PNG images "
@@ -476,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
     return parser
+
+
+def _shard_options(p: argparse.ArgumentParser) -> None:
+    """``vqtok encode``'s sharded output and its processes (docs/formats.md#token-shards)."""
+    p.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help="write a sharded token dataset into the folder --out: Parquet shards "
+                        "of N inputs each and a manifest; a rerun continues an interrupted "
+                        "one. Inputs may then include webdataset tars (images with optional "
+                        ".txt/.json captions)")
+    p.add_argument("--devices", default=None,
+                   help="with --shard-size: processes per machine, as for `vqtok fit` "
+                        "(Lightning Fabric; e.g. 2, or 'auto')")
+    p.add_argument("--num-nodes", type=int, default=1, help="with --shard-size: machines")
+    p.add_argument("--strategy", default=None, help="with --shard-size: Lightning strategy "
+                   "(ddp; default auto)")
+    p.add_argument("--accelerator", default="auto", help="with --devices: cpu, gpu or auto")
 
 
 def _tokenizer_io(p: argparse.ArgumentParser, tokenizer: str, out: str) -> None:

@@ -6,15 +6,16 @@ The ``.npz`` layout is :mod:`vqtok.formats.tokens`; files are read by
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -30,7 +31,8 @@ from vqtok.formats.outputs import (
 )
 from vqtok.formats.tokens import read_tokens, write_tokens
 from vqtok.tokenizers import ImageTokenizer
-from vqtok.tokenizers.batching import SizeBuckets
+from vqtok.tokenizers.batching import Size, SizeBuckets
+from vqtok.validation import check_positive
 
 log = logging.getLogger(__name__)
 
@@ -121,59 +123,22 @@ def encode_files(
     go on. The ``.npz`` lists images in the order of the files found and is written to a
     temporary file and renamed into place.
     """
-    buckets: SizeBuckets[tuple[int, torch.Tensor]] = tokenizer.planner.buckets(batch_size)
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 or None, got {workers!r}")
+    check_positive(batch_size=batch_size)
     files = find_images(paths_or_folders)
     out = check_new_output(out_npz, inputs=[*also_inputs, *(path for path, _ in files)],
                            overwrite=overwrite)
     done: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
     failed: dict[int, tuple[str, str]] = {}
-
-    def fail(i: int, reason: str) -> None:
-        path = files[i][0]
-        reason = reason.removeprefix(f"{path}: ")
-        log.warning("skipping %s: %s", path, reason)
-        failed[i] = (str(path), reason)
-
-    def encode(members: list[tuple[int, torch.Tensor]], bar: tqdm) -> None:
-        inputs = [tokenizer.normalization.to_model(pixels) for _, pixels in members]
-        for (i, _), result in zip(members, _encode_each(tokenizer, inputs)):
-            if isinstance(result, BaseException):
-                fail(i, str(result) or type(result).__name__)
+    with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
+        items = (item for chunk in file_chunks(files, tokenizer, workers) for item in chunk)
+        for i, result in encode_pixels(tokenizer, items, batch_size):
+            if isinstance(result, str):
+                failed[i] = (str(files[i][0]), skip_reason(files[i][0], result))
             else:
                 done[i] = result
-        bar.update(len(members))
-
-    if workers is None:
-        workers = default_workers(len(files))
-    loader = DataLoader(_FileChunks(files, tokenizer), batch_size=None, num_workers=workers,
-                        collate_fn=_as_is, prefetch_factor=2 if workers else None)
-    with tqdm(total=len(files), unit="img", desc="encode", disable=not progress) as bar:
-        for chunk in loader:
-            for i, item in chunk:
-                if item is None:  # a large image: read it here, now
-                    try:
-                        item = tokenizer.pixels(load_image(files[i][0],
-                                                           max_pixels=tokenizer.max_pixels))
-                    except Exception as err:  # noqa: BLE001 - any failure skips the file only
-                        item = str(err) or type(err).__name__
-                    if not isinstance(item, str):
-                        encode([(i, item)], bar)
-                        continue
-                if isinstance(item, str):
-                    fail(i, item)
-                    bar.update(1)
-                    continue
-                full = buckets.add(*item.shape[1:], (i, item))
-                if full is not None:
-                    encode(full, bar)
-            pending = sum(x.numel() for _, x in buckets.waiting())
-            if pending > PENDING_VALUES:  # many sizes: bound the memory they hold
-                for members in buckets.drain():
-                    encode(members, bar)
-        for members in buckets.drain():
-            encode(members, bar)
+            bar.update(1)
     order = sorted(done)
     grids = [done[i][0].numpy() for i in order]
     out = write_tokens(out, names=[files[i][1] for i in order],
@@ -210,23 +175,110 @@ PENDING_VALUES = 1 << 26
 bucket is encoded."""
 
 
+FLUSH = None
+"""In the stream given to :func:`encode_pixels`: encode every image still waiting now."""
+
+Pixels = torch.Tensor | str | Callable[[], Image.Image]
+"""An item of :func:`encode_pixels`: uint8 pixels ``(C, H, W)``, the reason the item
+failed, or a function that reads a large image when its turn comes."""
+
+
+def encode_pixels(tokenizer: ImageTokenizer, items: Iterable[tuple[int, Pixels] | None],
+                  batch_size: int) -> Iterator[tuple[int, tuple[torch.Tensor, Size] | str]]:
+    """``(index, ids (h, w), (height, width))`` or ``(index, reason)`` for each item of
+    ``items`` (module doc of :func:`encode_files`), as their batches are encoded: images
+    wait in one bucket per padded size until it holds a batch, so the order of the results
+    is not that of the items. A function item (a large image) is read and encoded at once,
+    by itself. :data:`FLUSH` in ``items`` encodes every waiting image (a caller that
+    writes what it has so far); so does the end of ``items``, and more than
+    :data:`PENDING_VALUES` of waiting pixels."""
+    buckets: SizeBuckets[tuple[int, torch.Tensor]] = tokenizer.planner.buckets(batch_size)
+
+    def encode(members: list[tuple[int, torch.Tensor]]
+               ) -> Iterator[tuple[int, tuple[torch.Tensor, Size] | str]]:
+        inputs = [tokenizer.normalization.to_model(pixels) for _, pixels in members]
+        for (i, _), result in zip(members, _encode_each(tokenizer, inputs)):
+            yield i, (str(result) or type(result).__name__ if isinstance(result, BaseException)
+                      else result)
+
+    pending = 0
+    for item in items:
+        if item is FLUSH:
+            for members in buckets.drain():
+                yield from encode(members)
+            pending = 0
+            continue
+        i, pixels = item
+        if callable(pixels):  # a large image: read it here, now, and encode it alone
+            try:
+                pixels = tokenizer.pixels(pixels())
+            except Exception as err:  # noqa: BLE001 - any failure skips the item only
+                pixels = str(err) or type(err).__name__
+            if not isinstance(pixels, str):
+                yield from encode([(i, pixels)])
+                continue
+        if isinstance(pixels, str):
+            yield i, pixels
+            continue
+        full = buckets.add(*pixels.shape[1:], (i, pixels))
+        pending += pixels.numel()
+        if full is not None:
+            pending -= sum(x.numel() for _, x in full)
+            yield from encode(full)
+        if pending > PENDING_VALUES:  # many sizes: bound the memory they hold
+            for members in buckets.drain():
+                yield from encode(members)
+            pending = 0
+    for members in buckets.drain():
+        yield from encode(members)
+
+
+def skip_reason(path: object, reason: str) -> str:
+    """Log that the input ``path`` is skipped; the reason without a leading ``path: ``."""
+    reason = reason.removeprefix(f"{path}: ")
+    log.warning("skipping %s: %s", path, reason)
+    return reason
+
+
+def file_chunks(files: list[tuple[Path, str]], tokenizer: ImageTokenizer,
+                workers: int | None, chunks: Sequence[range] | None = None
+                ) -> Iterator[list[tuple[int, Pixels]]]:
+    """``files`` (``(path, name)``) as lists of :func:`encode_pixels` items, in order, read by
+    ``workers`` loader processes (default: :func:`default_workers`), :data:`LOAD_CHUNK`
+    files per list, or the index ranges ``chunks``. An image over :data:`ALONE_PIXELS`
+    comes as a function that reads it in this process."""
+    if workers is None:
+        workers = default_workers(len(files))
+    loader = DataLoader(_FileChunks(files, tokenizer, chunks), batch_size=None,
+                        num_workers=workers, collate_fn=_as_is,
+                        prefetch_factor=2 if workers else None)
+    for chunk in loader:
+        yield [(i, functools.partial(load_image, files[i][0], max_pixels=tokenizer.max_pixels)
+                if pixels is None else pixels) for i, pixels in chunk]
+
+
 class _FileChunks(Dataset):
     """Chunk ``k`` of the files -> ``[(index, uint8 pixels (C, H, W), a failure's reason, or
-    None for an image over ALONE_PIXELS), ...]``, read in a loader worker. A folder entry
-    that is not a regular file (a named pipe would block the read forever) fails unopened."""
+    None for an image over ALONE_PIXELS), ...]``, read in a loader worker. A
+    folder entry that is not a regular file (a named pipe would block the read forever)
+    fails unopened. The chunks are ``chunks`` (index ranges), else :data:`LOAD_CHUNK`
+    files each."""
 
-    def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer) -> None:
+    def __init__(self, files: list[tuple[Path, str]], tokenizer: ImageTokenizer,
+                 chunks: Sequence[range] | None = None) -> None:
         self.files = files
         self.tokenizer = tokenizer
+        self.chunks = list(chunks) if chunks is not None else [
+            range(k, min(len(files), k + LOAD_CHUNK)) for k in range(0, len(files), LOAD_CHUNK)]
 
     def __len__(self) -> int:
-        return math.ceil(len(self.files) / LOAD_CHUNK)
+        return len(self.chunks)
 
     def __getitem__(self, k: int) -> list[tuple[int, torch.Tensor | str | None]]:
         budget = self.tokenizer.max_pixels
         alone = budget is None or budget > ALONE_PIXELS  # can a file be large but allowed?
         chunk: list[tuple[int, torch.Tensor | str | None]] = []
-        for i in range(k * LOAD_CHUNK, min(len(self.files), (k + 1) * LOAD_CHUNK)):
+        for i in self.chunks[k]:
             path, name = self.files[i]
             try:
                 check_plain_name(name, str(path))  # decode writes <out>/<name>.png

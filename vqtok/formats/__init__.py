@@ -9,6 +9,8 @@ one way (:mod:`vqtok.formats.images`).
 ============================  =========================================================
 :mod:`.tokenizer_dir`          an exported tokenizer: ``config.json`` + ``model.safetensors``
 :mod:`.tokens`                 token ids of many images (``vqtok encode``)
+:mod:`.token_shards`           a sharded token dataset (``vqtok encode --shard-size``)
+:mod:`.tars`                   webdataset tars of images and captions, read
 :mod:`.history`                a run's codebook history (``vqtok report`` reads it)
 :mod:`.report`                 ``report.json``
 :mod:`.checkpoint`             Lightning checkpoints, read with ``weights_only=True``

@@ -1,11 +1,12 @@
 """The language model's captioned data: caption + image (or video) token streams.
 
-:class:`CaptionImageDataModule` tokenizes a labelled dataset once with an exported
-tokenizer, caching the ids (:mod:`vqtok.lm.token_cache`), and serves streams
-``[BOS] "a photo of an ankle boot" [BOI] 8x8 codes [EOI] [EOS]`` padded with a mask. What
-it captions comes from one of two sources: Fashion-MNIST images (:class:`ImageSource`,
-with an image tokenizer) or Moving Fashion-MNIST clips (:class:`ClipSource`, with a video
-tokenizer).
+:class:`CaptionImageDataModule` serves streams
+``[BOS] "a photo of an ankle boot" [BOI] 8x8 codes [EOI] [EOS]`` padded with a mask, from
+one of three sources: a sharded token dataset with its own captions (:class:`ShardSource`,
+any images or clips that ``vqtok encode --shard-size`` tokenized), or, tokenized once
+here with an exported tokenizer and cached (:mod:`vqtok.lm.token_cache`), Fashion-MNIST
+images (:class:`ImageSource`, with an image tokenizer) or Moving Fashion-MNIST clips
+(:class:`ClipSource`, with a video tokenizer).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vqtok.data import MovingFashionMNIST
 from vqtok.data.captions import class_name
 from vqtok.data.fashion_mnist import CLASSES
+from vqtok.formats.token_shards import TokenShards
 from vqtok.formats.tokenizer_dir import fingerprint
 from vqtok.lm.captions import DEFAULT_TEMPLATE, caption_for
 from vqtok.lm.positions import make_scheme
 from vqtok.lm.streams import Stream, Vocabulary, build_stream, collate
 from vqtok.lm.token_cache import cached_grids, encode_cached
 from vqtok.tokenizers import ImageTokenizer, VideoTokenizer, load_tokenizer
-from vqtok.training.data import FashionMNISTDataModule, make_loader
+from vqtok.training.data import FashionMNISTDataModule, make_loader, train_val_split
 from vqtok.validation import check_positive
 
 
@@ -52,7 +54,8 @@ class CaptionImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Stream:
         caption = self.captions[int(self.labels[index])]
-        return build_stream([caption, self.grids[index]], self.vocab, self.scheme, add_eos=True)
+        segments = [caption, self.grids[index]] if caption else [self.grids[index]]
+        return build_stream(segments, self.vocab, self.scheme, add_eos=True)
 
 
 class Rescaled(Dataset):
@@ -173,6 +176,64 @@ class ClipSource:
         return data.streams(grids, torch.arange(len(indices)), captions)
 
 
+class ShardSource:
+    """The rows of a sharded token dataset (``vqtok encode --shard-size``,
+    :mod:`vqtok.formats.token_shards`) and their own captions: any images or clips, any
+    tokenizer, captions from the shards (a row without one trains the image alone).
+    ``val_size`` rows, drawn with ``seed``, are held out for validation and testing."""
+
+    def __init__(self, tokenizer: ImageTokenizer | VideoTokenizer, hp: Any) -> None:
+        self.tokenizer, self.hp = tokenizer, hp
+        self.shards = TokenShards(hp.tokens)
+        made = self.shards.manifest["tokenizer"]
+        if made["fingerprint"] != fingerprint(hp.tokenizer):
+            raise ValueError(f"{hp.tokens} was encoded with another tokenizer (fingerprint "
+                             f"{made['fingerprint'][:12]}) than {hp.tokenizer}")
+        shapes = [tuple(g["shape"]) for g in self.shards.manifest["grids"]]
+        if len(shapes) != 1:
+            raise ValueError(f"{hp.tokens} holds token grids of {len(shapes)} shapes "
+                             f"{shapes[:4]}; the language model trains on one: encode images "
+                             f"of one size")
+        self.shape = shapes[0]
+        self.video = isinstance(tokenizer, VideoTokenizer)
+        self.video_tokens = self.shape if self.video else None
+        self.image_tokens = self.shape[-2:]
+        self.caption_template: str | None = None
+        self.class_names: list[str] = []
+        self.rows: tuple[Tensor, list[str | None]] | None = None
+        self.image_size = None  # set from the rows
+
+    def _read(self) -> tuple[Tensor, list[str | None]]:
+        """Every row's grid ``(N, *shape)`` (int32) and caption, in the dataset's order."""
+        if self.rows is None:
+            grids = torch.empty((len(self.shards), *self.shape), dtype=torch.int32)
+            captions: list[str | None] = []
+            for shard in self.shards:
+                for ids, caption in zip(shard.ids, shard.captions):
+                    grids[len(captions)] = torch.from_numpy(ids.astype(np.int32))
+                    captions.append(caption)
+            self.rows = grids, captions
+        return self.rows
+
+    def _split(self) -> tuple[list[int], list[int]]:
+        train, val = train_val_split(len(self.shards), self.hp.val_size, self.hp.seed)
+        return train[:self.hp.limit_train], val
+
+    def _streams(self, data: CaptionImageDataModule, indices: list[int]) -> CaptionImageDataset:
+        grids, captions = self._read()
+        return data.streams(grids[indices], torch.arange(len(indices)),
+                            [captions[i] for i in indices])
+
+    def fit_sets(self, data: CaptionImageDataModule
+                 ) -> tuple[CaptionImageDataset, CaptionImageDataset]:
+        train, val = self._split()
+        return self._streams(data, train), self._streams(data, val)
+
+    def test_set(self, data: CaptionImageDataModule) -> CaptionImageDataset:
+        val = self._split()[1]
+        return self._streams(data, val[:self.hp.limit_test])
+
+
 class CaptionImageDataModule(pl.LightningDataModule):
     """Fashion-MNIST captions + image or video tokens for the language model.
 
@@ -180,6 +241,10 @@ class CaptionImageDataModule(pl.LightningDataModule):
     :class:`~vqtok.training.data.FashionMNISTDataModule` with the same ``root``,
     ``val_size``, ``limit_train``, ``pad_to`` and ``seed``, captioned by
     ``caption_template``.
+
+    With ``tokens``, a sharded token dataset that ``tokenizer`` wrote (``vqtok encode
+    --shard-size``), the streams are its rows with their own captions, images or clips
+    (:class:`ShardSource`); Fashion-MNIST and Moving Fashion-MNIST are then not read.
 
     With a video tokenizer (:class:`~vqtok.VideoTokenizer`), the streams are
     ``[BOS] caption [BOV] t x h x w codes [EOV] [EOS]`` of
@@ -191,6 +256,8 @@ class CaptionImageDataModule(pl.LightningDataModule):
 
     Args:
         tokenizer: an exported tokenizer directory (``vqtok fit`` writes one).
+        tokens: a sharded token dataset written with ``tokenizer`` (its rows and captions
+            are the data); None: Fashion-MNIST images or Moving Fashion-MNIST clips.
         root: folder with the Fashion-MNIST IDX files; ``None``: the user cache.
         caption_template: caption of an image from its lower-cased class name.
         position_scheme: ``"rope_tie_v2"``, ``"mrope"``, ``"1d"`` or ``"nope"``; must be the
@@ -219,7 +286,7 @@ class CaptionImageDataModule(pl.LightningDataModule):
                  limit_test: int | None = None, pad_to: int = 32,
                  image_size: int | None = None, cache_dir: str | None = "runs/token_cache",
                  encode_batch_size: int = 256, num_workers: int = 0, seed: int = 0,
-                 num_frames: int = 17, max_sprites: int = 2) -> None:
+                 num_frames: int = 17, max_sprites: int = 2, tokens: str | None = None) -> None:
         super().__init__()
         check_positive(batch_size=batch_size)
         if limit_test is not None:
@@ -230,8 +297,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer_dir = str(tokenizer)
         loaded = load_tokenizer(tokenizer)
-        self.source: ImageSource | ClipSource = (
-            ClipSource(loaded, self.hparams) if isinstance(loaded, VideoTokenizer)
+        self.source: ImageSource | ClipSource | ShardSource = (
+            ShardSource(loaded, self.hparams) if tokens is not None
+            else ClipSource(loaded, self.hparams) if isinstance(loaded, VideoTokenizer)
             else ImageSource(loaded, self.hparams))
         self.video = self.source.video
         self.tokenizer = self.source.tokenizer
@@ -240,7 +308,9 @@ class CaptionImageDataModule(pl.LightningDataModule):
                              f"position (a multi-stage quantizer); the language model's "
                              f"streams take one id per image token")
         self.fingerprint = fingerprint(tokenizer)
-        self.class_names = [class_name(c) for c in range(len(CLASSES))]
+        self.class_names = getattr(self.source, "class_names", None)
+        if self.class_names is None:
+            self.class_names = [class_name(c) for c in range(len(CLASSES))]
         self.caption_template = self.source.caption_template
         self.vocab = Vocabulary(image_codebook_size=self.tokenizer.codebook_size)
         # Read by the CLI's links into the model's arguments.

@@ -309,3 +309,58 @@ class MovingFashionMNISTDataModule(_LoaderMixin, pl.LightningDataModule):
         if self.val_set is None:
             self.val_set = Clips(self._clips("test", self.val_clips), self.num_frames,
                                  random_start=False)
+
+
+class WebDatasetDataModule(_LoaderMixin, pl.LightningDataModule):
+    """Images streamed from webdataset tar shards, local or remote
+    (:class:`~vqtok.data.webdata.TarImages`, docs/data.md#webdataset-shards): training on
+    random-resized crops (and horizontal flips) of samples from shards drawn at random, each
+    process and loader worker its own stream, through a shuffle buffer; validation on the
+    centre crops of ``val_samples`` samples of ``val_shards`` (default: the first samples
+    of the training shards, which training also sees), split among the processes.
+
+    Args:
+        train_shards: shard URLs or brace patterns (``data/{000000..000099}.tar``).
+        val_shards: validation shards; None: the training shards.
+        size: the side of each image.
+        in_channels: 3 (RGB) or 1 (grey).
+        batch_size: images per batch and process.
+        train_samples: training images per epoch and process.
+        val_samples: validation images in all (divided among the processes).
+        shuffle_buffer: samples in the shuffle buffer of each stream.
+        min_scale: the smallest random crop, as a fraction of the image's area.
+        num_workers: DataLoader worker processes (each reads its own stream).
+        seed: the seed of every random choice.
+    """
+
+    shuffle_train = False  # an iterable stream: the shuffle buffer shuffles
+
+    def __init__(self, train_shards: str | list[str], val_shards: str | list[str] | None = None,
+                 size: int = 64, in_channels: int = 3, batch_size: int = 32,
+                 train_samples: int = 10_000, val_samples: int = 256,
+                 shuffle_buffer: int = 1000, min_scale: float = 0.35, num_workers: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        from vqtok.data.webdata import TarImages
+
+        check_positive(size=size, batch_size=batch_size, train_samples=train_samples,
+                       val_samples=val_samples)
+        self.save_hyperparameters()
+        self.in_channels, self.size, self.seed = in_channels, size, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        common = {"size": size, "channels": in_channels, "seed": seed}
+        # built now, so that a bad shard list or option fails before a run folder exists
+        self._train = TarImages(train_shards, samples=train_samples, train=True,
+                                shuffle_buffer=shuffle_buffer, min_scale=min_scale, **common)
+        self._val = TarImages(val_shards or train_shards, samples=val_samples, train=False,
+                              **common)
+
+    @property
+    def image_size(self) -> int:
+        return self.size
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        self._val.samples = max(1, self.hparams.val_samples // world)
+        self.train_set, self.val_set = self._train, self._val
+
