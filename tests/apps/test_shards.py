@@ -57,7 +57,7 @@ def tok() -> ImageTokenizer:
 @pytest.fixture(scope="module")
 def fmnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     if not FASHION_MNIST.is_dir():
-        pytest.skip("needs Fashion-MNIST")
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
     folder = tmp_path_factory.mktemp("fmnist") / "images"
     return folder, fmnist_pngs(folder, COUNT)
 
