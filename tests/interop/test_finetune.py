@@ -42,7 +42,7 @@ def fit_args(tmp_path: Path, start: Path, steps: int) -> list[str]:
             "--model.adversarial.init_args.start=1",
             "--model.adversarial.init_args.discriminator.init_args.n_layers=2",
             "--model.adversarial.init_args.discriminator.init_args.channels=8",
-            "--model.lr=1e-4", "--model.warmup_steps=0",
+            "--model.optimizer.lr=1e-4", "--model.optimizer.warmup_steps=0",
             "--data.init_args.patch_size=32", "--data.init_args.train_patches=16",
             "--data.init_args.val_patches=4", "--data.init_args.batch_size=4",
             f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",

@@ -159,3 +159,23 @@ def test_a_flat_layout_checkpoint_exports_its_average_and_refuses_to_resume(
     with pytest.raises(ValueError, match="names its training options one by one") as err:
         tiny_fit(tmp_path, f"--ckpt_path={flat}", "--trainer.max_steps=6")
     assert "\n" not in str(err.value) and "vqtok export" in str(err.value)
+
+
+def test_a_checkpoint_with_the_optimizer_options_one_by_one_exports_and_resumes(
+        tmp_path: Path) -> None:
+    """Checkpoints that name ``lr``, ``warmup_steps``... as hyper-parameters of their own
+    (before they became one ``optimizer`` block) rebuild with those options and resume."""
+    tiny_fit(tmp_path, "--model.optimizer.lr=0.003", "--model.optimizer.warmup_steps=2")
+    run = tmp_path / "runs/tiny/version_0"
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    written = dict(ckpt["hyper_parameters"]["optimizer"])
+    assert written["lr"] == 0.003 and written["warmup_steps"] == 2
+    hp = dict(ckpt["hyper_parameters"])
+    hp.update(hp.pop("optimizer"))
+    old = tmp_path / "old.ckpt"
+    torch.save({**ckpt, "hyper_parameters": hp}, old)
+    module = load_tokenizer_module(old)
+    assert module.hparams["optimizer"] == written
+    resumed = tiny_fit(tmp_path, f"--ckpt_path={old}", "--trainer.max_steps=5",
+                       "--model.optimizer.lr=0.003", "--model.optimizer.warmup_steps=2")
+    assert resumed.trainer.global_step == 5

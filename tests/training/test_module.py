@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,6 +15,7 @@ from vqtok.quantizers import FSQ, SimVQ, VectorQuantizer
 from vqtok.training.checkpoint import load_tokenizer_module
 from vqtok.training.module import TokenizerModule
 from vqtok.training.objectives import Reconstruction
+from vqtok.training.optim import AdamWConfig
 
 DIM = 8
 QUANTIZERS = {
@@ -103,3 +105,30 @@ def test_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, foreign)
     with pytest.raises(ValueError, match="not a vqtok tokenizer checkpoint"):
         load_tokenizer_module(foreign)
+
+
+def test_the_optimizer_block_checks_its_options_and_names_the_unknown_ones() -> None:
+    assert AdamWConfig.build(None) == AdamWConfig()
+    given = AdamWConfig.build({"lr": 2e-4, "betas": [0.5, 0.9]})
+    assert given.lr == 2e-4 and given.betas == (0.5, 0.9)  # YAML lists become tuples
+    with pytest.raises(ValueError, match="unknown option.*warmup"):
+        AdamWConfig.build({"warmup": 10})
+    for bad in ({"lr": 0.0}, {"betas": (0.9, 1.0)}, {"min_lr_ratio": 2.0},
+                {"warmup_steps": -1}):
+        with pytest.raises(ValueError, match="optimizer\\."):
+            AdamWConfig.build(bad)
+
+
+def test_the_module_trains_with_the_optimizer_block_it_is_given() -> None:
+    """lr, betas and weight decay reach AdamW's parameter groups (decay on the encoder's and
+    decoder's matrices only), and a config's block is what the checkpoint records."""
+    module = tiny_module(FSQ([4, 4, 4], dim=8), optimizer={"lr": 2e-4, "betas": (0.8, 0.9), "weight_decay": 0.05})
+    assert module.hparams["optimizer"] == {"lr": 2e-4, "betas": (0.8, 0.9),
+                                           "weight_decay": 0.05, "warmup_steps": 0,
+                                           "min_lr_ratio": 1.0}
+    opt = module.configure_optimizers()["optimizer"]
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(g["lr"] == 2e-4 and g["betas"] == (0.8, 0.9) for g in opt.param_groups)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(inspect.signature(TokenizerModule).parameters) <= 12

@@ -47,7 +47,7 @@ def test_bf16_usage_is_within_two_points_of_float32(name: str, device: str,
     # is in benchmarks/RESULTS_training.md.)
     data = {"limit_train": 480, "val_size": 256, "batch_size": 16}
     cli = fit(ROOT / "experiments" / f"{name}.yaml", tmp_path, "bf16-mixed", device, 30, data,
-              "--model.warmup_steps=5")
+              "--model.optimizer.warmup_steps=5")
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert all(p.dtype == torch.float32 for p in cli.model.parameters())  # mixed, not bf16
     usage = {}

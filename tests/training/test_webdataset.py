@@ -168,7 +168,7 @@ def _fit_config(path: Path, tars: list[Path], steps: int) -> Path:
             "decoder": {"class_path": "vqtok.models.Decoder", "init_args": {
                 "out_channels": 3, "channels": 8, "channel_mult": [1, 2, 2],
                 "num_res_blocks": 1, "norm": "channel", "dim": 4}},
-            "warmup_steps": 2},
+            "optimizer": {"warmup_steps": 2}},
         "data": {"class_path": "vqtok.training.data.WebDatasetDataModule", "init_args": {
             "train_shards": [str(t) for t in tars], "size": 32, "batch_size": 4,
             "train_samples": 4 * steps, "val_samples": 8, "shuffle_buffer": 8}},

@@ -28,6 +28,7 @@ _ADVERSARIAL_OPTIONS = {"gan_loss": "gan_loss", "disc_weight": "weight", "disc_s
                         "disc_lr": "lr", "disc_betas": "betas",
                         "adaptive_weight_max": "adaptive_weight_max",
                         "lecam_weight": "lecam_weight", "lecam_decay": "lecam_decay"}
+_OPTIMIZER_OPTIONS = ("lr", "betas", "weight_decay", "warmup_steps", "min_lr_ratio")
 _FLAT_OPTIONS = {*_RECONSTRUCTION_OPTIONS, *_ADVERSARIAL_OPTIONS, "discriminator", "ema_decay",
                  "export_ema"}
 
@@ -110,6 +111,7 @@ def load_tokenizer_module(path: str | Path) -> TokenizerModule:
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
     state = dict(ckpt["state_dict"])
+    hparams = nest_optimizer_options(hparams)
     if flat_options(hparams):
         hparams, state = _from_flat_options(hparams, state)
     average = ckpt.get("callbacks", {}).get("WeightEMA", {})
@@ -125,6 +127,17 @@ def load_tokenizer_module(path: str | Path) -> TokenizerModule:
     except RuntimeError as err:
         raise FormatError(f"checkpoint {path} weights do not match its config: {err}") from err
     return module.eval()
+
+
+def nest_optimizer_options(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the optimiser's options (``lr``, ``betas``, ``weight_decay``,
+    ``warmup_steps``, ``min_lr_ratio``), which older checkpoints name one by one, moved into
+    the one ``optimizer`` block the module takes now."""
+    hparams = dict(hparams)
+    optimizer = {name: hparams.pop(name) for name in _OPTIMIZER_OPTIONS if name in hparams}
+    if optimizer:
+        hparams["optimizer"] = {**optimizer, **(hparams.get("optimizer") or {})}
+    return hparams
 
 
 def flat_options(hparams: dict[str, Any]) -> list[str]:

@@ -26,7 +26,12 @@ from lightning.pytorch.loggers import CSVLogger
 
 from vqtok.formats.outputs import is_within
 from vqtok.training.callbacks import CodebookHistory, RunCheckpoint, WeightEMA
-from vqtok.training.checkpoint import RunCheckpointIO, flat_options, read_run_checkpoint
+from vqtok.training.checkpoint import (
+    RunCheckpointIO,
+    flat_options,
+    nest_optimizer_options,
+    read_run_checkpoint,
+)
 from vqtok.training.module import TokenizerModule
 
 log = logging.getLogger("vqtok")
@@ -196,6 +201,21 @@ class _TokenizerCLI(VqtokCLI):
             raise ValueError(f"checkpoint {path} names its training options one by one "
                              f"({', '.join(flat)}), a layout --ckpt_path does not read; "
                              f"`vqtok export {path} <dir>` still exports its tokenizer")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's reading of the checkpoint's hyper-parameters into the config, with
+        the optimiser's options of older checkpoints first nested into ``optimizer``."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        path = config.get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return
+        hparams = dict(read_run_checkpoint(path, mmap=True).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        if hparams:
+            self.config = self.parser.parse_object(
+                {self.config.subcommand: {"model": nest_optimizer_options(hparams)}},
+                self.config)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         super().add_arguments_to_parser(parser)

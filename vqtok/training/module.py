@@ -44,7 +44,7 @@ from vqtok.models import AutoencoderOutput, VQAutoencoder
 from vqtok.quantizers import Quantizer
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
 from vqtok.training.objectives import Adversarial, Reconstruction, build_spec, spec_of
-from vqtok.training.optim import adamw_warmup_cosine
+from vqtok.training.optim import AdamWConfig, adamw_warmup_cosine
 
 
 class TokenizerModule(pl.LightningModule):
@@ -62,14 +62,9 @@ class TokenizerModule(pl.LightningModule):
             adversarial training; ``None`` (default) trains without a discriminator.
         loss_weights: extra multiplier per named quantizer loss (e.g. ``{"commitment": 2.0}``);
             names not given keep weight 1 (the quantizer already applies its own weights).
-        lr: AdamW learning rate.
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay on the encoder's and decoder's weight matrices (not
-            on biases, norms or any quantizer parameter: codebooks, SimVQ's map, FSQ's
-            projections).
-        warmup_steps: linear learning-rate warm-up steps.
-        min_lr_ratio: after the warm-up, half a cosine down to ``min_lr_ratio * lr`` at the
-            trainer's last step; 1 (the default) keeps the rate constant.
+        optimizer: the autoencoder's AdamW and learning-rate schedule
+            (:class:`~vqtok.training.optim.AdamWConfig`: ``lr``, ``betas``, ``weight_decay``,
+            ``warmup_steps``, ``min_lr_ratio``); ``None``: its defaults.
         normalization: ``{"mean", "std"}`` of the pixels the model sees; by default the
             DataModule's (every vqtok DataModule has one), recorded in checkpoints and
             written into the exported tokenizer.
@@ -93,11 +88,7 @@ class TokenizerModule(pl.LightningModule):
         reconstruction: Reconstruction | None = None,
         adversarial: Adversarial | None = None,
         loss_weights: dict[str, float] | None = None,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 1.0,
+        optimizer: AdamWConfig | None = None,
         normalization: dict[str, float] | None = None,
         init_from: str | None = None,
     ) -> None:
@@ -116,6 +107,7 @@ class TokenizerModule(pl.LightningModule):
         reconstruction = Reconstruction() if reconstruction is None else build_spec(
             reconstruction)
         adversarial = build_spec(adversarial)
+        optimizer = AdamWConfig.build(optimizer)
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "reconstruction",
                                           "adversarial"])
         # Checkpoints hold registry specs, never objects: they load with
@@ -126,6 +118,7 @@ class TokenizerModule(pl.LightningModule):
                            ("reconstruction", reconstruction)):
             self.hparams[name] = registry.spec_of(part)
         self.hparams["adversarial"] = None if adversarial is None else spec_of(adversarial)
+        self.hparams["optimizer"] = optimizer.as_dict()
         self.model = VQAutoencoder(encoder, quantizer, decoder)
         if start is not None:
             _load_start(self.model, start, init_from)
@@ -364,19 +357,17 @@ class TokenizerModule(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        opt = AdamWConfig.build(self.hparams.optimizer)
         total = 1  # the schedule's length only matters when it decays
-        if hp.min_lr_ratio < 1:
+        if opt.min_lr_ratio < 1:
             estimated = self.trainer.estimated_stepping_batches
             total = int(estimated) if math.isfinite(estimated) else 1
         autoencoder = adamw_warmup_cosine(
-            self.model.named_parameters(), lr=hp.lr, betas=hp.betas,
-            weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, total_steps=total,
-            min_lr_ratio=hp.min_lr_ratio,
+            self.model.named_parameters(), **opt.as_dict(), total_steps=total,
             no_decay=lambda name, p: name.startswith("quantizer."))
         if self.adversarial is None:
             return autoencoder
-        disc = self.adversarial.optimizer(default_lr=hp.lr)
+        disc = self.adversarial.optimizer(default_lr=opt.lr)
         return [autoencoder["optimizer"], disc], [autoencoder["lr_scheduler"]]
 
 

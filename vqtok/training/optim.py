@@ -8,6 +8,7 @@ the warm-up.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -51,3 +52,52 @@ def adamw_warmup_cosine(
         warmup_cosine, warmup=max(0, int(warmup_steps)), total=max(1, int(total_steps)),
         floor=min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamWConfig:
+    """The autoencoder's optimiser settings, one config block (``model.optimizer``).
+
+    Args:
+        lr: AdamW learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay on weight matrices only (not on biases, norms or
+            any quantizer parameter: codebooks, SimVQ's map, FSQ's projections).
+        warmup_steps: linear learning-rate warm-up steps.
+        min_lr_ratio: after the warm-up, half a cosine down to ``min_lr_ratio * lr`` at the
+            trainer's last step; 1 (the default) keeps the rate constant.
+    """
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got "
+                             f"{self.betas!r}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("optimizer.weight_decay and optimizer.warmup_steps must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got "
+                             f"{self.min_lr_ratio!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @classmethod
+    def build(cls, given: AdamWConfig | dict[str, Any] | None) -> AdamWConfig:
+        """``given`` as a config: ``None`` gives the defaults; a dict (what checkpoints
+        store) must name only the fields above."""
+        if given is None or isinstance(given, cls):
+            return given or cls()
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"optimizer: unknown option(s) {', '.join(unknown)}; the options "
+                             f"are lr, betas, weight_decay, warmup_steps, min_lr_ratio")
+        return cls(**given)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
