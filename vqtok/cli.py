@@ -4,9 +4,9 @@
 fit|validate|test`` (the language model; ``vqtok decoder ...`` is the same command) are
 LightningCLIs (:mod:`vqtok.training.cli`, :mod:`vqtok.lm.cli`); the plain subcommands
 (``encode``, ``decode``, ``export``, ``convert``, ``eval``, ``generate``, ``report``,
-``data``, ``demo``, ``lpips convert``) parse their arguments here and call the library.
-Each imports what it needs when it runs, so ``vqtok encode`` never loads Lightning. Errors a user can fix are
-one line on stderr and exit status 2.
+``data``, ``demo``, ``lpips convert``) parse their arguments here and run in
+:mod:`vqtok.commands`, which imports what each needs when it runs, so ``vqtok encode`` never
+loads Lightning. Errors a user can fix are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,9 +15,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
+from vqtok.commands import (
+    cmd_convert,
+    cmd_data,
+    cmd_decode,
+    cmd_demo,
+    cmd_encode,
+    cmd_eval,
+    cmd_export,
+    cmd_generate,
+    cmd_lpips_convert,
+    cmd_report,
+)
 from vqtok.version import vqtok_version
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
@@ -56,228 +66,6 @@ def configure_logging(quiet: bool = False) -> None:
         rank_zero = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
             rank_zero.addFilter(_DropTips())
-
-
-# ---- plain subcommands ----------------------------------------------------------------
-
-
-def _export_onnx(args: argparse.Namespace) -> int:
-    """``vqtok export --onnx``: a checkpoint, tokenizer directory or Hub repo id as the two
-    graphs of :func:`vqtok.onnx_export.export_onnx`."""
-    from vqtok.formats.outputs import check_new_output
-    from vqtok.onnx_export import export_onnx, require_onnx
-    from vqtok.tokenizers import ImageTokenizer
-
-    require_onnx()  # before anything is loaded
-    source = Path(args.checkpoint)
-    check_new_output(args.out_dir, inputs=[source], overwrite=args.overwrite, folder=True)
-    if source.is_file():  # a training checkpoint: the one case that loads Lightning
-        from vqtok.training.checkpoint import load_tokenizer_module
-
-        module = load_tokenizer_module(source)
-        tokenizer = ImageTokenizer(module.model, normalization=module.normalization)
-    else:
-        tokenizer = ImageTokenizer.from_pretrained(args.checkpoint)
-    encoder, decoder = export_onnx(tokenizer, args.out_dir, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {encoder} and {decoder}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from vqtok.formats.outputs import check_new_output
-
-    if args.onnx:
-        return _export_onnx(args)
-    if Path(args.checkpoint).is_dir():
-        raise ValueError(f"{args.checkpoint} is a folder; `vqtok export` turns a training "
-                         f"checkpoint (.ckpt) into a tokenizer directory (add --onnx to export "
-                         f"a tokenizer directory as ONNX)")
-    from vqtok.training.checkpoint import load_tokenizer_module
-
-    check_new_output(args.out_dir, inputs=[Path(args.checkpoint)], overwrite=args.overwrite,
-                     folder=True)
-    module = load_tokenizer_module(args.checkpoint)
-    out = module.export(args.out_dir)
-    print(f"exported {args.checkpoint} -> {out}")
-    return 0
-
-
-def _load_tokenizer(args: argparse.Namespace) -> Any:
-    """The tokenizer of ``--tokenizer`` (an image or a video tokenizer, from one read of its
-    ``config.json``), with the options given; an image-only option given for a video
-    tokenizer is refused, naming its flag."""
-    from vqtok.tokenizers.load import ImageOptionError, load_tokenizer
-
-    options: dict[str, Any] = {"max_pixels": args.max_pixels}
-    if args.tile_size != "auto":
-        options["tile_size"] = args.tile_size
-    if getattr(args, "compile", False):
-        options["compile"] = True
-    try:
-        return load_tokenizer(args.tokenizer, device=args.device, **options)
-    except ImageOptionError as err:
-        raise ValueError(f"--{err.option.replace('_', '-')}: {err.reason}") from None
-
-
-def _encode_shards(args: argparse.Namespace) -> int:
-    """``vqtok encode ... --shard-size N``: a sharded token dataset, by one process or, with
-    ``--devices``/``--num-nodes``/``--strategy``, by several (Lightning Fabric)."""
-    from vqtok.apps.shards import encode_shards, launch
-
-    rank, world, gather = 0, 1, None
-    if (args.devices, args.num_nodes, args.strategy) != (None, 1, None):
-        rank, world, gather, device = launch(args.devices or 1, args.num_nodes,
-                                             args.strategy or "auto", args.accelerator)
-        args.device = device
-    tokenizer = _load_tokenizer(args)
-    summary = encode_shards(args.images, tokenizer, args.tokenizer, args.out, args.shard_size,
-                            batch_size=args.batch_size, workers=args.workers,
-                            progress=not args.quiet, overwrite=args.overwrite, rank=rank,
-                            world=world, **({"gather": gather} if gather else {}))
-    if rank == 0:
-        print(summary)
-    return 1 if summary.failed else 0
-
-
-def cmd_encode(args: argparse.Namespace) -> int:
-    from vqtok.apps.files import encode_files
-    from vqtok.tokenizers import VideoTokenizer
-
-    if args.shard_size is not None:
-        return _encode_shards(args)
-    from vqtok.formats.tars import is_tar
-
-    if (args.devices, args.num_nodes, args.strategy) != (None, 1, None):
-        raise ValueError("--devices, --num-nodes and --strategy need --shard-size (a sharded "
-                         "token dataset)")
-    if any(is_tar(path) for path in args.images):
-        raise ValueError("webdataset tars are encoded into a sharded token dataset: add "
-                         "--shard-size N")
-    tokenizer = _load_tokenizer(args)
-    if isinstance(tokenizer, VideoTokenizer):
-        from vqtok.apps.videos import encode_clips
-
-        summary = encode_clips(args.images, tokenizer, args.out, progress=not args.quiet,
-                               overwrite=args.overwrite, also_inputs=[args.tokenizer])
-        print(summary)
-        return 1 if summary.failed else 0
-
-    summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
-                           progress=not args.quiet, overwrite=args.overwrite,
-                           workers=args.workers, also_inputs=[args.tokenizer])
-    print(summary)
-    # The good files' ids are saved either way; a non-zero status tells scripts some failed.
-    return 1 if summary.failed else 0
-
-
-def cmd_decode(args: argparse.Namespace) -> int:
-    from vqtok.apps.files import decode_file
-    from vqtok.tokenizers import VideoTokenizer
-
-    tokenizer = _load_tokenizer(args)
-    if isinstance(tokenizer, VideoTokenizer):
-        from vqtok.apps.videos import decode_clips
-
-        written = decode_clips(args.tokens, tokenizer, args.out, progress=not args.quiet,
-                               overwrite=args.overwrite, duration_ms=args.frame_ms,
-                               also_inputs=[args.tokenizer])
-        print(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
-        return 0
-
-    written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
-                          progress=not args.quiet, overwrite=args.overwrite,
-                          also_inputs=[args.tokenizer])
-    print(f"wrote {len(written)} images to {args.out}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from vqtok.report import build_report
-
-    html, json_path = build_report(
-        args.run_dirs, args.out, tokenizers=args.tokenizer, data=args.data,
-        same_codebook=args.same_codebook, image_size=args.image_size,
-        max_images=args.max_images, samples=args.samples, device=args.device,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote {html} and {json_path}")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from vqtok.apps.evaluate import EvalOptions, evaluate, format_table
-
-    options = EvalOptions(
-        tokenizer=args.tokenizer, data=args.data, size=args.size, out=args.out,
-        inception=args.inception, lpips=args.lpips, lite0=args.lite0,
-        reference_stats=args.reference_stats,
-        save_stats=args.save_stats, batch_size=args.batch_size, workers=args.workers,
-        devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
-        worst=args.worst, progress=not args.quiet, overwrite=args.overwrite)
-    result = evaluate(options)
-    if result is not None:  # the process of global rank 0
-        print(format_table(result))
-    return 0
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from vqtok.lm.command import write_generated
-
-    print(write_generated(args.lm, args.tokenizer, args.prompt, args.out, num=args.num,
-                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                          raw=args.raw, device=args.device, overwrite=args.overwrite,
-                          video=args.video, frames=args.frames, frame_ms=args.frame_ms))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from vqtok.apps.demo import DemoOptions, run_demo
-
-    options = DemoOptions(config=args.config, max_steps=args.max_steps,
-                          max_minutes=args.max_minutes, photo=args.photo, quiet=args.quiet)
-    print("\n".join(["", "vqtok demo", *run_demo(options)]))
-    return 0
-
-
-def cmd_lpips_convert(args: argparse.Namespace) -> int:
-    from vqtok.apps.lpips import convert_lpips
-
-    print(convert_lpips(args.vgg, args.heads, args.out, overwrite=args.overwrite))
-    return 0
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    from vqtok.interop import convert
-
-    out, converted = convert(args.source_kind, args.source, args.out, arch=args.arch,
-                             subfolder=args.subfolder, revision=args.revision,
-                             overwrite=args.overwrite)
-    print(f"converted {args.source_kind} {args.source} -> {out}")
-    for note in converted.ignored:
-        print(f"  ignored: {note}")
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from vqtok.data import copy_fashion_mnist, download_fashion_mnist
-
-    if args.dataset == "inception":
-        from vqtok.data.weights import fetch_inception
-
-        if args.root is not None:
-            raise ValueError("--root is for data sets; the Inception weights go into the "
-                             "cache, or give any copy to `vqtok eval --inception FILE`")
-        path = fetch_inception(source=args.source, progress=not args.quiet)
-        print(f"the FID Inception weights are in {path} (SHA-256 prefix and tensors checked)")
-        return 0
-    if args.source is not None:
-        root, notes = copy_fashion_mnist(args.source, args.root, progress=not args.quiet)
-        print(f"copied Fashion-MNIST from {args.source} to {root}")
-        print("\n".join(f"  {note}" for note in notes))
-    else:
-        root = download_fashion_mnist(args.root, progress=not args.quiet)
-        print(f"Fashion-MNIST is in {root} (MD5 checked against the published sums)")
-    return 0
 
 
 # ---- the parser -------------------------------------------------------------------------
