@@ -45,17 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from vqtok.formats.jsonfile import read_json, write_json
-from vqtok.formats.schema import (
-    Const,
-    Float,
-    Int,
-    ListOf,
-    Nullable,
-    Obj,
-    Str,
-    Version,
-    validate,
-)
+from vqtok.formats.schema import Const, Float, Int, ListOf, Nullable, Obj, Str, Version, validate
 
 FORMAT = "vqtok.eval"
 FORMAT_VERSION = 1
