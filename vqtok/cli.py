@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer directory or Hugging Face Hub repo id")
     p.add_argument("--data", required=True, nargs="+",
-                   help="an image folder (recursive), image files, or a .txt list of image "
-                        "paths (one a line, relative to the list)")
+                   help="an image folder (recursive), image files, a .txt list of image "
+                        "paths (one a line, relative to the list), or a DataModule config "
+                        "(.yaml), whose validation images are measured")
     p.add_argument("--size", type=int, default=256,
                    help="side of the square crop (default 256, the ImageNet 256 x 256 "
                         "protocol); smaller images are skipped and listed")

@@ -32,6 +32,7 @@ from vqtok.models.inception import FIDInception
 from vqtok.models.lpips import LPIPS
 from vqtok.quantizers import FSQ, ResidualQuantizer
 from vqtok.tokenizers import ImageTokenizer
+from vqtok.training.data import datamodule_from_config
 
 SIZE = 32
 
@@ -257,6 +258,38 @@ def test_list_file(tokenizer_dir: Path, squares: Path, tmp_path: Path) -> None:
     doc = run(tokenizer_dir, listing, None)
     assert doc["images"] == 2 and {w["name"] for w in doc["worst"]} == {
         str(squares / "im4.png"), str(squares / "im5.png")}
+
+
+def test_a_datamodule_config_measures_its_validation_images(
+        tokenizer_dir: Path, squares: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--data CONFIG.yaml measures the DataModule's validation images: the same numbers as
+    the same image files given by name, in the same order."""
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  class_path: vqtok.training.data.ImageFolderDataModule\n"
+                      f"  init_args: {{root: {squares}, size: {SIZE}, val_fraction: 0.5}}\n")
+    val = datamodule_from_config(config).val_dataloader().dataset
+    files = [str(val.dataset.files[i]) for i in val.indices]
+    assert len(files) == 4
+    listing = tmp_path / "val.txt"
+    listing.write_text("\n".join(files))
+    by_config, by_files = run(tokenizer_dir, config, None), run(tokenizer_dir, listing, None)
+    assert by_config["images"] == by_files["images"] == 4
+    assert by_config["tokens"] == by_files["tokens"]
+    for key in ("psnr", "psnr_per_image_mean", "ssim", "fd_lite0", "usage", "perplexity"):
+        assert by_config[key] == pytest.approx(by_files[key], rel=1e-9), key
+    assert [w["name"] for w in by_config["worst"]] == [
+        str(files.index(w["name"])) for w in by_files["worst"]]
+    base = ["eval", "--tokenizer", str(tokenizer_dir), "--quiet", "--out",
+            str(tmp_path / "out.json")]
+    line = cli_error([*base, "--size", str(2 * SIZE), "--data", str(config)], capsys)
+    assert line.endswith(f"{config}: the validation images are {SIZE} x {SIZE} pixels, smaller "
+                         f"than --size {2 * SIZE} (images are not enlarged)")
+    other = tmp_path / "other.yaml"
+    other.write_text("data: {class_path: os.system, init_args: {command: 'true'}}\n")
+    line = cli_error([*base, "--size", str(SIZE), "--data", str(other)], capsys)
+    assert f"{other}: class_path 'os.system' is not one of vqtok's DataModules" in line
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_adm_centre_crop_by_hand() -> None:

@@ -47,7 +47,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from vqtok.apps.files import find_images
-from vqtok.data.eval_images import EvalImages, collate_as_list
+from vqtok.data.eval_images import EvalDataModuleImages, EvalImages, collate_as_list
 from vqtok.data.weights import cached_inception, cached_lpips, lpips_cache_path
 from vqtok.formats.eval_result import FORMAT, FORMAT_VERSION, write_eval
 from vqtok.formats.fid_stats import read_fid_stats, write_fid_stats
@@ -59,6 +59,7 @@ from vqtok.metrics.frechet import FrechetDistance
 from vqtok.metrics.per_image import PerImage, psnr_per_image
 from vqtok.models.lpips import LPIPS
 from vqtok.tokenizers import ImageTokenizer, load_tokenizer
+from vqtok.training.data import datamodule_from_config
 from vqtok.validation import check_positive
 from vqtok.version import vqtok_version
 
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 FEATURE_BATCH = 8
 """Images per pass of the Inception and LPIPS networks, always (a short batch is filled
 with blank images): the kernels then see one shape whatever the split across processes."""
+CONFIG_SUFFIXES = (".yaml", ".yml")
+"""A ``--data`` file with one of these suffixes is a config of one of vqtok's DataModules
+(:func:`vqtok.training.data.datamodule_from_config`)."""
 LIST_SUFFIXES = (".txt", ".lst")
 """A ``--data`` file with one of these suffixes lists image paths, one a line (relative
 ones from the list's folder; blank lines and lines starting with # skipped)."""
@@ -79,7 +83,8 @@ class EvalOptions:
     tokenizer: str
     """A tokenizer directory or Hugging Face Hub repo id (anything ``load_tokenizer`` reads)."""
     data: str | Sequence[str]
-    """An image folder (recursive), image files, or a list file (:data:`LIST_SUFFIXES`)."""
+    """An image folder (recursive), image files, a list file (:data:`LIST_SUFFIXES`), or a
+    DataModule config (:data:`CONFIG_SUFFIXES`), whose validation images are measured."""
     size: int = 256
     """The side of the square each image is cropped to (docs/eval.md#preprocessing)."""
     out: str | None = "eval.json"
@@ -172,9 +177,18 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
     if not isinstance(tokenizer, ImageTokenizer):
         raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
             f"{options.tokenizer}: a video tokenizer; `vqtok eval` measures image tokenizers")
-    files = list_images(options.data)
     data_inputs = [Path(d) for d in ([options.data] if isinstance(options.data, str)
                                      else options.data)]
+    config = (data_inputs[0] if len(data_inputs) == 1 and data_inputs[0].is_file()
+              and data_inputs[0].suffix.lower() in CONFIG_SUFFIXES else None)
+    if config is None:
+        files = list_images(options.data)
+        dataset: Dataset = EvalImages([path for path, _ in files], options.size,
+                                      tokenizer.channels)
+    else:
+        dataset = EvalDataModuleImages(datamodule_from_config(config), str(config),
+                                       options.size, tokenizer.channels)
+        files = [(Path(name), name.rpartition("#")[2]) for name in dataset.files]
     outputs = [o for o in (options.out, options.save_stats) if o is not None]
     for out in outputs:
         check_new_output(out, inputs=[*data_inputs, Path(options.tokenizer)],
@@ -202,7 +216,6 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
         raise ValueError("--save-stats writes the originals' Inception statistics: it needs "
                          "the Inception weights and no --reference-stats")
 
-    dataset = EvalImages([path for path, _ in files], options.size, tokenizer.channels)
     module = EvalModule(tokenizer, options.tokenizer, dataset, inception=inception,
                         lpips=lpips, lite0=lite0, reference=reference,
                         batch_size=options.batch_size, workers=options.workers)

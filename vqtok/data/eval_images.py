@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,14 +74,70 @@ class EvalImages(Dataset):
         path = self.files[index]
         try:
             check_regular_file(path)
-            pixels = to_uint8_pixels(load_image(path), self.channels)  # (H, W, C)
-            mode = "L" if self.channels == 1 else "RGB"
-            square = center_crop_adm(Image.fromarray(pixels[..., 0] if self.channels == 1
-                                                     else pixels, mode), self.size)
+            return index, _square(load_image(path), self.size, self.channels)
         except Exception as err:  # noqa: BLE001 - any failure skips the file only
             return index, str(err).removeprefix(f"{path}: ") or type(err).__name__
-        array = np.asarray(square, dtype=np.uint8).reshape(self.size, self.size, self.channels)
-        return index, torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+class EvalDataModuleImages(Dataset):
+    """The validation images of a vqtok DataModule (``vqtok eval --data CONFIG.yaml``) as
+    :class:`EvalImages` gives files: ``(index, uint8 pixels (channels, size, size))``.
+
+    Each image is the DataModule's tensor turned back into 8-bit pixels by its
+    ``normalization``, then given the same crop as a file (module doc).
+
+    Args:
+        datamodule: a DataModule set up for validation, with ``normalization``.
+        source: how the images are named in messages and results (``SOURCE#index``).
+        size, channels: as for :class:`EvalImages`.
+
+    Raises:
+        ValueError: validation data that is a stream or clips, or images smaller than the
+            crop (checked on the first image, so nothing is measured in vain).
+    """
+
+    def __init__(self, datamodule: Any, source: str, size: int, channels: int) -> None:
+        check_positive(size=size)
+        dataset = datamodule.val_dataloader().dataset
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError(f"{source}: {type(datamodule).__name__}'s validation data is a "
+                             f"stream; give the images as files, a folder or a list file")
+        if len(dataset) == 0:
+            raise ValueError(f"{source}: the DataModule has no validation image")
+        first = dataset[0][0]
+        if first.ndim != 3:
+            raise ValueError(f"{source}: {type(datamodule).__name__} gives clips; `vqtok eval` "
+                             f"measures image tokenizers on images")
+        if min(first.shape[-2:]) < size:
+            raise ValueError(f"{source}: the validation images are {first.shape[-1]} x "
+                             f"{first.shape[-2]} pixels, smaller than --size {size} (images "
+                             f"are not enlarged)")
+        self.dataset, self.normalization = dataset, datamodule.normalization
+        self.size, self.channels = size, channels
+        self.files = [f"{source}#{i}" for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | str]:
+        x = self.dataset[index][0]  # (C, H, W) in the DataModule's normalisation
+        pixels = self.normalization.to_uint8(x).permute(1, 2, 0).numpy()
+        try:
+            return index, _square(pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
+                                  self.size, self.channels)
+        except Exception as err:  # noqa: BLE001 - any failure skips the image only
+            return index, str(err) or type(err).__name__
+
+
+def _square(image: Image.Image | np.ndarray, size: int, channels: int) -> Tensor:
+    """uint8 ``(channels, size, size)``: ``image`` in the tokenizer's channels
+    (:func:`~vqtok.formats.images.to_uint8_pixels`), then :func:`center_crop_adm`."""
+    pixels = to_uint8_pixels(image, channels)  # (H, W, C)
+    mode = "L" if channels == 1 else "RGB"
+    square = center_crop_adm(Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode),
+                             size)
+    array = np.asarray(square, dtype=np.uint8).reshape(size, size, channels)
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 def collate_as_list(items: list) -> list:

@@ -14,14 +14,11 @@ built from a YAML: a report config cannot import other code.
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
@@ -32,7 +29,7 @@ from vqtok.metrics import CodebookUsage, usage_stats
 from vqtok.report.history import TOKENIZER_SUBDIR, RunHistory, run_name
 from vqtok.tokenizers import ImageTokenizer
 from vqtok.tokenizers.pixels import DEFAULT_NORMALIZATION, Normalization
-from vqtok.training import data as datamodules
+from vqtok.training.data import datamodule_from_config
 
 _SSIM_MIN_SIDE = 11  # torchmetrics' default Gaussian window
 
@@ -45,29 +42,7 @@ def load_data(spec: str | Path, image_size: int = 64) -> Dataset:
     if not path.is_file() or path.suffix.lower() not in (".yaml", ".yml"):
         raise ValueError(f"--data must be an image folder or a DataModule config (.yaml), "
                          f"got {str(spec)!r}")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: unreadable YAML ({err})") from err
-    section = doc.get("data", doc) if isinstance(doc, dict) else doc
-    if not isinstance(section, dict) or not isinstance(section.get("class_path"), str):
-        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
-            f"{path}: expected a `data:` section (or a top level) with class_path and "
-            f"init_args")
-    name = section["class_path"].rpartition(".")[2]
-    cls = getattr(datamodules, name, None)
-    allowed = sorted(n for n, c in vars(datamodules).items()
-                     if inspect.isclass(c) and issubclass(c, pl.LightningDataModule)
-                     and c.__module__ == datamodules.__name__)
-    if name not in allowed or section["class_path"] not in (name, f"vqtok.training.data.{name}"):
-        raise ValueError(f"{path}: class_path {section['class_path']!r} is not one of vqtok's "
-                         f"DataModules {['vqtok.training.data.' + n for n in allowed]}")
-    try:
-        module = cls(**(section.get("init_args") or {}))
-        module.setup("validate")
-        return module.val_dataloader().dataset
-    except (TypeError, FileNotFoundError) as err:
-        raise ValueError(f"{path}: cannot build {section['class_path']}: {err}") from err
+    return datamodule_from_config(path).val_dataloader().dataset
 
 
 def held_out_images(data: str | Path | None, count: int, image_size: int) -> Tensor:

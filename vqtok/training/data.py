@@ -10,10 +10,13 @@ has none). Each module exposes ``in_channels``,
 
 from __future__ import annotations
 
+import inspect
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
 
 try:  # a dependency: loaders whose position Lightning saves in checkpoints
@@ -363,4 +366,43 @@ class WebDatasetDataModule(_LoaderMixin, pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         self._val.samples = max(1, self.hparams.val_samples // world)
         self.train_set, self.val_set = self._train, self._val
+
+
+def datamodule_from_config(path: str | Path) -> pl.LightningDataModule:
+    """One of this module's DataModules, built from a YAML config (an experiment config's
+    ``data:`` section, or a bare ``class_path``/``init_args``) and set up for validation.
+    Only classes of this module are built: such a config cannot import other code.
+
+    Raises:
+        ValueError: unreadable YAML, no ``class_path``, a class that is not one of these
+            DataModules, or arguments it does not take (one line naming the file).
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        raise ValueError(f"{path}: unreadable YAML ({str(err).splitlines()[0]})") from err
+    section = doc.get("data", doc) if isinstance(doc, dict) else doc
+    if not isinstance(section, dict) or not isinstance(section.get("class_path"), str):
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"{path}: expected a `data:` section (or a top level) with class_path and "
+            f"init_args")
+    module = sys.modules[__name__]
+    name = section["class_path"].rpartition(".")[2]
+    allowed = sorted(n for n, c in vars(module).items()
+                     if inspect.isclass(c) and issubclass(c, pl.LightningDataModule)
+                     and c.__module__ == __name__)
+    if name not in allowed or section["class_path"] not in (name, f"{__name__}.{name}"):
+        raise ValueError(f"{path}: class_path {section['class_path']!r} is not one of vqtok's "
+                         f"DataModules {[f'{__name__}.{n}' for n in allowed]}")
+    init_args = section.get("init_args") or {}
+    if not isinstance(init_args, dict):
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"{path}: init_args of {section['class_path']} must be a mapping")
+    try:
+        datamodule = getattr(module, name)(**init_args)
+        datamodule.setup("validate")
+    except (TypeError, FileNotFoundError) as err:
+        raise ValueError(f"{path}: cannot build {section['class_path']}: {err}") from err
+    return datamodule
 
