@@ -37,6 +37,7 @@ from vqtok.models.blocks import (
     SelfAttention,
     Upsample,
     check_feature_map,
+    reuse_buffers,
 )
 from vqtok.registry import register
 from vqtok.validation import check_positive
@@ -180,7 +181,7 @@ class VQGANEncoder(_VQGANNet):
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)
-        h = self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        h = self.conv_out(F.silu(self.norm_out(self.mid(h)), inplace=reuse_buffers()))
         return self.quant_conv(h)
 
 
@@ -229,4 +230,4 @@ class VQGANDecoder(_VQGANNet):
         h = self.mid(self.conv_in(self.post_quant_conv(z)))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=reuse_buffers()))
