@@ -98,20 +98,20 @@ class EvalDataModuleImages(Dataset):
 
     def __init__(self, datamodule: Any, source: str, size: int, channels: int) -> None:
         check_positive(size=size)
-        dataset = datamodule.val_dataloader().dataset
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise ValueError(f"{source}: {type(datamodule).__name__}'s validation data is a "
-                             f"stream; give the images as files, a folder or a list file")
-        if len(dataset) == 0:
-            raise ValueError(f"{source}: the DataModule has no validation image")
-        first = dataset[0][0]
-        if first.ndim != 3:
-            raise ValueError(f"{source}: {type(datamodule).__name__} gives clips; `vqtok eval` "
-                             f"measures image tokenizers on images")
-        if min(first.shape[-2:]) < size:
-            raise ValueError(f"{source}: the validation images are {first.shape[-1]} x "
-                             f"{first.shape[-2]} pixels, smaller than --size {size} (images "
-                             f"are not enlarged)")
+        dataset, kind = datamodule.val_dataloader().dataset, type(datamodule).__name__
+        sized = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+        first = dataset[0][0] if sized and len(dataset) > 0 else None
+        problem = (
+            f"{kind}'s validation data is a stream; give the images as files, a folder or a "
+            f"list file" if not sized else
+            f"{kind} has no validation image" if first is None else
+            f"{kind} gives clips; `vqtok eval` measures image tokenizers on images"
+            if first.ndim != 3 else
+            f"the validation images are {first.shape[-1]} x {first.shape[-2]} pixels, smaller "
+            f"than --size {size} (images are not enlarged)" if min(first.shape[-2:]) < size
+            else None)
+        if problem is not None:
+            raise ValueError(f"{source}: {problem}")
         self.dataset, self.normalization = dataset, datamodule.normalization
         self.size, self.channels = size, channels
         self.files = [f"{source}#{i}" for i in range(len(dataset))]
