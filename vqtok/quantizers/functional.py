@@ -336,3 +336,88 @@ def codebook_entropy(logits: Tensor, group_size: int | None = None) -> Tensor:
         entropy(mean_code_distribution(logits[:, start : start + group_size]))
         for start in range(0, g, group_size)
     )
+
+
+# ---- IBQ: index backpropagation (Shi et al. 2024) -----------------------------------------
+# docs/algorithms.md#ibq derives the formulas below; (I1)-(I5) are its labels.
+
+# Rows per block of :func:`ibq_softmax`: a block holds a few (rows x K) float32 tensors
+# (the logits, their softmax, and at the entropy's temperature a log-softmax and a
+# softmax), each about this many bytes whatever K is. Above 32 MiB, the most glibc's
+# malloc ever serves from its heap, each one is mapped on its own and unmapped when freed;
+# smaller blocks came from the heap, and a loop over thousands of them fragmented it until
+# the process held 18 GiB (K = 262,144, N = 16,384, 8 MiB blocks).
+IBQ_BLOCK_BYTES = 48 * 2**20
+
+
+def _ibq_block(rows: Tensor, codebook: Tensor,
+               inv_temperature: float | None) -> tuple[Tensor, ...]:
+    """One block of rows ``(r, D)`` against every code: the softmax-weighted codes
+    ``softmax(z C^T) sg(C)`` ``(r, D)`` (I2) and, when ``inv_temperature`` is given, the
+    block's summed sample entropies and summed probabilities ``(K,)`` of
+    ``softmax(z C^T / tau)`` (I4)."""
+    logits = rows @ codebook.t()  # (r, K)
+    soft_codes = logits.softmax(dim=1) @ codebook.detach()  # (r, D)
+    if inv_temperature is None:
+        return (soft_codes,)
+    scaled = logits * inv_temperature  # (r, K)
+    log_p = scaled.log_softmax(dim=1)
+    # softmax rather than log_p.exp(): most p underflow to subnormals at tau = 0.01, and a
+    # plain exp of them ran about five times slower
+    p = scaled.softmax(dim=1)
+    return soft_codes, -(p * log_p).sum(), p.sum(dim=0)
+
+
+def ibq_softmax(rows: Tensor, codebook: Tensor, inv_temperature: float | None = None,
+                block_rows: int | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The softmax parts of IBQ over all K codes, in bounded memory.
+
+    No ``N x K`` tensor is held: rows go in blocks of ``block_rows`` (by default about
+    ``IBQ_BLOCK_BYTES`` of logits per block, at least one row), each through ``torch.utils.checkpoint`` when
+    a gradient is needed, so the backward pass recomputes a block's logits and softmax
+    instead of keeping them for every row. Extra memory: a few blocks of ``r x K`` floats
+    and ``(K, D)`` of codebook gradient, never growing with N.
+
+    Args:
+        rows: ``(N, D)`` encoder outputs z, N >= 1.
+        codebook: ``(K, D)`` codes C.
+        inv_temperature: 1 / tau of the entropy terms; ``None`` skips them.
+        block_rows: rows per block.
+
+    Returns:
+        ``(s, h, p_mean)``: the softmax-weighted codes ``s = softmax(z C^T) sg(C)``
+        ``(N, D)`` (I2); the mean sample entropy ``mean_n H(softmax(z_n C^T / tau))``
+        (I4); the batch's mean distribution ``mean_n softmax(z_n C^T / tau)`` ``(K,)``
+        (I5). The last two are ``None`` without ``inv_temperature``.
+    """
+    n, k = rows.shape[0], codebook.shape[0]
+    if n == 0:
+        raise ValueError(f"IBQ needs at least one row, got shape {tuple(rows.shape)}")
+    step = block_rows or max(1, IBQ_BLOCK_BYTES // (4 * k))
+    checkpointed = torch.is_grad_enabled() and (rows.requires_grad or codebook.requires_grad)
+    soft, entropy_sum, prob_sum = [], None, None
+    for start in range(0, n, step):
+        block = rows[start : start + step]
+        if checkpointed:
+            parts = torch.utils.checkpoint.checkpoint(
+                _ibq_block, block, codebook, inv_temperature, use_reentrant=False,
+                preserve_rng_state=False,
+            )
+        else:
+            parts = _ibq_block(block, codebook, inv_temperature)
+        soft.append(parts[0])
+        if inv_temperature is not None:
+            entropy_sum = parts[1] if entropy_sum is None else entropy_sum + parts[1]
+            prob_sum = parts[2] if prob_sum is None else prob_sum + parts[2]
+    soft_codes = torch.cat(soft) if len(soft) > 1 else soft[0]
+    if inv_temperature is None:
+        return soft_codes, None, None
+    assert entropy_sum is not None and prob_sum is not None  # N >= 1
+    return soft_codes, entropy_sum / n, prob_sum / n
+
+
+def ibq_straight_through(codes: Tensor, soft_codes: Tensor) -> Tensor:
+    """The codes ``C[ids]`` ``(N, D)`` with the gradient of the softmax straight-through
+    estimator (I2): the value is ``C[ids]`` bit for bit (``s - sg(s)`` is exactly 0) and
+    the gradient reaches every code through the softmax of ``soft_codes``."""
+    return codes + (soft_codes - soft_codes.detach())
