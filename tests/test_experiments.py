@@ -47,7 +47,8 @@ TINY_DATA = {  # the first name found in a config picks its arguments
 def test_there_is_a_config_per_quantizer_and_dataset() -> None:
     names = {p.stem for p in CONFIGS}
     for data in ("photos", "fmnist"):
-        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "fsq", "lfq", "bsq", "residual_vq"):
+        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "ibq", "fsq", "lfq", "bsq",
+                  "residual_vq"):
             assert f"{data}_{q}" in names
 
 
