@@ -52,7 +52,7 @@ class IBQ(CodebookQuantizer):
         entropy_eps: eps in ``H_eps(p) = -sum_k p_k log(p_k + eps)`` of the batch term, as
             the released code computes it; 0 gives the exact entropy.
         chunk_rows: rows per tile of the id search (default: 8 MiB tiles on CPU).
-        softmax_rows: rows per block of the softmax over all codes (default: about 48 MiB
+        softmax_rows: rows per block of the softmax over all codes (default: about 8 MiB
             of logits per block).
     """
 
