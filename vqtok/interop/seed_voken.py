@@ -51,15 +51,14 @@ def load_seed_voken(path: str | os.PathLike[str]) -> Converted:
     state = ckpt["state_dict"]
     weights, notes = pick_weights(state, path)
     if all(key in weights for key in IBQ_MARKERS):
-        family, model = "IBQ", ibq_arch(weights, path).build()
+        model = ibq_arch(weights, path).build()
     elif all(key in weights for key in MAGVIT_MARKERS):
-        family, model = "Open-MAGVIT2", magvit_model(weights, path)
+        model = magvit_model(weights, path)
     else:
         raise ConversionError(f"{path}: not a layout SEED-Voken publishes (neither IBQ's "
                               f"{IBQ_MARKERS[0]} nor Open-MAGVIT2's {MAGVIT_MARKERS[1]})")
     model = load_mapped(model, weights, STYLE, path, ignore=lambda key: False)
     losses = sum(1 for key in state if key.startswith("loss."))
-    notes = [f"{family} tokenizer"] + notes
     notes += [f"{losses} loss.* tensors (discriminator and LPIPS)"] if losses else []
     notes += [f"checkpoint entry {key!r}" for key in sorted(ckpt) if key != "state_dict"]
     return Converted(model, "seed-voken", os.fspath(path), notes)
@@ -68,11 +67,11 @@ def load_seed_voken(path: str | os.PathLike[str]) -> Converted:
 def pick_weights(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """The model's weights by their published names: the EMA copies when the checkpoint
     holds them (every one, or one line naming the first missing), else the training
-    weights; with a note on which."""
+    weights; with the note of what was left out."""
     own = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     ema = {k[len(EMA_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
     if not ema:
-        return own, ["no EMA weights (model_ema.*): the training weights were converted"]
+        return own, []
     picked = {}
     for key in own:
         flat = key.replace(".", "")  # LitEma's buffer name of the parameter
@@ -80,8 +79,8 @@ def pick_weights(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], lis
             raise ConversionError(f"{path}: the checkpoint holds EMA weights (model_ema.*) but "
                                   f"none for {key}")
         picked[key] = ema[flat]
-    return picked, [(f"EMA weights converted (model_ema.*, as SEED-Voken evaluates); "
-                    f"{len(own)} training weights ignored")]
+    return picked, [(f"{len(own)} training weights (their EMA copies, model_ema.*, were "
+                     f"converted: SEED-Voken evaluates with those)")]
 
 
 def ibq_arch(state: dict[str, Any], path: Path) -> VQGANArch:
