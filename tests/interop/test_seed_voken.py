@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from tests.interop.references import taming_vqgan
 from vqtok.cli import main
-from vqtok.interop import ConversionError
+from vqtok.interop import ConversionError, convert
 from vqtok.interop.seed_voken import load_seed_voken
 from vqtok.models.magvit2 import AdaptiveGroupNorm
 from vqtok.quantizers import IBQ, LFQ
@@ -266,6 +266,9 @@ def test_ibq_ids_and_pixels_equal_the_reference(tmp_path: Path) -> None:
         (f"{len(reference.state_dict())} training weights (their EMA copies, model_ema.*, "
          f"were converted: SEED-Voken evaluates with those)"),
         "2 loss.* tensors (discriminator and LPIPS)"]
+    # written as a tokenizer directory and loaded back: the same ids (IBQ's rule kept)
+    convert("seed-voken", tmp_path / "ibq.ckpt", tmp_path / "tok")
+    assert torch.equal(load_tokenizer(tmp_path / "tok").encode(x)[clear], ids[clear])
 
 
 def test_without_ema_the_training_weights_convert(tmp_path: Path) -> None:
