@@ -556,13 +556,14 @@ MODES_MATCHED_MORE = (
 MODES_IBQ = (
     "Modes. IBQ with its defaults, the released code's losses (docs/algorithms.md#ibq): the "
     "softmax straight-through and commitment terms (weight 1), the codebook term (0.25) and "
-    "both entropy terms (weight 0.05, temperature 0.01) over all K codes, in row blocks under "
-    "`torch.utils.checkpoint`; codes drawn N(0, 1). The comparison is vqtok's own "
+    "both entropy terms (weight 0.05, temperature 0.01) over all K codes, in row blocks whose "
+    "logits the backward pass recomputes; codes drawn N(0, 1). The comparison is vqtok's own "
     "VectorQuantizer with the straight-through estimator (`init='data'`, as in the VQ rows), "
     "whose step searches once and moves only the chosen codes; vector-quantize-pytorch has no "
-    "IBQ. IBQ's step computes the logits of every (row, code) pair several times (the id "
-    "search, the block's softmaxes, their recomputation and gradient in the backward pass), "
-    "which is the cost of moving every code."
+    "IBQ. IBQ's step computes the logits of every (row, code) pair three times (the id "
+    "search, the forward softmaxes, their recomputation for the backward pass) and makes "
+    "several elementwise passes over them at two temperatures: the cost of a gradient for "
+    "every code."
 )
 
 
