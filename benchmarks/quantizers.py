@@ -53,6 +53,8 @@ WARMUP = 1
 DEFAULT_LIMIT_GIB = 20.0
 GIB = 2**30
 RESULTS = Path(__file__).with_name("RESULTS.md")
+MIN_RUNS_OF = {"vqtok-ibq-262144": 2}
+"""Fewer timed steps where one step takes minutes (IBQ's softmax over 262,144 codes)."""
 
 
 # ---- what each configuration builds (runs inside the child process) --------------------
@@ -204,6 +206,13 @@ def build_reference_binary(bits: int, spherical: bool = False) -> Callable[[], N
                      call=lambda z: module(z, inv_temperature=inv_temperature))
 
 
+def build_vqtok_ibq(k: int) -> Callable[[], None]:
+    from vqtok.quantizers import IBQ
+
+    # The released defaults: every loss, the entropy terms over all K codes included.
+    return _step_for(IBQ(k, DIM).train(), _vqtok_unpack)
+
+
 def build_baseline() -> Callable[[], None]:
     """Only the imports and the input map: the RSS every configuration starts from."""
     import vqtok.quantizers  # noqa: F401
@@ -216,7 +225,8 @@ FSQ_LEVELS = [8, 8, 8, 5, 5, 5]  # Mentzer et al. 2023 preset for 2^16 codes
 
 BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
     "baseline": build_baseline,
-    **{f"matmul-{k}": (lambda k=k: build_matmul(k)) for k in (1024, 8192, 65536, 262144)},
+    **{f"matmul-{k}": (lambda k=k: build_matmul(k))
+       for k in (1024, 8192, 16384, 65536, 262144)},
     **{
         f"vqtok-vq-{est}-{k}": (lambda k=k, est=est: build_vqtok_vq(k, est))
         for k in (1024, 8192, 65536)
@@ -228,6 +238,9 @@ BUILDERS: dict[str, Callable[[], Callable[[], None]]] = {
         for est in ("ste", "rotation")
     },
     "vqtok-vq-ste-262144": lambda: build_vqtok_vq(262144, "ste"),
+    "vqtok-vq-ste-16384": lambda: build_vqtok_vq(16384, "ste"),
+    "vqtok-ibq-16384": lambda: build_vqtok_ibq(16384),
+    "vqtok-ibq-262144": lambda: build_vqtok_ibq(262144),
     "vqtok-vq-ema-rotation-8192": lambda: build_vqtok_vq(8192, "rotation", ema=True),
     "ref-vq-ema-rotation-8192": lambda: build_reference_vq(8192, True, ema=True),
     "vqtok-simvq-rotation-65536": lambda: build_vqtok_simvq(65536, "rotation"),
@@ -261,7 +274,8 @@ def child(case: str, limit_bytes: int) -> None:
         for _ in range(WARMUP):
             step()
         times: list[float] = []
-        while len(times) < MIN_RUNS or (len(times) < MAX_RUNS and sum(times) < RUN_BUDGET_S):
+        min_runs = MIN_RUNS_OF.get(case, MIN_RUNS)
+        while len(times) < min_runs or (len(times) < MAX_RUNS and sum(times) < RUN_BUDGET_S):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
@@ -407,6 +421,11 @@ ROWS: list[Row] = [
         f"peak RSS < 1.5 GiB; {MORE_TARGET}",
         all_targets(vq_target(1.5, None), vs_reference_target(1 / 3, 1 / 4, above_baseline=True)),
         group="more"),
+    Row("vqtok IBQ, every loss", "vqtok-ibq-16384", 16384, "matmul-16384",
+        "vqtok-vq-ste-16384", group="ibq"),
+    Row("vqtok IBQ, every loss", "vqtok-ibq-262144", 262144, "matmul-262144",
+        "vqtok-vq-ste-262144", "bounded memory: peak RSS < 1.5 GiB", vq_target(1.5, None),
+        group="ibq"),
 ]
 
 REFERENCE_LABELS = {
@@ -419,6 +438,7 @@ REFERENCE_LABELS = {
     "ref-rvq-ema": f"ResidualVQ, {RVQ_DEPTH} x VectorQuantize, EMA decay 0.99 (its default)",
     "ref-lfq": "LFQ, entropy loss, inverse temperature 100, dim 32 (projection)",
     "ref-bsq": "LFQ spherical=True (BSQ), inverse temperature 1, dim 32 (projection)",
+    "vqtok-vq-ste": "vqtok VectorQuantizer STE (the nearest-code search)",
 }
 
 
@@ -533,6 +553,20 @@ MODES_MATCHED_MORE = (
 )
 
 
+MODES_IBQ = (
+    "Modes. IBQ with its defaults, the released code's losses (docs/algorithms.md#ibq): the "
+    "softmax straight-through and commitment terms (weight 1), the codebook term (0.25) and "
+    "both entropy terms (weight 0.05, temperature 0.01) over all K codes, in row blocks whose "
+    "logits the backward pass recomputes; codes drawn N(0, 1). The comparison is vqtok's own "
+    "VectorQuantizer with the straight-through estimator (`init='data'`, as in the VQ rows), "
+    "whose step searches once and moves only the chosen codes; vector-quantize-pytorch has no "
+    "IBQ. IBQ's step computes the logits of every (row, code) pair three times (the id "
+    "search, the forward softmaxes, their recomputation for the backward pass) and makes "
+    "several elementwise passes over them at two temperatures: the cost of a gradient for "
+    "every code."
+)
+
+
 @dataclass
 class Group:
     """One section of RESULTS.md: rows run together, under one set of conditions."""
@@ -542,6 +576,8 @@ class Group:
     modes: str
     extra_cases: tuple[str, ...]  # shown in the section's small table (baseline, matmuls)
     notes: tuple[str, ...] = ()
+    against: str | None = None
+    """What the rows are compared with, when not vector-quantize-pytorch."""
 
     @property
     def rows(self) -> list[Row]:
@@ -573,6 +609,14 @@ GROUPS: dict[str, Group] = {
                 "that ratio."),
             ),
         ),
+        Group(
+            "ibq", "IBQ", MODES_IBQ, ("baseline", "matmul-16384", "matmul-262144"),
+            notes=(
+                (f"- The IBQ row at K = 262,144 reports the median of "
+                 f"{MIN_RUNS_OF['vqtok-ibq-262144']} timed steps (one step takes minutes)."),
+            ),
+            against="vqtok's nearest-code VectorQuantizer",
+        ),
     )
 }
 
@@ -592,7 +636,8 @@ def header(info: dict, limit_bytes: int, load: tuple, total_s: float, group: Gro
         f"## {group.title}",
         "",
         (f"Written by `benchmarks/quantizers.py --rows {group.name}` (`make bench` runs every "
-         f"group): vqtok against vector-quantize-pytorch {info['vector_quantize_pytorch']}, "
+         f"group): vqtok against "
+         f"{group.against or 'vector-quantize-pytorch ' + info['vector_quantize_pytorch']}, "
          "side by side in one run."),
         "",
         (f"- Machine: {info['cpu']}, {cpus} logical CPUs; "

@@ -2,14 +2,14 @@
 
 One small Fashion-MNIST autoencoder (vqtok's Encoder and Decoder at 8, 16 and 32 channels,
 4x downsampling of the 28 x 28 images to 7 x 7 tokens of dim 16) is trained with each quantizer at
-codebook sizes around 1k, 16k and 65k, and with vector-quantize-pytorch's equivalents in
-the same autoencoder, with the same seed, the same batches in the same order and the same
+codebook sizes around 1k, 16k and 65k, and with vector-quantize-pytorch's equivalents (it
+has none of IBQ) in the same autoencoder, with the same seed, the same batches in the same order and the same
 optimiser. Each run is then measured on the whole Fashion-MNIST test split (10,000 images):
 codebook usage and perplexity of the ids (docs/algorithms.md#codebook-usage), and PSNR.
 For LFQ and BSQ it also measures, on the same test batches, how far the grouped bound of
 the batch entropy lies above its exact value (docs/algorithms.md#lfq, L4 and L5).
 
-Sizes: VQ, SimVQ and residual VQ use K = 1,024, 16,384 and 65,536 codes (the residual
+Sizes: VQ, SimVQ, IBQ and residual VQ use K = 1,024, 16,384 and 65,536 codes (the residual
 quantizer: 2 stages of K); FSQ the presets 1,000, 15,360 and 64,000; LFQ and BSQ 2^10,
 2^14 and 2^16.
 
@@ -55,6 +55,7 @@ from vqtok.models import Decoder, Encoder, VQAutoencoder
 from vqtok.quantizers import (
     BSQ,
     FSQ,
+    IBQ,
     LFQ,
     QuantizerOutput,
     ResidualQuantizer,
@@ -89,6 +90,7 @@ def vqtok_quantizers(size: str, quick: bool) -> dict[str, Callable[[], nn.Module
         "vq_rotation": lambda: VectorQuantizer(k, DIM, grad_estimator="rotation"),
         "vq_ema_restart": lambda: VectorQuantizer(k, DIM, ema_decay=0.99, restart_after=2.0),
         "simvq": lambda: SimVQ(k, DIM),
+        "ibq": lambda: IBQ(k, DIM),
         "fsq": lambda: FSQ(levels=levels, dim=DIM),
         "lfq": lambda: LFQ(bits=bits, dim=DIM),
         "bsq": lambda: BSQ(bits=bits, dim=DIM),
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             libraries["vector-quantize-pytorch"] = reference_quantizers(size, args.quick)
         for name in args.quantizers or list(libraries["vqtok"]):
             for library, factories in libraries.items():
+                if name not in factories:  # vector-quantize-pytorch has no IBQ
+                    continue
                 tag = "ref" if library != "vqtok" else "vqtok"
                 run_dir = Path(args.runs) / f"{name}-{size}-{tag}"
                 print(f"[{time.perf_counter() - started:7.0f} s] {library} {name} {size}",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import DEVICES, assert_ids_agree, tiny_model, undecided_ids
-from vqtok.quantizers import BSQ, FSQ, LFQ, ResidualQuantizer, SimVQ, VectorQuantizer
+from vqtok.quantizers import BSQ, FSQ, IBQ, LFQ, ResidualQuantizer, SimVQ, VectorQuantizer
 from vqtok.quantizers import functional as Fq
 
 QUANTIZERS = {
@@ -24,6 +24,7 @@ QUANTIZERS = {
     "vq_ema": lambda: VectorQuantizer(64, 4, ema_decay=0.9, restart_threshold=0.2,
                                       usage_decay=0.5),
     "simvq": lambda: SimVQ(64, 4),
+    "ibq": lambda: IBQ(64, 4),
     "fsq": lambda: FSQ([8, 5, 5, 5], dim=4),
     "lfq": lambda: LFQ(6, dim=4),
     "bsq": lambda: BSQ(6, dim=4),

@@ -47,7 +47,8 @@ TINY_DATA = {  # the first name found in a config picks its arguments
 def test_there_is_a_config_per_quantizer_and_dataset() -> None:
     names = {p.stem for p in CONFIGS}
     for data in ("photos", "fmnist"):
-        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "fsq", "lfq", "bsq", "residual_vq"):
+        for q in ("vq_ste", "vq_rotation", "vq_ema", "simvq", "ibq", "fsq", "lfq", "bsq",
+                  "residual_vq"):
             assert f"{data}_{q}" in names
 
 
@@ -134,7 +135,7 @@ def test_collapse_study_runs_every_quantizer_and_writes_its_table(tmp_path: Path
         exact, bound, gap, log_k = (float(c) for c in row.split("|")[4:8])
         assert exact <= bound + 1e-3 and bound <= log_k + 1e-3
         assert gap == pytest.approx(bound - exact, abs=2e-3)
-    names = {"vq_ste", "vq_rotation", "vq_ema_restart", "simvq", "fsq", "lfq", "bsq",
+    names = {"vq_ste", "vq_rotation", "vq_ema_restart", "simvq", "ibq", "fsq", "lfq", "bsq",
              "residual_vq"}
     assert {row.split("|")[1].strip() for row in table} == names
     for name in names:

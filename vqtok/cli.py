@@ -270,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it holds and write it as a vqtok tokenizer directory, "
                                    "exactly the same model (docs/interop.md).")
     p.add_argument("--from", dest="source_kind", required=True,
-                   choices=["diffusers", "taming", "llamagen"], help="the source's project")
+                   choices=["diffusers", "taming", "llamagen", "seed-voken"],
+                   help="the source's project")
     p.add_argument("source", help="diffusers: a VQModel folder or Hub repo id; taming: a log "
-                   "folder (configs/model.yaml, ckpts/last.ckpt); llamagen: the .pt file")
+                   "folder (configs/model.yaml, ckpts/last.ckpt); llamagen: the .pt file; "
+                   "seed-voken: an Open-MAGVIT2 or IBQ .ckpt")
     p.add_argument("out", help="tokenizer directory to write (atomically)")
     p.add_argument("--arch", default=None, help="llamagen: VQ-8 or VQ-16 (default: from the "
                    "weights' shapes)")

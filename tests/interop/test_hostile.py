@@ -40,7 +40,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path) -> s
     return err
 
 
-@pytest.mark.parametrize("source", ["taming", "llamagen"])
+@pytest.mark.parametrize("source", ["taming", "llamagen", "seed-voken"])
 def test_a_pickle_naming_a_foreign_global_is_refused_and_never_run(
         source: str, tmp_path: Path, capsys) -> None:
     marker = tmp_path / "ran"
@@ -53,6 +53,10 @@ def test_a_pickle_naming_a_foreign_global_is_refused_and_never_run(
         ckpt["hyper_parameters"] = RunsACommand(marker)
         torch.save(ckpt, logdir / "ckpts" / "last.ckpt")
         argv, named = [str(logdir)], logdir / "ckpts" / "last.ckpt"
+    elif source == "seed-voken":
+        torch.save({"state_dict": {}, "hyper_parameters": RunsACommand(marker)},
+                   tmp_path / "ibq.ckpt")
+        argv, named = [str(tmp_path / "ibq.ckpt")], tmp_path / "ibq.ckpt"
     else:
         torch.save({"model": {}, "args": RunsACommand(marker)}, tmp_path / "vq.pt")
         argv, named = [str(tmp_path / "vq.pt")], tmp_path / "vq.pt"

@@ -26,6 +26,7 @@ from vqtok.formats.schema import FormatError
 from vqtok.formats.tokenizer_dir import DEFAULT_NORMALIZATION, save_tokenizer_dir
 from vqtok.models.autoencoder import VQAutoencoder
 from vqtok.models.vqgan import VQGANDecoder, VQGANEncoder
+from vqtok.quantizers.ibq import IBQ
 from vqtok.quantizers.vq import VectorQuantizer
 
 SOURCE_NORMALIZATION = dict(DEFAULT_NORMALIZATION)
@@ -60,6 +61,9 @@ class VQGANArch:
     num_groups: int = 32
     cosine: bool = False
     """l2-normalise inputs and codes before the search (LlamaGen)."""
+    quantizer: str = "vq"
+    """``"vq"``: the nearest code (:class:`VectorQuantizer`); ``"ibq"``: the largest logit
+    (:class:`IBQ`, SEED-Voken's IBQ tokenizers)."""
 
     def build(self) -> VQAutoencoder:
         """The model, its quantizer marked initialised (a loaded codebook is never
@@ -72,6 +76,8 @@ class VQGANArch:
                                    attention_levels=list(self.encoder_attention), **shared)
             decoder = VQGANDecoder(self.out_channels, list(self.decoder_widths or self.widths),
                                    attention_levels=list(self.decoder_attention), **shared)
+            if self.quantizer == "ibq":
+                return VQAutoencoder(encoder, IBQ(self.codebook_size, self.dim), decoder)
             quantizer = VectorQuantizer(self.codebook_size, self.dim, init="normal",
                                         cosine=self.cosine)
         except ValueError as err:
@@ -86,7 +92,7 @@ class Converted:
 
     model: VQAutoencoder
     source: str
-    """``"diffusers"``, ``"taming"`` or ``"llamagen"``."""
+    """``"diffusers"``, ``"taming"``, ``"llamagen"`` or ``"seed-voken"``."""
     path: str
     """What was read (a folder, a file, a Hub repo id)."""
     ignored: list[str] = field(default_factory=list)
@@ -244,6 +250,16 @@ def check_ints(value: Any, key: str, where: str) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ConversionError(f"{where}: {key} must be a non-empty list of ints, got {value!r}")
     return tuple(check_int(v, key, where) for v in value)
+
+
+def shape_of(state: Mapping[str, Any], key: str, path: str | os.PathLike[str],
+             dims: int = 1) -> tuple[int, ...]:
+    """The shape of tensor ``key`` of a source state dict, which must have at least
+    ``dims`` dimensions, else one line naming the key."""
+    value = state.get(key)
+    if not isinstance(value, Tensor) or value.ndim < dims:
+        raise ConversionError(f"{path}: the source has no tensor {key}")
+    return tuple(value.shape)
 
 
 def level_count_from(keys: Any, pattern: str) -> int:

@@ -71,18 +71,20 @@ def norm_factory(norm: str, num_groups: int) -> NormFactory:
 class ResBlock(nn.Module):
     """Pre-activation residual block: ``x + conv(SiLU(N(conv(SiLU(N(x))))))``, N the norm.
 
-    A 1x1 conv maps the skip path when the width changes.
+    A 1x1 conv maps the skip path when the width changes. ``bias=False`` drops the
+    convolutions' biases (MAGVIT-v2's blocks, :mod:`vqtok.models.magvit2`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: NormFactory) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: NormFactory,
+                 bias: bool = True) -> None:
         super().__init__()
         self.norm1 = norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
         self.norm2 = norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
         self.skip = (
             nn.Identity() if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, 1)
+            else nn.Conv2d(in_channels, out_channels, 1, bias=bias)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -56,14 +56,16 @@ class CornerPadDownsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # (left, right, top, bottom)
 
 
-class _Level(nn.Module):
+class Level(nn.Module):
     """One resolution: residual blocks (``block``), each followed by self-attention when
-    the level has it (``attn``), then an optional resampling step."""
+    the level has it (``attn``), then an optional resampling step. ``bias``: the residual
+    blocks' convolutions have biases."""
 
     def __init__(self, widths_in: Sequence[int], width: int, attention: bool,
-                 norm: NormFactory, resample: nn.Module | None, resample_name: str) -> None:
+                 norm: NormFactory, resample: nn.Module | None, resample_name: str,
+                 bias: bool = True) -> None:
         super().__init__()
-        self.block = nn.ModuleList(ResBlock(w, width, norm) for w in widths_in)
+        self.block = nn.ModuleList(ResBlock(w, width, norm, bias) for w in widths_in)
         self.attn = nn.ModuleList(SelfAttention(width, norm) for _ in widths_in) if attention \
             else nn.ModuleList()
         self.resample_name = resample_name
@@ -93,7 +95,7 @@ class _Middle(nn.Module):
         return self.block_2(self.attn_1(self.block_1(h)))
 
 
-class _VQGANNet(nn.Module):
+class VQGANNet(nn.Module):
     """The arguments the encoder and the decoder share, checked once."""
 
     def __init__(self, widths: Sequence[int], num_res_blocks: int,
@@ -133,7 +135,7 @@ def _group_norm(channels: int, num_groups: int, eps: float) -> nn.GroupNorm:
 
 
 @register
-class VQGANEncoder(_VQGANNet):
+class VQGANEncoder(VQGANNet):
     """Image ``(B, in_channels, H, W)`` -> ``(B, dim, H / f, W / f)``, f = 2^(levels - 1).
 
     Args:
@@ -166,7 +168,7 @@ class VQGANEncoder(_VQGANNet):
         width = channels
         for level, level_width in enumerate(self.widths):
             last = level == len(self.widths) - 1
-            self.down.append(_Level(
+            self.down.append(Level(
                 [width] + [level_width] * (num_res_blocks - 1), level_width,
                 level in self.attention_levels, norm,
                 None if last else CornerPadDownsample(level_width), "downsample"))
@@ -186,7 +188,7 @@ class VQGANEncoder(_VQGANNet):
 
 
 @register
-class VQGANDecoder(_VQGANNet):
+class VQGANDecoder(VQGANNet):
     """``(B, dim, h, w)`` -> image ``(B, out_channels, h * f, w * f)``; the output is not
     squashed (images live in [-1, 1]).
 
@@ -211,7 +213,7 @@ class VQGANDecoder(_VQGANNet):
         up: list[nn.Module] = []
         for level in reversed(range(len(self.widths))):
             level_width = self.widths[level]
-            up.append(_Level([width] + [level_width] * num_res_blocks, level_width,
+            up.append(Level([width] + [level_width] * num_res_blocks, level_width,
                              level in self.attention_levels, norm,
                              None if level == 0 else Upsample(level_width), "upsample"))
             width = level_width

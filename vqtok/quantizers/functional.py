@@ -336,3 +336,152 @@ def codebook_entropy(logits: Tensor, group_size: int | None = None) -> Tensor:
         entropy(mean_code_distribution(logits[:, start : start + group_size]))
         for start in range(0, g, group_size)
     )
+
+
+# ---- IBQ: index backpropagation (Shi et al. 2024) -----------------------------------------
+# docs/algorithms.md#ibq derives the formulas below; (I1)-(I5) are its labels.
+
+# Rows per block of :func:`ibq_softmax`: a block's (rows x K) float32 scratch tensors (three
+# in the forward pass, four in the backward) are each about this many bytes whatever K is,
+# allocated once per call and reused by every block.
+IBQ_BLOCK_BYTES = 8 * 2**20
+# exp(x) for x < -80 is a subnormal float or 0, and the CPU's exp took about ten times
+# longer on such arguments: shifted logits below -80 are raised to -80 before the
+# exponential. A probability below e^-80 (1.8e-35) then counts as about that much, which
+# moves a row's sums by at most K e^-80 (5e-30 at K = 2^28), far below float32's rounding.
+IBQ_EXP_FLOOR = -80.0
+
+
+def _shifted_exp_(x: Tensor) -> Tensor:
+    """In place: ``exp(x - rowmax(x))`` of a ``(rows, K)`` block, the shifted values floored
+    at ``IBQ_EXP_FLOOR``; returns the row sums ``(rows, 1)``."""
+    x.sub_(x.amax(dim=1, keepdim=True)).clamp_(min=IBQ_EXP_FLOOR).exp_()
+    return x.sum(dim=1, keepdim=True)
+
+
+def _entropy_block_(logits: Tensor, inv_temperature: float, scaled: Tensor,
+                    probs: Tensor) -> None:
+    """At the entropy's temperature, in place: ``probs`` <- ``q = softmax(l / tau)`` and
+    ``scaled`` <- ``log q`` (both ``(rows, K)``; ``logits`` is left as it is)."""
+    torch.mul(logits, inv_temperature, out=scaled)
+    scaled.sub_(scaled.amax(dim=1, keepdim=True)).clamp_(min=IBQ_EXP_FLOOR)
+    torch.exp(scaled, out=probs)
+    total = probs.sum(dim=1, keepdim=True)
+    probs.div_(total)
+    scaled.sub_(total.log())
+
+
+class _IBQSoftmax(torch.autograd.Function):
+    """:func:`ibq_softmax` with its gradient written out (docs/algorithms.md#ibq, I2, I4,
+    I5): the forward pass keeps nothing of size N x K, the backward pass recomputes each
+    block's logits and softmaxes in the same scratch tensors."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, codebook: Tensor, inv_temperature: float | None,
+                step: int) -> tuple[Tensor, Tensor, Tensor]:
+        n, k = rows.shape[0], codebook.shape[0]
+        entropy = inv_temperature is not None
+        soft = rows.new_empty(rows.shape)  # (N, D)
+        row_h = rows.new_zeros(n if entropy else 0)  # (N,) sample entropies
+        prob_sum = rows.new_zeros(k if entropy else 0)  # (K,)
+        width = min(step, n)
+        logits_buf = rows.new_empty(width * k)
+        scaled_buf = rows.new_empty(width * k if entropy else 0)
+        probs_buf = rows.new_empty(width * k if entropy else 0)
+        for start in range(0, n, step):
+            block = rows[start : start + step]
+            r = block.shape[0]
+            logits = logits_buf[: r * k].view(r, k)
+            torch.mm(block, codebook.t(), out=logits)  # l = z C^T
+            if entropy:
+                scaled, probs = (b[: r * k].view(r, k) for b in (scaled_buf, probs_buf))
+                _entropy_block_(logits, inv_temperature, scaled, probs)
+                prob_sum.add_(probs.sum(dim=0))
+                row_h[start : start + r] = -(scaled.mul_(probs).sum(dim=1))
+            total = _shifted_exp_(logits)  # softmax(l) up to the row sums
+            out = soft[start : start + r]
+            torch.mm(logits, codebook, out=out)
+            out.div_(total)  # s = softmax(l) C   (I2)
+        ctx.save_for_backward(rows, codebook, soft, row_h)
+        ctx.inv_temperature, ctx.step = inv_temperature, step
+        return soft, row_h.sum() / n, prob_sum / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_soft: Tensor, grad_h: Tensor, grad_p: Tensor
+                 ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        rows, codebook, soft, row_h = ctx.saved_tensors
+        inv_t, step = ctx.inv_temperature, ctx.step
+        n, k = rows.shape[0], codebook.shape[0]
+        entropy = inv_t is not None
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_codebook = torch.zeros_like(codebook) if ctx.needs_input_grad[1] else None
+        # dL/dH_n = grad_h / N and dL/dP = grad_p / N (the outputs are means over rows)
+        g_h, g_p = (grad_h / n, grad_p / n) if entropy else (None, None)
+        width = min(step, n)
+        bufs = [rows.new_empty(width * k) for _ in range(4 if entropy else 2)]
+        for start in range(0, n, step):
+            block = rows[start : start + step]
+            r = block.shape[0]
+            logits, grad_l, *more = (b[: r * k].view(r, k) for b in bufs)
+            torch.mm(block, codebook.t(), out=logits)
+            if entropy:
+                # dH_n/da_k = -q_k (log q_k + H_n); dP_k/da_j through the softmax (I4, I5)
+                scaled, probs = more
+                _entropy_block_(logits, inv_t, scaled, probs)
+                q_dot_gp = (probs @ g_p)[:, None]  # (r, 1)
+                scaled.add_(row_h[start : start + r, None]).mul_(-g_h).add_(g_p)
+                scaled.sub_(q_dot_gp).mul_(probs)  # dL/da, a = l / tau
+            # dL/dl_k = p_k (g . e_k - g . s)  (I2), p = softmax(l)
+            g = grad_soft[start : start + r]
+            torch.mm(g, codebook.t(), out=grad_l)
+            grad_l.sub_((g * soft[start : start + r]).sum(dim=1, keepdim=True))
+            total = _shifted_exp_(logits)
+            grad_l.mul_(logits).div_(total)
+            if entropy:
+                grad_l.add_(more[0], alpha=inv_t)
+            if grad_rows is not None:
+                torch.mm(grad_l, codebook, out=grad_rows[start : start + r])
+            if grad_codebook is not None:
+                grad_codebook.addmm_(grad_l.t(), block)
+        return grad_rows, grad_codebook, None, None
+
+
+def ibq_softmax(rows: Tensor, codebook: Tensor, inv_temperature: float | None = None,
+                block_rows: int | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The softmax parts of IBQ over all K codes, in bounded memory.
+
+    No ``N x K`` tensor is held: rows go in blocks of ``block_rows`` (by default about
+    ``IBQ_BLOCK_BYTES`` of logits per block, at least one row) against every code, and the
+    backward pass recomputes a block's logits and softmaxes rather than keeping them for
+    every row (its gradient is written out in :class:`_IBQSoftmax`). Extra memory: a few
+    blocks of ``r x K`` floats and ``(K, D)`` of codebook gradient, never growing with N.
+
+    Args:
+        rows: ``(N, D)`` encoder outputs z, N >= 1.
+        codebook: ``(K, D)`` codes C.
+        inv_temperature: 1 / tau of the entropy terms; ``None`` skips them.
+        block_rows: rows per block.
+
+    Returns:
+        ``(s, h, p_mean)``: the softmax-weighted codes ``s = softmax(z C^T) sg(C)``
+        ``(N, D)`` (I2; the gradient reaches C through the softmax only); the mean sample
+        entropy ``mean_n H(softmax(z_n C^T / tau))`` (I4); the batch's mean distribution
+        ``mean_n softmax(z_n C^T / tau)`` ``(K,)`` (I5). The last two are ``None`` without
+        ``inv_temperature``.
+    """
+    n, k = rows.shape[0], codebook.shape[0]
+    if n == 0:
+        raise ValueError(f"IBQ needs at least one row, got shape {tuple(rows.shape)}")
+    step = block_rows or max(1, IBQ_BLOCK_BYTES // (4 * k))
+    soft, h, mean_p = _IBQSoftmax.apply(rows, codebook, inv_temperature, step)
+    if inv_temperature is None:
+        return soft, None, None
+    return soft, h, mean_p
+
+
+def ibq_straight_through(codes: Tensor, soft_codes: Tensor) -> Tensor:
+    """The codes ``C[ids]`` ``(N, D)`` with the gradient of the softmax straight-through
+    estimator (I2): the value is ``C[ids]`` bit for bit (``s - sg(s)`` is exactly 0) and
+    the gradient reaches every code through the softmax of ``soft_codes``."""
+    return codes + (soft_codes - soft_codes.detach())

@@ -67,7 +67,8 @@ def _score_buffer(need: int, dtype: torch.dtype, device: torch.device) -> Tensor
 
 @torch.no_grad()
 def nearest_code(
-    x: Tensor, codebook: Tensor, chunk_rows: int | None = None, chunk_codes: int | None = None
+    x: Tensor, codebook: Tensor, chunk_rows: int | None = None, chunk_codes: int | None = None,
+    *, inner_product: bool = False,
 ) -> Tensor:
     """Ids of the nearest codes in squared Euclidean distance.
 
@@ -83,6 +84,9 @@ def nearest_code(
         codebook: ``(K, D)`` codes.
         chunk_rows: rows per tile; by default from :func:`search_tile`.
         chunk_codes: codes per tile; by default from :func:`search_tile`.
+        inner_product: rank codes by the logit x.e_k alone (argmax_k 2 x.e_k, the same
+            tiles with no norm term): the ids of IBQ (docs/algorithms.md#ibq), which are
+            the nearest codes only when every code has the same norm.
 
     Returns:
         ``(N,)`` int64 ids.
@@ -91,7 +95,10 @@ def nearest_code(
     default_rows, default_codes = search_tile(k, x.device)
     rows = chunk_rows or default_rows
     cols = min(k, chunk_codes or default_codes)
-    neg_sq_norm = -codebook.pow(2).sum(dim=1)  # (K,)
+    if inner_product:  # doubling is exact: argmax_k 2 x.e_k = argmax_k x.e_k
+        neg_sq_norm = codebook.new_zeros(k)
+    else:
+        neg_sq_norm = -codebook.pow(2).sum(dim=1)  # (K,)
     if torch.compiler.is_exporting():
         return _nearest_code_graph(x, codebook, neg_sq_norm, min(k, default_codes))
     if n == 0:
