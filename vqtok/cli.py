@@ -141,10 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate", help="generate images (or, with --video, animated GIFs) from a text prompt "
                          "with a trained language model",
-        description="Text to image: the language model writes one token grid per image after "
-                    "the caption, the tokenizer decodes it to pixels. With --video, an LM "
-                    "trained on clips writes a full (t, h, w) grid and a video tokenizer "
-                    "decodes it to an animated GIF.")
+        description=cmd_generate.__doc__)
     p.add_argument("--lm", "--decoder", dest="lm", required=True,
                    help="a language model directory (`vqtok lm fit`); --decoder is the same")
     p.add_argument("--tokenizer", required=True, help="the tokenizer the LM was trained on")
@@ -194,12 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="measure a tokenizer's reconstructions as papers report them: rFID, "
                      "LPIPS, PSNR, SSIM, codebook usage (docs/eval.md)",
-        description="Crop each image to --size (ADM's centre crop), encode and decode it, "
-                    "and compare: rFID (needs the FID Inception weights: `vqtok data "
-                    "inception`), LPIPS (needs its weights: `vqtok lpips convert`), PSNR, "
-                    "SSIM, codebook usage, perplexity and normalised entropy, the token count "
-                    "and the worst images. Writes JSON (docs/formats.md#eval) and prints a "
-                    "table. The protocol is pinned in docs/eval.md.")
+        description=cmd_eval.__doc__)
     p.add_argument("--tokenizer", required=True,
                    help="a tokenizer directory or Hugging Face Hub repo id")
     p.add_argument("--data", required=True, nargs="+",
@@ -248,11 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = lpips_sub.add_parser(
         "convert", help="write one safetensors file from a torchvision VGG16 state dict and "
         "the lpips package's VGG heads",
-        description="Convert torchvision's VGG16 weights (vgg16-397923af.pth, IMAGENET1K_V1) "
-                    "and the lpips package's linear heads (weights/v0.1/vgg.pth inside its "
-                    "wheel) into the one file that LPIPS.from_file reads "
-                    "(docs/training.md#lpips). Both are read with "
-                    "torch.load(weights_only=True).")
+        description=cmd_lpips_convert.__doc__)
     p.add_argument("--vgg", required=True, metavar="VGG16.pth",
                    help="torchvision-format VGG16 state dict (features.* used, classifier.* "
                         "ignored)")
@@ -266,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a diffusers VQModel, a taming VQGAN or a "
                        "LlamaGen tokenizer into a tokenizer directory (docs/interop.md)",
-                       description="Read another project's tokenizer without running anything "
-                                   "it holds and write it as a vqtok tokenizer directory, "
-                                   "exactly the same model (docs/interop.md).")
+                       description=cmd_convert.__doc__)
     p.add_argument("--from", dest="source_kind", required=True,
                    choices=["diffusers", "taming", "llamagen", "seed-voken"],
                    help="the source's project")
@@ -286,8 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="fetch a data set into the user cache ($VQTOK_DATA, else "
                        "the platform cache directory)",
-                       description="Put a data set where vqtok's configs look for it. "
-                                   "Nothing else in vqtok downloads data.")
+                       description=cmd_data.__doc__)
     p.add_argument("dataset", choices=["fashion-mnist", "inception"],
                    help="the data set, or `inception`: the FID Inception weights that "
                         "`vqtok eval` measures rFID with (docs/eval.md)")

@@ -158,6 +158,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Crop each image to --size (ADM's centre crop), encode and decode it, and compare:
+    rFID (needs the FID Inception weights: `vqtok data inception`), LPIPS (needs its
+    weights: `vqtok lpips convert`), PSNR, SSIM, codebook usage, perplexity and normalised
+    entropy, the token count and the worst images. Writes JSON (docs/formats.md#eval) and
+    prints a table. The protocol is pinned in docs/eval.md."""
     from vqtok.apps.evaluate import EvalOptions, evaluate, format_table
 
     options = EvalOptions(
@@ -174,6 +179,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Text to image: the language model writes one token grid per image after the caption,
+    the tokenizer decodes it to pixels. With --video, an LM trained on clips writes a full
+    (t, h, w) grid and a video tokenizer decodes it to an animated GIF."""
     from vqtok.lm.command import write_generated
 
     print(write_generated(args.lm, args.tokenizer, args.prompt, args.out, num=args.num,
@@ -193,6 +201,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_lpips_convert(args: argparse.Namespace) -> int:
+    """Convert torchvision's VGG16 weights (vgg16-397923af.pth, IMAGENET1K_V1) and the
+    lpips package's linear heads (weights/v0.1/vgg.pth inside its wheel) into the one file
+    that LPIPS.from_file reads (docs/training.md#lpips). Both are read with
+    torch.load(weights_only=True)."""
     from vqtok.apps.lpips import convert_lpips
 
     print(convert_lpips(args.vgg, args.heads, args.out, overwrite=args.overwrite))
@@ -200,6 +212,8 @@ def cmd_lpips_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """Read another project's tokenizer without running anything it holds and write it as a
+    vqtok tokenizer directory, exactly the same model (docs/interop.md)."""
     from vqtok.interop import convert
 
     out, converted = convert(args.source_kind, args.source, args.out, arch=args.arch,
@@ -212,6 +226,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """Put a data set where vqtok's configs look for it. Nothing else in vqtok downloads
+    data."""
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
 
     if args.dataset == "inception":
