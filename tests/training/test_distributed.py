@@ -28,6 +28,7 @@ from tests.helpers import (
     needs_fashion_mnist,
     vqtok_cli,
 )
+from tests.interop.test_finetune import converted_tokenizer
 from vqtok.cli import main
 from vqtok.formats.history import read_history
 from vqtok.training.checkpoint import load_tokenizer_module
@@ -198,6 +199,8 @@ def test_every_config_trains_under_two_processes(config: Path, tmp_path: Path) -
     adversarial = recipe["model"].get("adversarial") is not None
     # the discriminator joins at step 2 of 4, so both kinds of step run under DDP
     extra = ["--model.adversarial.init_args.start=2"] if adversarial else []
+    if "init_from" in recipe["model"]:  # a config that fine-tunes a converted tokenizer
+        extra.append(f"--model.init_from={converted_tokenizer(tmp_path / 'start')}")
     done = vqtok_cli(["fit", f"--config={config}", "--config", _dump_config(tmp_path), *DDP,
                       *_quiet(tmp_path, 4, 4), *_data_args(datamodule), *extra], tmp_path,
                      env=THREADS)
