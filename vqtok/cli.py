@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vqtok.commands import (
+    Done,
     cmd_convert,
     cmd_data,
     cmd_decode,
@@ -353,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if lightning:
             return _lightning(argv)
         args = build_parser().parse_args(argv)
-        func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        func: Callable[[argparse.Namespace], Done] = args.func
+        done = func(args)
+        if done.text:
+            print(done.text)
+        return done.status
     except KeyboardInterrupt:
         print(f"vqtok {command}: interrupted", file=sys.stderr)
         return 130

@@ -3,18 +3,28 @@ parses them): ``export``, ``encode``, ``decode``, ``report``, ``eval``, ``genera
 ``lpips convert``, ``convert`` and ``data``.
 
 Each imports what it needs when it runs, so ``vqtok encode`` never loads Lightning. Each
-returns the exit status; an error a user can fix is raised as a ``ValueError`` (or
-``FileNotFoundError``), which the command prints in one line.
+returns what to print and the exit status (:class:`Done`), which :func:`vqtok.cli.main`
+prints: nothing here writes to the terminal but the progress bars. An error a user can fix
+is raised as a ``ValueError`` (or ``FileNotFoundError``), which the command prints in one
+line.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
-def _export_onnx(args: argparse.Namespace) -> int:
+class Done(NamedTuple):
+    """What a finished subcommand reports: the text to print (none when empty) and the exit
+    status."""
+
+    text: str
+    status: int = 0
+
+
+def _export_onnx(args: argparse.Namespace) -> Done:
     """``vqtok export --onnx``: a checkpoint, tokenizer directory or Hub repo id as the two
     graphs of :func:`vqtok.onnx_export.export_onnx`."""
     from vqtok.formats.outputs import check_new_output
@@ -32,11 +42,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
     else:
         tokenizer = ImageTokenizer.from_pretrained(args.checkpoint)
     encoder, decoder = export_onnx(tokenizer, args.out_dir, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {encoder} and {decoder}")
-    return 0
+    return Done(f"exported {args.checkpoint} -> {encoder} and {decoder}")
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> Done:
     from vqtok.formats.outputs import check_new_output
 
     if args.onnx:
@@ -51,8 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                      folder=True)
     module = load_tokenizer_module(args.checkpoint)
     out = module.export(args.out_dir)
-    print(f"exported {args.checkpoint} -> {out}")
-    return 0
+    return Done(f"exported {args.checkpoint} -> {out}")
 
 
 def _load_tokenizer(args: argparse.Namespace) -> Any:
@@ -72,7 +80,7 @@ def _load_tokenizer(args: argparse.Namespace) -> Any:
         raise ValueError(f"--{err.option.replace('_', '-')}: {err.reason}") from None
 
 
-def _encode_shards(args: argparse.Namespace) -> int:
+def _encode_shards(args: argparse.Namespace) -> Done:
     """``vqtok encode ... --shard-size N``: a sharded token dataset, by one process or, with
     ``--devices``/``--num-nodes``/``--strategy``, by several (Lightning Fabric)."""
     from vqtok.apps.shards import encode_shards, launch
@@ -87,12 +95,10 @@ def _encode_shards(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, workers=args.workers,
                             progress=not args.quiet, overwrite=args.overwrite, rank=rank,
                             world=world, **({"gather": gather} if gather else {}))
-    if rank == 0:
-        print(summary)
-    return 1 if summary.failed else 0
+    return Done(str(summary) if rank == 0 else "", 1 if summary.failed else 0)
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
+def cmd_encode(args: argparse.Namespace) -> Done:
     from vqtok.apps.files import encode_files
     from vqtok.tokenizers import VideoTokenizer
 
@@ -112,18 +118,16 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
         summary = encode_clips(args.images, tokenizer, args.out, progress=not args.quiet,
                                overwrite=args.overwrite, also_inputs=[args.tokenizer])
-        print(summary)
-        return 1 if summary.failed else 0
+        return Done(str(summary), 1 if summary.failed else 0)
 
     summary = encode_files(args.images, tokenizer, args.out, batch_size=args.batch_size,
                            progress=not args.quiet, overwrite=args.overwrite,
                            workers=args.workers, also_inputs=[args.tokenizer])
-    print(summary)
     # The good files' ids are saved either way; a non-zero status tells scripts some failed.
-    return 1 if summary.failed else 0
+    return Done(str(summary), 1 if summary.failed else 0)
 
 
-def cmd_decode(args: argparse.Namespace) -> int:
+def cmd_decode(args: argparse.Namespace) -> Done:
     from vqtok.apps.files import decode_file
     from vqtok.tokenizers import VideoTokenizer
 
@@ -134,17 +138,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         written = decode_clips(args.tokens, tokenizer, args.out, progress=not args.quiet,
                                overwrite=args.overwrite, duration_ms=args.frame_ms,
                                also_inputs=[args.tokenizer])
-        print(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
-        return 0
+        return Done(f"wrote {len(written)} GIFs: {', '.join(map(str, written))}")
 
     written = decode_file(args.tokens, tokenizer, args.out, batch_size=args.batch_size,
                           progress=not args.quiet, overwrite=args.overwrite,
                           also_inputs=[args.tokenizer])
-    print(f"wrote {len(written)} images to {args.out}")
-    return 0
+    return Done(f"wrote {len(written)} images to {args.out}")
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> Done:
     from vqtok.report import build_report
 
     html, json_path = build_report(
@@ -153,11 +155,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         max_images=args.max_images, samples=args.samples, device=args.device,
         overwrite=args.overwrite,
     )
-    print(f"wrote {html} and {json_path}")
-    return 0
+    return Done(f"wrote {html} and {json_path}")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> Done:
     """Crop each image to --size (ADM's centre crop), encode and decode it, and compare:
     rFID (needs the FID Inception weights: `vqtok data inception`), LPIPS (needs its
     weights: `vqtok lpips convert`), PSNR, SSIM, codebook usage, perplexity and normalised
@@ -172,46 +173,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
         save_stats=args.save_stats, batch_size=args.batch_size, workers=args.workers,
         devices=args.devices, accelerator=args.accelerator, strategy=args.strategy,
         worst=args.worst, progress=not args.quiet, overwrite=args.overwrite)
-    result = evaluate(options)
-    if result is not None:  # the process of global rank 0
-        print(format_table(result))
-    return 0
+    result = evaluate(options)  # None on every process but that of global rank 0
+    return Done("" if result is None else format_table(result))
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def cmd_generate(args: argparse.Namespace) -> Done:
     """Text to image: the language model writes one token grid per image after the caption,
     the tokenizer decodes it to pixels. With --video, an LM trained on clips writes a full
     (t, h, w) grid and a video tokenizer decodes it to an animated GIF."""
     from vqtok.lm.command import write_generated
 
-    print(write_generated(args.lm, args.tokenizer, args.prompt, args.out, num=args.num,
-                          temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                          raw=args.raw, device=args.device, overwrite=args.overwrite,
-                          video=args.video, frames=args.frames, frame_ms=args.frame_ms))
-    return 0
+    return Done(write_generated(
+        args.lm, args.tokenizer, args.prompt, args.out, num=args.num,
+        temperature=args.temperature, top_k=args.top_k, seed=args.seed, raw=args.raw,
+        device=args.device, overwrite=args.overwrite, video=args.video, frames=args.frames,
+        frame_ms=args.frame_ms))
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> Done:
     from vqtok.apps.demo import DemoOptions, run_demo
 
     options = DemoOptions(config=args.config, max_steps=args.max_steps,
                           max_minutes=args.max_minutes, photo=args.photo, quiet=args.quiet)
-    print("\n".join(["", "vqtok demo", *run_demo(options)]))
-    return 0
+    return Done("\n".join(["", "vqtok demo", *run_demo(options)]))
 
 
-def cmd_lpips_convert(args: argparse.Namespace) -> int:
+def cmd_lpips_convert(args: argparse.Namespace) -> Done:
     """Convert torchvision's VGG16 weights (vgg16-397923af.pth, IMAGENET1K_V1) and the
     lpips package's linear heads (weights/v0.1/vgg.pth inside its wheel) into the one file
     that LPIPS.from_file reads (docs/training.md#lpips). Both are read with
     torch.load(weights_only=True)."""
     from vqtok.apps.lpips import convert_lpips
 
-    print(convert_lpips(args.vgg, args.heads, args.out, overwrite=args.overwrite))
-    return 0
+    return Done(convert_lpips(args.vgg, args.heads, args.out, overwrite=args.overwrite))
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
+def cmd_convert(args: argparse.Namespace) -> Done:
     """Read another project's tokenizer without running anything it holds and write it as a
     vqtok tokenizer directory, exactly the same model (docs/interop.md)."""
     from vqtok.interop import convert
@@ -219,13 +216,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out, converted = convert(args.source_kind, args.source, args.out, arch=args.arch,
                              subfolder=args.subfolder, revision=args.revision,
                              overwrite=args.overwrite)
-    print(f"converted {args.source_kind} {args.source} -> {out}")
-    for note in converted.ignored:
-        print(f"  ignored: {note}")
-    return 0
+    return Done("\n".join([f"converted {args.source_kind} {args.source} -> {out}",
+                            *(f"  ignored: {note}" for note in converted.ignored)]))
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def cmd_data(args: argparse.Namespace) -> Done:
     """Put a data set where vqtok's configs look for it. Nothing else in vqtok downloads
     data."""
     from vqtok.data import copy_fashion_mnist, download_fashion_mnist
@@ -237,13 +232,11 @@ def cmd_data(args: argparse.Namespace) -> int:
             raise ValueError("--root is for data sets; the Inception weights go into the "
                              "cache, or give any copy to `vqtok eval --inception FILE`")
         path = fetch_inception(source=args.source, progress=not args.quiet)
-        print(f"the FID Inception weights are in {path} (SHA-256 prefix and tensors checked)")
-        return 0
+        return Done(f"the FID Inception weights are in {path} (SHA-256 prefix and tensors "
+                    f"checked)")
     if args.source is not None:
         root, notes = copy_fashion_mnist(args.source, args.root, progress=not args.quiet)
-        print(f"copied Fashion-MNIST from {args.source} to {root}")
-        print("\n".join(f"  {note}" for note in notes))
-    else:
-        root = download_fashion_mnist(args.root, progress=not args.quiet)
-        print(f"Fashion-MNIST is in {root} (MD5 checked against the published sums)")
-    return 0
+        return Done("\n".join([f"copied Fashion-MNIST from {args.source} to {root}",
+                                "\n".join(f"  {note}" for note in notes)]))
+    root = download_fashion_mnist(args.root, progress=not args.quiet)
+    return Done(f"Fashion-MNIST is in {root} (MD5 checked against the published sums)")

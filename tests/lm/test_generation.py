@@ -47,7 +47,7 @@ def generate(dirs: tuple[Path, Path], out: Path, *extra: str, prompt: str = "ank
     tok, dec = dirs
     args = parse(["generate", "--lm", str(dec), "--tokenizer", str(tok), "--prompt", prompt,
                   "--out", str(out), *extra])
-    return args.func(args)
+    return args.func(args).status
 
 
 def test_expand_prompt_and_output_paths() -> None:

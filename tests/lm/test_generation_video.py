@@ -54,7 +54,7 @@ def generate(dirs: tuple[Path, Path], out: Path, *extra: str,
     tok, dec = dirs
     args = parse(["generate", "--video", "--decoder", str(dec), "--tokenizer", str(tok),
                   "--prompt", prompt, "--out", str(out), *extra])
-    return args.func(args)
+    return args.func(args).status
 
 
 def gif_frames(path: Path) -> list[np.ndarray]:

@@ -11,7 +11,6 @@ has none). Each module exposes ``in_channels``,
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -387,9 +386,8 @@ def datamodule_from_config(path: str | Path) -> pl.LightningDataModule:
         raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
             f"{path}: expected a `data:` section (or a top level) with class_path and "
             f"init_args")
-    module = sys.modules[__name__]
     name = section["class_path"].rpartition(".")[2]
-    allowed = sorted(n for n, c in vars(module).items()
+    allowed = sorted(n for n, c in globals().items()
                      if inspect.isclass(c) and issubclass(c, pl.LightningDataModule)
                      and c.__module__ == __name__)
     if name not in allowed or section["class_path"] not in (name, f"{__name__}.{name}"):
@@ -400,7 +398,7 @@ def datamodule_from_config(path: str | Path) -> pl.LightningDataModule:
         raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
             f"{path}: init_args of {section['class_path']} must be a mapping")
     try:
-        datamodule = getattr(module, name)(**init_args)
+        datamodule = globals()[name](**init_args)
         datamodule.setup("validate")
     except (TypeError, FileNotFoundError) as err:
         raise ValueError(f"{path}: cannot build {section['class_path']}: {err}") from err
