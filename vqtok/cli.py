@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from vqtok.apps import Stopped
 from vqtok.commands import (
     Done,
     cmd_convert,
@@ -362,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vqtok {command}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stop:
+        print(f"vqtok {command}: {stop}", file=sys.stderr)
+        return stop.status
     except Exception as err:  # one line for the user; --debug shows the traceback
         if debug:
             raise

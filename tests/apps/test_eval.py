@@ -11,6 +11,8 @@ weights."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from tests.helpers import tiny_model
-from vqtok.apps.evaluate import EvalOptions, evaluate, format_table
+from vqtok.apps.evaluate import EvalModule, EvalOptions, evaluate, format_table
 from vqtok.cli import main
 from vqtok.data.eval_images import center_crop_adm
 from vqtok.formats.eval_result import read_eval
@@ -250,6 +252,32 @@ def test_bad_input_is_one_line(tokenizer_dir: Path, squares: Path, tmp_path: Pat
     out.write_text("{}")
     line = cli_error([*base, "--data", str(squares), "--out", str(out)], capsys)
     assert "exists" in line and out.read_text() == "{}"
+
+
+@pytest.mark.parametrize("hook", ["test_step", "on_test_epoch_end"])
+def test_sigterm_writes_nothing_and_exits_143(tokenizer_dir: Path, squares: Path,
+                                              tmp_path: Path, hook: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A scheduler's SIGTERM, between batches or during the last one: the command stops
+    with 128 + 15 and the JSON it would have replaced (even with --overwrite) is kept."""
+    original = getattr(EvalModule, hook)
+
+    def signalled(self: EvalModule, *args: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args)
+
+    monkeypatch.setattr(EvalModule, hook, signalled)
+    out = tmp_path / "out.json"
+    out.write_text("{}")
+    before = signal.getsignal(signal.SIGTERM)
+    status = main(["eval", "--tokenizer", str(tokenizer_dir), "--size", str(SIZE), "--quiet",
+                   "--data", str(squares), "--out", str(out), "--overwrite"])
+    assert status == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vqtok eval: stopped by SIGTERM before the end; nothing written")
+    assert out.read_text() == "{}"
+    assert signal.getsignal(signal.SIGTERM) is before  # Lightning's handler is gone
 
 
 def test_list_file(tokenizer_dir: Path, squares: Path, tmp_path: Path) -> None:

@@ -41,11 +41,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from vqtok.apps import Stopped
 from vqtok.apps.files import find_images
 from vqtok.data.eval_images import EvalDataModuleImages, EvalImages, collate_as_list
 from vqtok.data.weights import cached_inception, cached_lpips, lpips_cache_path
@@ -223,7 +225,12 @@ def evaluate(options: EvalOptions, *, inception: torch.nn.Module | None = None,
                          strategy=options.strategy, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, use_distributed_sampler=False,
                          enable_progress_bar=options.progress, num_nodes=1)
-    trainer.test(module, verbose=False)
+    try:
+        trainer.test(module, verbose=False)
+    except SIGTERMException:
+        pass  # Lightning stops between batches; the check below says so
+    if trainer.received_sigterm:  # also when the signal came during the last batch
+        raise Stopped("stopped by SIGTERM before the end; nothing written")
     if not trainer.is_global_zero:
         return None
     measured = module.measured
