@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "augment": ["--data.init_args.colour_augment=true"],
     "colour_only_augment": ["--data.init_args.grey_weight=0",
                             "--data.init_args.colour_augment=true"],
+    "colour_weight_1": ["--model.reconstruction.init_args.colour_weight=1"],
+    "colour_weight_3": ["--model.reconstruction.init_args.colour_weight=3"],
 }
 DESCRIPTION = {
     "base": "the config as it was: all 15 training photos alike (8 of them grey)",
@@ -65,6 +67,10 @@ DESCRIPTION = {
     "augment": "all 15 photos, colour crops with random channel order and saturation "
                "x[0.75, 1.5] (`colour_augment: true`)",
     "colour_only_augment": "both: only colour photos, augmented",
+    "colour_weight_1": "grey photos a quarter as often, the chroma error counted twice "
+                       "(`colour_weight: 1`)",
+    "colour_weight_3": "grey photos a quarter as often, the chroma error counted four times "
+                       "(`colour_weight: 3`)",
 }
 
 

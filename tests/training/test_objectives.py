@@ -30,6 +30,39 @@ def test_reconstruction_is_the_pixel_loss_in_float64() -> None:
         sum(d * d for d in diff) / len(diff), rel=1e-12)
 
 
+def test_colour_term_by_hand_and_what_it_leaves_alone() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64) * 2 - 1
+    x_hat = torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64) * 2 - 1
+    # By hand, pixel by pixel: the chroma of the error is the error less its channel mean
+    errors = (x_hat - x).permute(0, 2, 3, 1).reshape(-1, 3).tolist()
+    chroma = [[e - sum(pixel) / 3 for e in pixel] for pixel in errors]
+    l1 = sum(abs(c) for pixel in chroma for c in pixel) / (3 * len(chroma))
+    sq = sum(c * c for pixel in chroma for c in pixel) / (3 * len(chroma))
+    terms = Reconstruction("l1", colour_weight=2.0)(x, x_hat, NORM)
+    assert terms.keys() == {"recon", "colour"}
+    assert float(terms["colour"]) == pytest.approx(2.0 * l1, rel=1e-12)
+    assert float(Reconstruction("mse", colour_weight=0.5)(x, x_hat, NORM)["colour"]
+                 ) == pytest.approx(0.5 * sq, rel=1e-12)
+    # Squared errors split into the grey level's and the chroma's (orthogonal parts): the
+    # grey part is 3 * (mean error)^2 per pixel, the rest is the chroma's
+    grey = sum(3 * (sum(pixel) / 3) ** 2 for pixel in errors) / (3 * len(errors))
+    mse = Reconstruction("mse")(x, x_hat, NORM)["recon"]
+    assert float(mse) == pytest.approx(grey + sq, rel=1e-12)
+    # An error of grey level only (the same on every channel) costs no colour; neither
+    # does a grey image against a grey reconstruction (rounding aside); clips (B, C, T, H, W)
+    # work alike
+    shift = torch.rand(2, 1, 4, 5, generator=g, dtype=torch.float64)
+    assert float(Reconstruction(colour_weight=3.0)(x, x + shift, NORM)["colour"]) < 1e-15
+    assert float(Reconstruction(colour_weight=3.0)(x[:, :1], x_hat[:, :1], NORM)["colour"]
+                 ) == 0.0
+    clip = Reconstruction(colour_weight=2.0)(x[:, :, None], x_hat[:, :, None], NORM)
+    assert float(clip["colour"]) == pytest.approx(2.0 * l1, rel=1e-12)
+    assert Reconstruction(colour_weight=0.0)(x, x_hat, NORM).keys() == {"recon"}
+    with pytest.raises(ValueError, match="colour_weight must be >= 0"):
+        Reconstruction(colour_weight=-1.0)
+
+
 class Logits(nn.Module):
     """A "discriminator" whose logits are its input, so the losses can be checked on
     chosen logits."""
@@ -151,5 +184,6 @@ def test_specs_are_plain_data_and_rebuild() -> None:
     assert isinstance(rebuilt, Adversarial) and rebuilt.start == 7
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in adv.state_dict().items()}
-    rec = build_spec(spec_of(Reconstruction("mse", perceptual_weight=0.5)))
-    assert (rec.pixel_loss, rec.perceptual_weight, rec.lpips_weights) == ("mse", 0.5, None)
+    rec = build_spec(spec_of(Reconstruction("mse", perceptual_weight=0.5, colour_weight=2.0)))
+    assert (rec.pixel_loss, rec.perceptual_weight, rec.lpips_weights, rec.colour_weight) == (
+        "mse", 0.5, None, 2.0)

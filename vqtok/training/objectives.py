@@ -42,9 +42,10 @@ def _check_non_negative(**values: float) -> None:
 
 @registry.register
 class Reconstruction:
-    """The reconstruction terms: ``{"recon": pixel loss}``, plus ``{"perceptual":
-    perceptual_weight * mean LPIPS}`` when ``lpips_weights`` is given. The adaptive GAN
-    weight balances the GAN term against their sum (Esser et al. 2021, eq. 7).
+    """The reconstruction terms: ``{"recon": pixel loss}``, plus ``{"colour":
+    colour_weight * the same loss of the chroma}`` when ``colour_weight > 0`` and
+    ``{"perceptual": perceptual_weight * mean LPIPS}`` when ``lpips_weights`` is given. The
+    adaptive GAN weight balances the GAN term against their sum (Esser et al. 2021, eq. 7).
 
     Args:
         pixel_loss: ``"l1"`` or ``"mse"`` between the reconstruction and the input.
@@ -54,16 +55,22 @@ class Reconstruction:
             it when training starts, so a missing or foreign file stops the run with a
             one-line error); the network is frozen and never part of a checkpoint or export.
         perceptual_weight: the perceptual term's weight (VQGAN uses 1.0).
+        colour_weight: weight of the pixel loss between the chroma of the reconstruction
+            and of the input, a pixel's values less their mean over its channels
+            (docs/training.md#colour); 0 (default): no such term. The pixel loss already
+            holds the chroma error once; this term counts it ``1 + colour_weight`` times and
+            leaves the error of the grey level as it was.
     """
 
     def __init__(self, pixel_loss: str = "l1", lpips_weights: str | None = None,
-                 perceptual_weight: float = 1.0) -> None:
+                 perceptual_weight: float = 1.0, colour_weight: float = 0.0) -> None:
         if pixel_loss not in PIXEL_LOSSES:
             raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {pixel_loss!r}")
-        _check_non_negative(perceptual_weight=perceptual_weight)
+        _check_non_negative(perceptual_weight=perceptual_weight, colour_weight=colour_weight)
         self.pixel_loss = pixel_loss
         self.lpips_weights = lpips_weights
         self.perceptual_weight = perceptual_weight
+        self.colour_weight = colour_weight
         self._lpips: LPIPS | None = None
 
     def perceptual_network(self) -> LPIPS | None:
@@ -76,11 +83,12 @@ class Reconstruction:
                  normalization: Normalization) -> dict[str, Tensor]:
         """The named terms for input ``x`` and reconstruction ``x_hat`` (model space, of
         pixel normalisation ``normalization``; images or clips)."""
-        if self.pixel_loss == "l1":
-            recon = F.l1_loss(x_hat, x)
-        else:
-            recon = F.mse_loss(x_hat, x)
-        terms = {"recon": recon}
+        loss = F.l1_loss if self.pixel_loss == "l1" else F.mse_loss
+        terms = {"recon": loss(x_hat, x)}
+        if self.colour_weight > 0:
+            # The normalisation is one affine map for all channels, so the chroma in model
+            # space is the chroma of the pixels over std.
+            terms["colour"] = self.colour_weight * loss(_chroma(x_hat), _chroma(x))
         net = self.perceptual_network()
         if net is not None:
             net = net.to(x.device)
@@ -88,6 +96,11 @@ class Reconstruction:
                            _lpips_input(x, normalization))  # (B,)
             terms["perceptual"] = self.perceptual_weight * distance.mean()
         return terms
+
+
+def _chroma(x: Tensor) -> Tensor:
+    """Each pixel less the mean of its channels (dimension 1; images or clips)."""
+    return x - x.mean(dim=1, keepdim=True)
 
 
 def _lpips_input(x: Tensor, norm: Normalization) -> Tensor:
