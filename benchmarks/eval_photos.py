@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from recipe import kept_sections  # benchmarks/recipe.py
+
+HAND_HEADING = "## What these runs show (written by hand)"
 TOKENIZERS = ["checkpoints/photos_fsq"]
 """The shipped RGB image tokenizers (fmnist_fsq is grey Fashion-MNIST, moving_fmnist_video
 a video tokenizer)."""
@@ -58,12 +62,14 @@ def recipe_text(recipe: Path | None) -> str:
     records = {v: json.loads((recipe / v / "steps.json").read_text())
                for v in ("without", "with")}
     w = records["with"]
+    schedule = ("the schedule of `benchmarks/RESULTS_recipe.md`" if w["steps"] >= 3000 else
+                "a much shorter schedule than the 3,000 steps of "
+                "`benchmarks/RESULTS_recipe.md`")
     return (f"The recipe variants (`{recipe}/without|with/tokenizer`) are "
             f"`experiments/photos_vqgan.yaml` trained by `benchmarks/recipe.py train` for "
-            f"{w['steps']} steps each (the discriminator from step {w['disc_start']}), the "
-            f"same seed and batches: a much shorter schedule than the 3,000 steps of "
-            f"`benchmarks/RESULTS_recipe.md`, so these rows compare the two variants with "
-            f"each other, not with the shipped tokenizer.")
+            f"{w['steps']:,} steps each (the discriminator from step {w['disc_start']:,}), "
+            f"the same seed and batches, {schedule}: these rows compare the two variants with "
+            f"each other (other data, crops and codebook than the shipped tokenizer).")
 
 
 def main() -> None:
@@ -136,7 +142,7 @@ of the whole command (start-up, Lightning, loading the networks).
 
 {recipe_text(args.recipe)}
 """
-    OUT.write_text(text)
+    OUT.write_text(text + kept_sections(OUT, (HAND_HEADING,)))
     print(text)
 
 

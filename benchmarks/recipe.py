@@ -51,6 +51,8 @@ RESULTS = ROOT / "benchmarks" / "RESULTS_recipe.md"
 PICTURE = ROOT / "benchmarks" / "recipe_side_by_side.png"
 VARIANTS = ("without", "with")
 LPIPS_HEADING = "## LPIPS cost and correctness"  # written by benchmarks/lpips_cost.py
+HAND_HEADING = "## What this run shows (written by hand)"
+EVAL_HEADING = "## A perceptual measure: `vqtok eval` (added by hand)"  # from RESULTS_eval.md
 
 
 class StepTimer(pl.Callback):
@@ -209,7 +211,10 @@ LPIPS is not in this table: the real VGG16 weights cannot be had on this machine
     print(text)
 
 
-def kept_sections(path: Path, headings: tuple[str, ...] = (LPIPS_HEADING,)) -> str:
+KEPT_HEADINGS = (HAND_HEADING, LPIPS_HEADING, EVAL_HEADING)
+
+
+def kept_sections(path: Path, headings: tuple[str, ...] = KEPT_HEADINGS) -> str:
     """The sections of ``path`` that other scripts write (``## `` headings in
     ``headings``, each up to the next ``## ``), to be kept when this report is rewritten."""
     if not path.exists():
