@@ -59,6 +59,7 @@ VARIANTS: dict[str, list[str]] = {
                             "--data.init_args.colour_augment=true"],
     "colour_weight_1": ["--model.reconstruction.init_args.colour_weight=1"],
     "colour_weight_3": ["--model.reconstruction.init_args.colour_weight=3"],
+    "weight_ema": ["--ema=vqtok.training.callbacks.WeightEMA", "--ema.init_args.decay=0.999"],
 }
 DESCRIPTION = {
     "base": "the config as it was: all 15 training photos alike (8 of them grey)",
@@ -71,6 +72,8 @@ DESCRIPTION = {
                        "(`colour_weight: 1`)",
     "colour_weight_3": "grey photos a quarter as often, the chroma error counted four times "
                        "(`colour_weight: 3`)",
+    "weight_ema": "grey photos a quarter as often, the exported weights a moving average "
+                  "(`WeightEMA`, decay 0.999)",
 }
 
 
