@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _lightning(argv: list[str]) -> int:
     """A LightningCLI subcommand. An interrupted run (SIGTERM, as a scheduler sends it)
-    exits with 143 after its last checkpoint is saved."""
+    stops after its last checkpoint is saved, and :func:`main` exits with 143."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     lm = argv[0] in LM_COMMANDS
@@ -397,10 +397,8 @@ def _lightning(argv: list[str]) -> int:
 
             run_tokenizer_cli(argv)
     except SIGTERMException:
-        command = " ".join(argv[:2] if lm else argv[:1])
-        print(f"vqtok {command}: stopped by SIGTERM; resume with --ckpt_path "
-              f"<run dir>/checkpoints/last.ckpt", file=sys.stderr)
-        return 143
+        raise Stopped("stopped by SIGTERM; resume with --ckpt_path "
+                      "<run dir>/checkpoints/last.ckpt") from None
     return 0
 
 
