@@ -60,6 +60,8 @@ VARIANTS: dict[str, list[str]] = {
     "colour_weight_1": ["--model.reconstruction.init_args.colour_weight=1"],
     "colour_weight_3": ["--model.reconstruction.init_args.colour_weight=3"],
     "weight_ema": ["--ema=vqtok.training.callbacks.WeightEMA", "--ema.init_args.decay=0.999"],
+    "fsq_4375": ["--model.quantizer.init_args.levels=[7, 5, 5, 5, 5]"],
+    "fsq_15360": ["--model.quantizer.init_args.levels=[8, 8, 8, 6, 5]"],
 }
 DESCRIPTION = {
     "base": "the config as it was: all 15 training photos alike (8 of them grey)",
@@ -74,6 +76,9 @@ DESCRIPTION = {
                        "(`colour_weight: 3`)",
     "weight_ema": "grey photos a quarter as often, the exported weights a moving average "
                   "(`WeightEMA`, decay 0.999)",
+    "fsq_4375": "grey photos a quarter as often, FSQ levels [7, 5, 5, 5, 5] (4,375 codes, "
+                "5 channels a token) in place of [8, 5, 5, 5]",
+    "fsq_15360": "grey photos a quarter as often, FSQ levels [8, 8, 8, 6, 5] (15,360 codes)",
 }
 
 
