@@ -85,6 +85,21 @@ class VQGANArch:
         quantizer.initialized.fill_(True)
         return VQAutoencoder(encoder, quantizer, decoder)
 
+    @classmethod
+    def from_shapes(cls, state: Mapping[str, Any], path: str | os.PathLike[str], blocks: str,
+                    **given: Any) -> VQGANArch:
+        """The architecture a taming-layout state dict's shapes give: ``channels`` and
+        ``in_channels`` from ``encoder.conv_in``, ``z_channels`` from ``encoder.conv_out``,
+        the codebook's size and dim from ``quantize.embedding``, and ``num_res_blocks``
+        counted by the regex ``blocks`` (one group: a block index of the first level);
+        ``given`` holds the other fields."""
+        conv_in = shape_of(state, "encoder.conv_in.weight", path)
+        codebook = shape_of(state, "quantize.embedding.weight", path, dims=2)
+        return cls(channels=conv_in[0], in_channels=conv_in[1],
+                   num_res_blocks=level_count_from(state, blocks),
+                   z_channels=shape_of(state, "encoder.conv_out.weight", path)[0],
+                   codebook_size=codebook[0], dim=codebook[1], **given)
+
 
 @dataclass
 class Converted:

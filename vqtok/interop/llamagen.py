@@ -24,7 +24,6 @@ from vqtok.interop.common import (
     VQGANArch,
     level_count_from,
     load_mapped,
-    shape_of,
 )
 from vqtok.interop.pickles import read_pickle
 from vqtok.interop.taming import STYLE as TAMING_STYLE
@@ -60,7 +59,6 @@ def load_llamagen(path: str | os.PathLike[str], arch: str | None = None) -> Conv
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ConversionError(f"{path}: not a LlamaGen tokenizer file ({{'model': state_dict}})")
-    codebook = shape_of(state, "quantize.embedding.weight", path, dims=2)
     if arch is None:
         levels = level_count_from(state, r"encoder\.conv_blocks\.(\d+)\.")
         found = [name for name, mult in ARCHS.items() if len(mult) == levels]
@@ -71,13 +69,12 @@ def load_llamagen(path: str | os.PathLike[str], arch: str | None = None) -> Conv
     mult = ARCHS[parse_arch(arch)]
     # ch (128), z_channels (256) and the residual blocks per level (2) are LlamaGen's
     # defaults; read from the shapes so that any file of this layout converts.
-    ch = shape_of(state, "encoder.conv_in.weight", path)[0]
-    model_arch = VQGANArch(
-        channels=ch, widths=tuple(ch * m for m in mult),
-        num_res_blocks=level_count_from(state, r"encoder\.conv_blocks\.0\.res\.(\d+)\."),
+    model_arch = VQGANArch.from_shapes(
+        state, path, r"encoder\.conv_blocks\.0\.res\.(\d+)\.", widths=(),
         encoder_attention=(len(mult) - 1,), decoder_attention=(len(mult) - 1,),
-        mid_attention=True, z_channels=shape_of(state, "encoder.conv_out.weight", path)[0],
-        dim=codebook[1], codebook_size=codebook[0], cosine=True)
+        mid_attention=True, cosine=True)
+    model_arch = dataclasses.replace(model_arch,
+                                     widths=tuple(model_arch.channels * m for m in mult))
     model = load_mapped(model_arch.build(), state, STYLE, path, ignore=IGNORED.__contains__)
     notes = [f"{key} (a training-time usage buffer)" for key in IGNORED if key in state]
     notes += [f"file entry {key!r}" for key in sorted(ckpt) if key != "model"]

@@ -86,15 +86,10 @@ def pick_weights(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], lis
 def ibq_arch(state: dict[str, Any], path: Path) -> VQGANArch:
     """The architecture of an IBQ checkpoint (taming's VQGAN layout), from its shapes."""
     levels = level_count_from(state, r"encoder\.down\.(\d+)\.")
-    channels = shape_of(state, "encoder.conv_in.weight", path)
-    codebook = shape_of(state, "quantize.embedding.weight", path, dims=2)
-    return VQGANArch(
-        channels=channels[0], widths=_widths(state, levels, path),
-        num_res_blocks=level_count_from(state, r"encoder\.down\.0\.block\.(\d+)\."),
+    return VQGANArch.from_shapes(
+        state, path, r"encoder\.down\.0\.block\.(\d+)\.", widths=_widths(state, levels, path),
         encoder_attention=_attention(state, "encoder.down", levels),
         decoder_attention=_attention(state, "decoder.up", levels), mid_attention=True,
-        z_channels=shape_of(state, "encoder.conv_out.weight", path)[0],
-        dim=codebook[1], codebook_size=codebook[0], in_channels=channels[1],
         out_channels=shape_of(state, "decoder.conv_out.weight", path)[0], quantizer="ibq")
 
 

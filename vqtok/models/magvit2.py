@@ -107,19 +107,13 @@ class MagvitEncoder(VQGANNet):
             self.down.append(Level([width] + [level_width] * (num_res_blocks - 1), level_width,
                                    False, norm, downsample, "downsample", bias=False))
             width = level_width
-        self.mid_block = nn.ModuleList(ResBlock(width, width, norm, bias=False)
-                                       for _ in range(num_res_blocks))
+        self.mid_block = nn.Sequential(*(ResBlock(width, width, norm, bias=False)
+                                         for _ in range(num_res_blocks)))
         self.norm_out = norm(width)
         self.conv_out = nn.Conv2d(width, z_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_feature_map(x, self.in_channels, self.downsample_factor, "image")
-        h = self.conv_in(x)
-        for level in self.down:
-            h = level(h)
-        for block in self.mid_block:
-            h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=reuse_buffers()))
+        return self.encode_path(x, self.mid_block)
 
 
 @register
@@ -141,8 +135,8 @@ class MagvitDecoder(VQGANNet):
         norm = self.make_norm
         width = self.widths[-1]
         self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
-        self.mid_block = nn.ModuleList(ResBlock(width, width, norm, bias=False)
-                                       for _ in range(num_res_blocks))
+        self.mid_block = nn.Sequential(*(ResBlock(width, width, norm, bias=False)
+                                         for _ in range(num_res_blocks)))
         adaptive: list[nn.Module] = []
         up: list[nn.Module] = []
         for level in reversed(range(len(self.widths))):

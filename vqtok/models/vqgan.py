@@ -129,6 +129,16 @@ class VQGANNet(nn.Module):
         self.make_norm: NormFactory = functools.partial(_group_norm, num_groups=num_groups,
                                                         eps=float(eps))
 
+    def encode_path(self, x: Tensor, middle: nn.Module) -> Tensor:
+        """An encoder's way from image to ``conv_out`` (VQGAN's and MAGVIT-v2's alike): the
+        checked image through ``conv_in``, the levels, ``middle``, the last norm, SiLU and
+        ``conv_out``."""
+        check_feature_map(x, self.in_channels, self.downsample_factor, "image")
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(middle(h)), inplace=reuse_buffers()))
+
 
 def _group_norm(channels: int, num_groups: int, eps: float) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups, channels, eps=eps)
@@ -179,12 +189,7 @@ class VQGANEncoder(VQGANNet):
         self.quant_conv = nn.Conv2d(z_channels, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_feature_map(x, self.in_channels, self.downsample_factor, "image")
-        h = self.conv_in(x)
-        for level in self.down:
-            h = level(h)
-        h = self.conv_out(F.silu(self.norm_out(self.mid(h)), inplace=reuse_buffers()))
-        return self.quant_conv(h)
+        return self.quant_conv(self.encode_path(x, self.mid))
 
 
 @register
