@@ -62,6 +62,9 @@ VARIANTS: dict[str, list[str]] = {
     "weight_ema": ["--ema=vqtok.training.callbacks.WeightEMA", "--ema.init_args.decay=0.999"],
     "fsq_4375": ["--model.quantizer.init_args.levels=[7, 5, 5, 5, 5]"],
     "fsq_15360": ["--model.quantizer.init_args.levels=[8, 8, 8, 6, 5]"],
+    "cosine": ["--model.optimizer.min_lr_ratio=0.05"],
+    "fsq_4375_cosine": ["--model.quantizer.init_args.levels=[7, 5, 5, 5, 5]",
+                        "--model.optimizer.min_lr_ratio=0.05"],
 }
 DESCRIPTION = {
     "base": "the config as it was: all 15 training photos alike (8 of them grey)",
@@ -79,6 +82,9 @@ DESCRIPTION = {
     "fsq_4375": "grey photos a quarter as often, FSQ levels [7, 5, 5, 5, 5] (4,375 codes, "
                 "5 channels a token) in place of [8, 5, 5, 5]",
     "fsq_15360": "grey photos a quarter as often, FSQ levels [8, 8, 8, 6, 5] (15,360 codes)",
+    "cosine": "grey photos a quarter as often, the learning rate down half a cosine to 5% "
+              "of its peak at the run's last step (`min_lr_ratio: 0.05`)",
+    "fsq_4375_cosine": "both: FSQ levels [7, 5, 5, 5, 5] and the cosine to 5%",
 }
 
 
