@@ -53,6 +53,8 @@ def load_images(files: list[Path], size: int | None) -> tuple[list[Path], list[T
             pixels = to_uint8_pixels(load_image(path, draft=size), channels=3)  # (H, W, 3)
             if size is not None:
                 pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), size))
+            # a read-only array (PIL's) is copied first: torch warns on one it cannot write
+            pixels = np.require(pixels, requirements="W")
             tensors.append(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
             loaded.append(path)
         except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
