@@ -9,7 +9,8 @@ resolution through exported tokenizers and caches the numbers in each export's
 ``benchmarks/RESULTS_colour.md``): PSNR and SSIM (torchmetrics, [0, 1] pixels) and the kept colour, the colourfulness
 (:func:`vqtok.metrics.colourfulness`) of the reconstruction over that of the original,
 averaged over the photos. ``compare --old DIR --new DIR`` adds the same numbers per photo
-for two tokenizer directories (the shipped checkpoint before and after a retrain).
+for two tokenizer directories (the shipped checkpoint before and after a retrain). ``hues PHOTO...`` counts each photo's
+pixels by hue band (which colours the training photos hold against the held-out ones).
 
 The held-out photos are the two in ``vqtok/data/photos/test`` and, given ``--eval DIR``,
 every photo of that folder (never a training photo). Variants are compared at equal step
@@ -235,6 +236,26 @@ def compare(old: Path, new: Path, eval_dir: Path | None) -> str:
             "colourfulness new |\n|---|---|---|---|---|---|\n" + "\n".join(rows + means) + "\n")
 
 
+HUES = {"warm": ((0, 75), (265, 360)), "green": ((75, 165),), "blue": ((165, 265),)}
+"""Hue bands in degrees: reds, oranges, yellows and purples; greens; cyans and blues."""
+
+
+def hues(photos: list[Path]) -> str:
+    """The share of each photo's pixels with a colour (HSV saturation over 0.2, value over
+    0.15) and the share in each band of :data:`HUES`: which colours the photos hold."""
+    rows = []
+    for path in photos:
+        hsv = np.asarray(Image.open(path).convert("RGB").convert("HSV"), dtype=np.float64)
+        hue, sat, val = hsv[..., 0] * 360 / 255, hsv[..., 1] / 255, hsv[..., 2] / 255
+        coloured = (sat > 0.2) & (val > 0.15)
+        bands = [coloured & np.logical_or.reduce([(hue >= lo) & (hue < hi) for lo, hi in b])
+                 for b in HUES.values()]
+        rows.append(f"| {path.name} | {100 * coloured.mean():.1f}% | "
+                    + " | ".join(f"{100 * b.mean():.1f}%" for b in bands) + " |")
+    return (f"| photo | coloured | {' | '.join(HUES)} |\n|---" + "|---" * (1 + len(HUES))
+            + "|\n" + "\n".join(rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,12 +275,16 @@ def main() -> None:
     c.add_argument("--old", type=Path, required=True)
     c.add_argument("--new", type=Path, required=True)
     c.add_argument("--eval", type=Path, default=None, help="folder of held-out photos")
+    h = sub.add_parser("hues")
+    h.add_argument("photos", type=Path, nargs="+")
     args = parser.parse_args()
     if args.command == "train":
         train(args.variant, args.steps, args.export_at, args.out, args.threads)
     elif args.command == "score":
         for export in args.exports:
             score(export, args.eval)
+    elif args.command == "hues":
+        print(hues(args.photos))
     elif args.command == "report":
         print(report(args.out, args.eval))
     else:
