@@ -104,6 +104,33 @@ def test_batch_size_independence(norm: str) -> None:
     assert torch.equal(rgb.encode(same[5])[0], ids[5])
 
 
+def test_large_images_of_an_untileable_model_run_alone_on_torchs_kernels(monkeypatch) -> None:
+    # GroupNorm: never tiled, so images above the fixed batches' size run one at a time on
+    # torch's own kernels (module doc). The reference is the model's forward pass on each
+    # image alone, channels-last, with torch's choice of kernels untouched.
+    rgb = ImageTokenizer(tiny_model(3))
+    assert rgb.halo is None and rgb.tile_size is None
+    pixels = random_pixels((3, 192, 200, 3), seed=3)  # 38,400 pixels: over the fixed batches
+    with torch.inference_mode():
+        outs = [rgb.model(normalised(pixels[i:i + 1]).contiguous(
+            memory_format=torch.channels_last)) for i in range(3)]
+        decoded = torch.cat([rgb.model.decode_indices(o.quant.indices) for o in outs])
+    want = torch.cat([o.quant.indices for o in outs])
+    for batch_size in (1, 3):  # the same bits whatever the batch
+        assert torch.equal(rgb.encode(pixels, batch_size=batch_size), want)
+        assert torch.equal(rgb.decode_to_tensor(want, batch_size=batch_size), decoded)
+    seen = []
+    encode = rgb.model.encode
+
+    def spy(x: torch.Tensor) -> object:
+        seen.append((x.shape[0], torch.backends.mkldnn.enabled))
+        return encode(x)
+
+    monkeypatch.setattr(rgb.model, "encode", spy)
+    rgb.encode(pixels[:2], batch_size=2)
+    assert seen == [(1, True), (1, True)]  # one image a call, oneDNN left on
+
+
 def test_fast_mode_matches_the_batched_model_and_flags_are_restored(monkeypatch) -> None:
     fast = ImageTokenizer(tiny_model(3), batch_invariant=False)
     pixels = random_pixels((4, 16, 16, 3))

@@ -163,9 +163,10 @@ class Tokenizer:
         return next(self.model.parameters()).dtype
 
     @contextlib.contextmanager
-    def _kernels(self) -> Iterator[None]:
+    def _kernels(self, alone: bool = False) -> Iterator[None]:
         """Eval mode, inference mode and, with :attr:`batch_invariant`, batch-independent
-        kernels (:func:`~vqtok.tokenizers.runtime.inference_kernels`)."""
+        kernels (:func:`~vqtok.tokenizers.runtime.inference_kernels`); ``alone``: the
+        inputs run one at a time, which is batch-independent on torch's default kernels."""
         self.model.eval()
-        with inference_kernels(self.device, self.batch_invariant):
+        with inference_kernels(self.device, self.batch_invariant and not alone):
             yield

@@ -28,7 +28,12 @@
     neighbours nor on its place (tests check both).
   - Larger images, tiles and all decoding run on per-sample kernels
     (:func:`vqtok.tokenizers.runtime.cpu_per_sample_kernels`), independent of batch and
-    input size.
+    input size, so that a tiled image gets the whole image's ids and pixels bit for bit.
+  - A model that is never tiled (GroupNorm, self-attention: every converted VQGAN) has no
+    tiles to agree with: its larger images, and grids that decode to larger images, run
+    one at a time on torch's fastest kernels (oneDNN, channels-last). A batch of one makes
+    the result independent of the batch as well, at two to three times the per-sample
+    kernels' speed.
 
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
@@ -84,7 +89,8 @@ class ImageTokenizer(Tokenizer):
         min_size: smallest accepted height/width in pixels; default: the downsampling factor.
         batch_invariant: keep ids and pixels independent of the batch (module doc). False
             uses torch's fastest kernels (1.7-1.9x faster on the CPU for a 64-channel
-            model at 128 px) at the risk of rare low-bit differences.
+            model at 128 px) at the risk of rare low-bit differences. A model that is
+            never tiled runs its larger images on those kernels either way, one at a time.
         max_pixels: the largest image, in pixels, that is encoded or decoded (checked
             before anything is allocated; ``None``: no limit). ``"auto"``:
             :data:`~vqtok.formats.images.TILED_MAX_PIXELS` when the model runs on tiles,
@@ -229,10 +235,12 @@ class ImageTokenizer(Tokenizer):
             batch = torch.stack([replicate_pad(tensors[i], hp, wp) for i in members])  # (n, C, Hp, Wp)
             fixed = self.planner.fixed_batch(hp, wp)
             if fixed is None:
-                if not self.batch_invariant:  # oneDNN without a layout change per conv
+                alone = self._alone(hp, wp)
+                if alone or not self.batch_invariant:  # oneDNN without a layout change per conv
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with self._kernels():
-                    ids = self._run(lambda x: self.model.encode(x).indices, batch)  # (n, h, w)
+                with self._kernels(alone):
+                    ids = self._run(lambda x: self.model.encode(x).indices, batch,
+                                    alone)  # (n, h, w)
             else:
                 ids = torch.cat([self._encode_fixed(batch[j:j + fixed], fixed)
                                  for j in range(0, len(members), fixed)])
@@ -299,12 +307,21 @@ class ImageTokenizer(Tokenizer):
             for one in grid:
                 yield self._decode_tiled(one, convert)[None]
             return
+        alone = self._alone(grid.shape[1] * f, grid.shape[2] * f)
         for start in range(0, grid.shape[0], batch_size):
-            with self._kernels():
-                x_hat = self._run(self.model.decode_indices, grid[start:start + batch_size])
+            with self._kernels(alone):
+                x_hat = self._run(self.model.decode_indices, grid[start:start + batch_size],
+                                  alone)
             yield convert(x_hat)  # (n, C, h*f, w*f)
 
     # ---- tiles ------------------------------------------------------------------------
+    def _alone(self, height: int, width: int) -> bool:
+        """Whether padded ``height x width`` images run one at a time on torch's default
+        kernels: with :attr:`batch_invariant` on the CPU, for a model that is never tiled,
+        above the size of the fixed batches (module doc)."""
+        return (self.batch_invariant and self.device.type == "cpu" and self.halo is None
+                and self.planner.fixed_batch(height, width) is None)
+
     def _tiled(self, height: int, width: int) -> bool:
         """Whether a padded ``height x width`` image runs on tiles."""
         return self.tile_size is not None and max(height, width) > self.tile_size
@@ -387,12 +404,12 @@ class ImageTokenizer(Tokenizer):
                                  f"{(h, w)} with downsampling factor {f}")
         return sizes  # type: ignore[return-value]
 
-    def _run(self, fn: Any, batch: Tensor) -> Tensor:
-        """Apply ``fn`` to the batch on the device: whole on the CPU, one image at a time
-        elsewhere (see the module doc on determinism)."""
+    def _run(self, fn: Any, batch: Tensor, alone: bool = False) -> Tensor:
+        """Apply ``fn`` to the batch on the device: whole on the CPU unless ``alone``, one
+        image at a time elsewhere (see the module doc on determinism)."""
         if batch.is_floating_point():
             batch = batch.to(self._dtype())
-        if self.device.type == "cpu" or not self.batch_invariant:
+        if not alone and (self.device.type == "cpu" or not self.batch_invariant):
             return fn(batch.to(self.device))
         return torch.cat([fn(batch[i:i + 1].to(self.device)) for i in range(batch.shape[0])])
 
