@@ -32,8 +32,8 @@
   - A model that is never tiled (GroupNorm, self-attention: every converted VQGAN) has no
     tiles to agree with: its larger images, and grids that decode to larger images, run
     one at a time on torch's fastest kernels (oneDNN, channels-last). A batch of one makes
-    the result independent of the batch as well, at two to three times the per-sample
-    kernels' speed.
+    the result independent of the batch as well, and runs faster than the per-sample
+    kernels (docs/interop.md#speed).
 
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
