@@ -19,6 +19,17 @@ Each configuration runs ``--repeats`` times, interleaved with the others so that
 share the machine's load; we report medians and the ratio of each vqtok rate to
 diffusers'. Every run's ids are compared with diffusers' first run. The load average before
 and after is recorded: this 2-core machine is shared with other jobs.
+
+Where the time goes. Each run's minor page faults and system time are counted
+(``getrusage``): every large CPU tensor glibc hands out is a fresh memory mapping whose
+pages the kernel zeroes on first touch, so a configuration that allocates larger or more
+tensors pays more system time for the same arithmetic. The model's floating-point
+operations per image are counted once (``torch.utils.flop_counter``) and set against the
+rate of one 128 -> 128 3 x 3 convolution on a 256 x 256 map measured in the same run, the
+arithmetic ceiling both libraries share (they call the same oneDNN kernels). glibc's
+``MALLOC_*`` environment settings are recorded: ``MALLOC_MMAP_MAX_=0`` with a large
+``MALLOC_TRIM_THRESHOLD_`` keeps freed memory in the process, so no configuration pays
+for fresh pages after its first run.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -34,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +59,25 @@ from vqtok.tokenizers import ImageTokenizer
 from vqtok.tokenizers.runtime import compiled_indices
 
 RESULTS = Path(__file__).with_name("RESULTS_interop.md")
+
+
+def conv_rate(repeats: int = 5) -> float:
+    """GFLOP/s of one 128 -> 128 3 x 3 convolution on a 256 x 256 channels-last map: the
+    kernel that does most of a VQGAN encoder's arithmetic at full resolution."""
+    x = torch.randn(1, 128, 256, 256).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(128, 128, 3, 3)
+    with torch.inference_mode():
+        torch.nn.functional.conv2d(x, weight, padding=1)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.nn.functional.conv2d(x, weight, padding=1)
+    return 2 * 128 * 128 * 9 * 256 * 256 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def usage() -> tuple[int, float]:
+    """Minor page faults and system seconds of this process so far."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return now.ru_minflt, now.ru_stime
 
 
 def random_vqgan_f16(seed: int) -> VQModel:
@@ -106,16 +138,26 @@ def main() -> None:
                 return compiled(x_last).clone()
 
         cases["vqtok model through torch.compile (inductor, frozen weights)"] = compiled_ids
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fastest.model.encode(x[:1])
+    gflop = counter.get_total_flops() / 1e9
     times: dict[str, list[float]] = {name: [] for name in cases}
+    faults: dict[str, list[int]] = {name: [] for name in cases}
+    system: dict[str, list[float]] = {name: [] for name in cases}
     equal: dict[str, bool] = dict.fromkeys(cases, True)
     want = None
     for _ in range(args.repeats):
         for name, run in cases.items():
+            faults_before, system_before = usage()
             start = time.perf_counter()
             ids = run()
             times[name].append(time.perf_counter() - start)
+            faults_after, system_after = usage()
+            faults[name].append(faults_after - faults_before)
+            system[name].append(system_after - system_before)
             want = ids if want is None else want
             equal[name] &= bool(torch.equal(ids, want))
+    ceiling = conv_rate()
     load_after = os.getloadavg()
 
     base = args.batch / statistics.median(times["diffusers encode + quantize"])
@@ -123,7 +165,11 @@ def main() -> None:
     for name, runs in times.items():
         rate = args.batch / statistics.median(runs)
         rows.append(f"| {name} | {statistics.median(runs):.1f} | {rate:.2f} | "
-                    f"{rate / base:.2f}x | {'yes' if equal[name] else 'NO'} |")
+                    f"{rate / base:.2f}x | {statistics.median(faults[name]) / 1e6:.2f} | "
+                    f"{statistics.median(system[name]):.1f} | {rate * gflop:.0f} | "
+                    f"{'yes' if equal[name] else 'NO'} |")
+    malloc = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                       if k.startswith("MALLOC_")) or "none (glibc's defaults)"
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join([
         "# Converted VQGAN: images to ids, vqtok against diffusers",
@@ -133,15 +179,19 @@ def main() -> None:
         f"{torch.get_num_threads()} threads. Load average (1, 5, 15 min) before: "
         f"{', '.join(f'{v:.1f}' for v in load_before)}; after: "
         f"{', '.join(f'{v:.1f}' for v in load_after)} (a load above 2 means other jobs "
-        f"shared the 2 cores)."),
+        f"shared the 2 cores). glibc malloc settings: {malloc}."),
         "",
         (f"Random-weight VQGAN f16 (taming's ImageNet layout, 1,024 codes), batch of "
         f"{args.batch} images of {args.size} x {args.size}, medians of {args.repeats} "
         f"interleaved runs; ids compared with diffusers' at every position."),
         "",
-        "| configuration | median (s) | images/s | rate vs diffusers | ids equal diffusers' |",
-        "|---|---|---|---|---|",
+        ("| configuration | median (s) | images/s | rate vs diffusers | minor page faults "
+         "(millions) | system time (s) | GFLOP/s | ids equal diffusers' |"),
+        "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        (f"The encoder does {gflop:.1f} GFLOP per image; one 128 -> 128 3 x 3 convolution "
+         f"on a 256 x 256 map ran at {ceiling:.0f} GFLOP/s in this run."),
         "",
         *([(f"The compiled model took {compile_s:.0f} s to compile (first call, not in the "
            f"medians).")] if compile_s is not None else []),
