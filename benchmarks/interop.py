@@ -18,7 +18,7 @@ images in [-1, 1] is then turned into ids by
 Each configuration runs ``--repeats`` times, interleaved with the others so that they
 share the machine's load; we report medians and the ratio of each vqtok rate to
 diffusers'. Every run's ids are compared with diffusers' first run. The load average before
-and after is recorded: this 2-core machine is shared with other jobs.
+and after is recorded: other jobs on the machine slow the runs unevenly.
 
 Where the time goes. Each run's minor page faults and system time are counted
 (``getrusage``): every large CPU tensor glibc hands out is a fresh memory mapping whose
