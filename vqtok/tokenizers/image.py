@@ -33,7 +33,7 @@
     tiles to agree with: its larger images, and grids that decode to larger images, run
     one at a time on torch's fastest kernels (oneDNN, channels-last). A batch of one makes
     the result independent of the batch as well, and runs faster than the per-sample
-    kernels (docs/interop.md#speed).
+    kernels (docs/architecture.md#tiled-inference).
 
   On other devices (cuDNN picks algorithms by batch size too) images are run one at a
   time with deterministic cuDNN and no TF32. ``batch_invariant=False`` opts out, for speed.
