@@ -7,6 +7,12 @@ arguments each instance was built with. An exported tokenizer's ``config.json`` 
 from this registry: a config cannot make vqtok import or run arbitrary code. A class is
 known once its module has been imported; :mod:`vqtok.formats.model_dir` imports every
 building block vqtok ships before it builds one from a file.
+
+A registered class whose ``__init__`` ends in ``**kwargs`` passes them to its base class's
+``__init__``, whose named arguments it then takes, by keyword only: arguments shared by a
+family of classes (an encoder and its mirror decoder) are written once, on their base. The
+recorded init args, :func:`build`'s checks and ``inspect.signature`` of the class all list
+them, defaults filled; jsonargparse follows the same rule when it reads a signature.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def register(cls: T) -> T:
     """Class decorator: register ``cls`` by name and record its init args on each instance
     as ``instance.init_args`` (a dict of JSON-friendly values as passed, defaults filled)."""
     init = cls.__init__
-    signature = inspect.signature(init)
+    signature = _signature(cls)
 
     @functools.wraps(init)
     def wrapped(self, *args: Any, **kwargs: Any) -> None:
@@ -35,17 +41,44 @@ def register(cls: T) -> T:
         bound.apply_defaults()
         recorded = dict(bound.arguments)
         recorded.pop("self")
-        for name, param in signature.parameters.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                recorded.update(recorded.pop(name, {}))
         init(self, *args, **kwargs)
         # A registered subclass calling super().__init__ keeps its own (outer) args.
         if type(self) is cls:
             self.init_args = recorded
 
+    wrapped.__signature__ = signature  # type: ignore[attr-defined]
     cls.__init__ = wrapped  # type: ignore[method-assign]
     _REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return cls
+
+
+def _inits(cls: type) -> list[Any]:
+    """The ``__init__`` functions whose arguments ``cls`` takes: the one it runs and, while
+    the last ends in ``**kwargs``, the next one up the method resolution order (where
+    ``super().__init__`` goes)."""
+    inits = []
+    for owner in [k for k in cls.__mro__ if "__init__" in vars(k)]:
+        inits.append(inspect.unwrap(vars(owner)["__init__"]))
+        kinds = [p.kind for p in inspect.signature(inits[-1]).parameters.values()]
+        if len(inits) > 1 and inspect.Parameter.VAR_POSITIONAL in kinds:
+            raise TypeError(f"{cls.__qualname__}.__init__ passes **kwargs to "
+                            f"{owner.__qualname__}.__init__, which does not name its arguments")
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            return inits
+    raise TypeError(f"{cls.__qualname__} has no __init__ that names its arguments")
+
+
+def _signature(cls: type) -> inspect.Signature:
+    """The arguments ``cls`` takes (module doc): its ``__init__``'s, with ``**kwargs``
+    replaced by the base's named arguments, keyword only."""
+    inits = _inits(cls)
+    params: dict[str, inspect.Parameter] = {}
+    for depth, init in enumerate(inits):
+        for name, param in list(inspect.signature(init).parameters.items())[depth > 0:]:
+            if param.kind is not inspect.Parameter.VAR_KEYWORD and name not in params:
+                params[name] = param.replace(kind=inspect.Parameter.KEYWORD_ONLY) if depth \
+                    else param
+    return inspect.signature(inits[0]).replace(parameters=list(params.values()))
 
 
 def class_path(obj: Any) -> str:
@@ -98,10 +131,12 @@ def check_init_args(cls: type, init_args: dict[str, Any], name: str) -> None:
     """Raise ValueError unless each value has the type its ``__init__`` annotation names,
     the way JSON spells it: ``true`` is not an int, an int is a float, a list is a
     sequence. Ranges are the constructor's to check."""
-    try:
-        hints = typing.get_type_hints(inspect.unwrap(cls.__init__))
-    except (NameError, TypeError):  # an annotation that cannot be resolved: no check
-        return
+    hints: dict[str, Any] = {}
+    for init in reversed(_inits(cls)):  # a class's own annotation wins over its base's
+        try:
+            hints.update(typing.get_type_hints(init))
+        except (NameError, TypeError):  # an annotation that cannot be resolved: no check
+            continue
     for key, value in init_args.items():
         if key in hints and not _matches(value, hints[key]):
             raise ValueError(f"init_args.{key} of {name} must be {_describe(hints[key])}, "

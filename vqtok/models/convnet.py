@@ -9,6 +9,7 @@ The layout follows VQGAN (Esser et al. 2021, section 3.1 and appendix).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,21 +27,34 @@ from vqtok.validation import check_positive
 
 
 class _ConvNet(nn.Module):
-    """What the encoder and the decoder share: their arguments' checks and sizes.
+    """The arguments the encoder and the decoder share, written once: each takes them by
+    keyword (its ``**arch``, :mod:`vqtok.registry`) after its image channels.
 
     Sets ``dim``, ``downsample_factor`` (for a decoder, the encoder's factor it undoes),
-    the image channels under their argument's name, ``widths`` (of each level) and
-    ``make_norm`` (the norm layer factory).
+    ``widths`` (of each level) and ``make_norm`` (the norm layer factory), and keeps
+    ``channels``, ``num_res_blocks`` and ``attention``.
+
+    Args:
+        channels: base width of the first level.
+        channel_mult: width multiplier of each level; ``len - 1`` stride-2 steps.
+        num_res_blocks: residual blocks per level.
+        dim: the latent's channels: the encoder's output, the quantizer's input dim and
+            the decoder's input.
+        attention: add a single-head self-attention block at the lowest resolution.
+        num_groups: GroupNorm groups (each norm uses ``gcd(num_groups, width)``).
+        norm: ``"group"`` (GroupNorm, as VQGAN) or ``"channel"`` (per-position
+            normalisation over the channels, :class:`~vqtok.models.blocks.ChannelNorm`:
+            use it when the model trains on crops smaller than the images it will
+            tokenize; see :mod:`vqtok.models.blocks`).
     """
 
-    def __init__(self, image_arg: str, image_channels: int, channels: int,
-                 channel_mult: Sequence[int], num_res_blocks: int, dim: int,
-                 num_groups: int, norm: str) -> None:
+    def __init__(self, channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2),
+                 num_res_blocks: int = 1, dim: int = 32, attention: bool = False,
+                 num_groups: int = 32, norm: str = "group") -> None:
         super().__init__()
-        check_positive(**{image_arg: image_channels})
         self.widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
         self.make_norm: Callable[[int], nn.Module] = norm_factory(norm, num_groups)  # picklable
-        setattr(self, image_arg, image_channels)
+        self.channels, self.num_res_blocks, self.attention = channels, num_res_blocks, attention
         self.dim = dim
         self.downsample_factor = 2 ** (len(self.widths) - 1)
 
@@ -51,34 +65,25 @@ class Encoder(_ConvNet):
 
     Args:
         in_channels: image channels (3 for RGB, 1 for grey).
-        channels: base width of the first level.
-        channel_mult: width multiplier of each level; ``len - 1`` stride-2 steps.
-        num_res_blocks: residual blocks per level.
-        dim: output channels, the quantizer's input dim.
-        attention: add a single-head self-attention block at the lowest resolution.
-        num_groups: GroupNorm groups (each norm uses ``gcd(num_groups, width)``).
-        norm: ``"group"`` (GroupNorm, as VQGAN) or ``"channel"`` (per-position
-            normalisation over the channels, :class:`~vqtok.models.blocks.ChannelNorm`:
-            use it when the model trains on crops smaller than the images it will
-            tokenize; see :mod:`vqtok.models.blocks`).
+        **arch: by keyword, the arguments it shares with :class:`Decoder` (``channels=64,
+            channel_mult=(1, 2, 2), num_res_blocks=1, dim=32, attention=False,
+            num_groups=32, norm="group"``), described on ``_ConvNet``.
     """
 
-    def __init__(self, in_channels: int = 3, channels: int = 64,
-                 channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, dim: int = 32,
-                 attention: bool = False, num_groups: int = 32, norm: str = "group") -> None:
-        super().__init__("in_channels", in_channels, channels, channel_mult, num_res_blocks,
-                         dim, num_groups, norm)
-
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
-        width = channels
+    def __init__(self, in_channels: int = 3, **arch: Any) -> None:
+        check_positive(in_channels=in_channels)
+        super().__init__(**arch)
+        self.in_channels = in_channels
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, self.channels, 3, padding=1)]
+        width = self.channels
         for level, level_width in enumerate(self.widths):
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 layers.append(ResBlock(width, level_width, self.make_norm))
                 width = level_width
             if level < len(self.widths) - 1:
                 layers.append(Downsample(width))
-        layers += middle_blocks(width, attention, self.make_norm)
-        layers += [self.make_norm(width), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1)]
+        layers += middle_blocks(width, self.attention, self.make_norm)
+        layers += [self.make_norm(width), nn.SiLU(), nn.Conv2d(width, self.dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -90,22 +95,21 @@ class Encoder(_ConvNet):
 class Decoder(_ConvNet):
     """Features ``(B, dim, h, w)`` -> image ``(B, out_channels, h * f, w * f)``.
 
-    The mirror of :class:`Encoder` with the same arguments: the levels run from the last
-    (lowest resolution) to the first, with nearest-neighbour upsampling + conv between
-    them. The output is not squashed; images live in [-1, 1].
+    The mirror of :class:`Encoder`, with its arguments (``out_channels`` for
+    ``in_channels``): the levels run from the last (lowest resolution) to the first, with
+    nearest-neighbour upsampling + conv between them. The output is not squashed; images
+    live in [-1, 1].
     """
 
-    def __init__(self, out_channels: int = 3, channels: int = 64,
-                 channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1, dim: int = 32,
-                 attention: bool = False, num_groups: int = 32, norm: str = "group") -> None:
-        super().__init__("out_channels", out_channels, channels, channel_mult, num_res_blocks,
-                         dim, num_groups, norm)
-
+    def __init__(self, out_channels: int = 3, **arch: Any) -> None:
+        check_positive(out_channels=out_channels)
+        super().__init__(**arch)
+        self.out_channels = out_channels
         width = self.widths[-1]
-        layers: list[nn.Module] = [nn.Conv2d(dim, width, 3, padding=1)]
-        layers += middle_blocks(width, attention, self.make_norm)
+        layers: list[nn.Module] = [nn.Conv2d(self.dim, width, 3, padding=1)]
+        layers += middle_blocks(width, self.attention, self.make_norm)
         for level in reversed(range(len(self.widths))):
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 layers.append(ResBlock(width, self.widths[level], self.make_norm))
                 width = self.widths[level]
             if level > 0:

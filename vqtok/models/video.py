@@ -24,6 +24,7 @@ channels (``norm="channel"``, :class:`~vqtok.models.blocks.ChannelNorm`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -163,14 +164,30 @@ class Upsample3d(nn.Module):
 
 
 class _VideoNet(nn.Module):
-    """What the video encoder and decoder share: argument checks and shape facts."""
+    """The arguments the video encoder and decoder share, written once: each takes them by
+    keyword (its ``**arch``, :mod:`vqtok.registry`) after its frame channels; their checks
+    and shape facts.
 
-    def __init__(self, image_arg: str, image_channels: int, channels: int,
-                 channel_mult: Sequence[int], num_res_blocks: int, dim: int,
-                 temporal_factor: int, per_frame_levels: int, num_groups: int,
-                 norm: str) -> None:
+    Args:
+        channels: base width of the first level.
+        channel_mult: width multiplier of each level; ``len - 1`` stride-2 steps in space
+            (``(1, 2, 2, 4)``: 8x).
+        num_res_blocks: residual blocks per level.
+        dim: the latent's channels: the encoder's output, the quantizer's input dim and
+            the decoder's input.
+        temporal_factor: frames per latent frame after the first (1, 2, 4, ...; at most
+            the spatial factor): the last ``log2(temporal_factor)`` steps also halve time.
+        per_frame_levels: the first this-many levels convolve each frame by itself
+            (1x3x3 kernels; the temporal downsampling steps keep 3x3x3): the full-resolution
+            levels cost the most, and time is mixed at the smaller maps. 0: all 3x3x3.
+        num_groups: GroupNorm groups (``gcd(num_groups, width)`` per norm).
+        norm: ``"group"`` (per-frame GroupNorm) or ``"channel"`` (per position).
+    """
+
+    def __init__(self, channels: int = 32, channel_mult: Sequence[int] = (1, 2, 2, 4),
+                 num_res_blocks: int = 1, dim: int = 16, temporal_factor: int = 4,
+                 per_frame_levels: int = 0, num_groups: int = 32, norm: str = "group") -> None:
         super().__init__()
-        check_positive(**{image_arg: image_channels})
         self.widths = check_widths(channels, channel_mult, num_res_blocks, dim, num_groups)
         self.make_norm = norm_factory(norm, num_groups)
         steps = len(self.widths) - 1
@@ -181,8 +198,7 @@ class _VideoNet(nn.Module):
         if isinstance(per_frame_levels, bool) or per_frame_levels not in range(steps + 2):
             raise ValueError(f"per_frame_levels must be an int in [0, {steps + 1}] (the "
                              f"number of levels), got {per_frame_levels!r}")
-        setattr(self, image_arg, image_channels)
-        self.dim = dim
+        self.channels, self.num_res_blocks, self.dim = channels, num_res_blocks, dim
         self.downsample_factor = 2 ** steps
         self.temporal_factor = temporal_factor
         temporal_steps = temporal_factor.bit_length() - 1
@@ -203,39 +219,30 @@ class VideoEncoder(_VideoNet):
 
     Args:
         in_channels: frame channels (3 for RGB, 1 for grey).
-        channels: base width of the first level.
-        channel_mult: width multiplier of each level; ``len - 1`` stride-2 steps in space
-            (``(1, 2, 2, 4)``: 8x).
-        num_res_blocks: residual blocks per level.
-        dim: output channels, the quantizer's input dim.
-        temporal_factor: frames per latent frame after the first (1, 2, 4, ...; at most
-            the spatial factor): the last ``log2(temporal_factor)`` steps also halve time.
-        per_frame_levels: the first this-many levels convolve each frame by itself
-            (1x3x3 kernels; the temporal downsampling steps keep 3x3x3): the full-resolution
-            levels cost the most, and time is mixed at the smaller maps. 0: all 3x3x3.
-        num_groups: GroupNorm groups (``gcd(num_groups, width)`` per norm).
-        norm: ``"group"`` (per-frame GroupNorm) or ``"channel"`` (per position).
+        **arch: by keyword, the arguments it shares with :class:`VideoDecoder`
+            (``channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=1, dim=16,
+            temporal_factor=4, per_frame_levels=0, num_groups=32, norm="group"``),
+            described on ``_VideoNet``.
     """
 
-    def __init__(self, in_channels: int = 3, channels: int = 32,
-                 channel_mult: Sequence[int] = (1, 2, 2, 4), num_res_blocks: int = 1,
-                 dim: int = 16, temporal_factor: int = 4, per_frame_levels: int = 0,
-                 num_groups: int = 32, norm: str = "group") -> None:
-        super().__init__("in_channels", in_channels, channels, channel_mult, num_res_blocks,
-                         dim, temporal_factor, per_frame_levels, num_groups, norm)
+    def __init__(self, in_channels: int = 3, **arch: Any) -> None:
+        check_positive(in_channels=in_channels)
+        super().__init__(**arch)
+        self.in_channels = in_channels
         kernel = self.time_kernel
-        layers: list[nn.Module] = [CausalConv3d(in_channels, channels, time_kernel=kernel(0))]
-        width = channels
+        layers: list[nn.Module] = [CausalConv3d(in_channels, self.channels,
+                                                time_kernel=kernel(0))]
+        width = self.channels
         last = len(self.widths) - 1
         for level, level_width in enumerate(self.widths):
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 layers.append(ResBlock3d(width, level_width, self.make_norm, kernel(level)))
                 width = level_width
             if level < last:
                 layers.append(Downsample3d(width, self.temporal_step[level], kernel(level)))
         layers += [ResBlock3d(width, width, self.make_norm, kernel(last)),
                    FrameNorm(self.make_norm(width)), nn.SiLU(),
-                   CausalConv3d(width, dim, time_kernel=kernel(last))]
+                   CausalConv3d(width, self.dim, time_kernel=kernel(last))]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -246,22 +253,21 @@ class VideoEncoder(_VideoNet):
 @register
 class VideoDecoder(_VideoNet):
     """Features ``(B, dim, 1 + k, h, w)`` -> clip ``(B, out_channels, 1 + temporal_factor
-    * k, h * f, w * f)``: the mirror of :class:`VideoEncoder` with the same arguments,
-    causal in time. The output is not squashed; frames live in [-1, 1]."""
+    * k, h * f, w * f)``: the mirror of :class:`VideoEncoder`, with its arguments
+    (``out_channels`` for ``in_channels``), causal in time. The output is not squashed;
+    frames live in [-1, 1]."""
 
-    def __init__(self, out_channels: int = 3, channels: int = 32,
-                 channel_mult: Sequence[int] = (1, 2, 2, 4), num_res_blocks: int = 1,
-                 dim: int = 16, temporal_factor: int = 4, per_frame_levels: int = 0,
-                 num_groups: int = 32, norm: str = "group") -> None:
-        super().__init__("out_channels", out_channels, channels, channel_mult, num_res_blocks,
-                         dim, temporal_factor, per_frame_levels, num_groups, norm)
+    def __init__(self, out_channels: int = 3, **arch: Any) -> None:
+        check_positive(out_channels=out_channels)
+        super().__init__(**arch)
+        self.out_channels = out_channels
         kernel = self.time_kernel
         last = len(self.widths) - 1
         width = self.widths[-1]
-        layers: list[nn.Module] = [CausalConv3d(dim, width, time_kernel=kernel(last)),
+        layers: list[nn.Module] = [CausalConv3d(self.dim, width, time_kernel=kernel(last)),
                                    ResBlock3d(width, width, self.make_norm, kernel(last))]
         for level in reversed(range(len(self.widths))):
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 layers.append(ResBlock3d(width, self.widths[level], self.make_norm,
                                          kernel(level)))
                 width = self.widths[level]
