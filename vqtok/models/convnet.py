@@ -65,9 +65,10 @@ class Encoder(_ConvNet):
 
     Args:
         in_channels: image channels (3 for RGB, 1 for grey).
-        **arch: by keyword, the arguments it shares with :class:`Decoder` (``channels=64,
-            channel_mult=(1, 2, 2), num_res_blocks=1, dim=32, attention=False,
-            num_groups=32, norm="group"``), described on ``_ConvNet``.
+        **arch: by keyword, the arguments it shares with :class:`Decoder`: ``channels``,
+            ``channel_mult``, ``num_res_blocks``, ``dim``, ``attention``, ``num_groups``
+            and ``norm``, described on ``_ConvNet``; ``inspect.signature(Encoder)`` shows
+            their defaults.
     """
 
     def __init__(self, in_channels: int = 3, **arch: Any) -> None:

@@ -219,10 +219,11 @@ class VideoEncoder(_VideoNet):
 
     Args:
         in_channels: frame channels (3 for RGB, 1 for grey).
-        **arch: by keyword, the arguments it shares with :class:`VideoDecoder`
-            (``channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=1, dim=16,
-            temporal_factor=4, per_frame_levels=0, num_groups=32, norm="group"``),
-            described on ``_VideoNet``.
+        **arch: by keyword, the arguments it shares with :class:`VideoDecoder`:
+            ``channels``, ``channel_mult``, ``num_res_blocks``, ``dim``,
+            ``temporal_factor``, ``per_frame_levels``, ``num_groups`` and ``norm``,
+            described on ``_VideoNet``; ``inspect.signature(VideoEncoder)`` shows their
+            defaults.
     """
 
     def __init__(self, in_channels: int = 3, **arch: Any) -> None:
